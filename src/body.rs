@@ -1,0 +1,138 @@
+//! Bounded reads of response bodies.
+//!
+//! Only 409/412 bodies (to classify them) and re-fetched representations are read, each up to a cap,
+//! so a hostile server cannot make us allocate without bound. A peeked body is handed back whole:
+//! the bytes read so far are replayed in front of the rest, so the caller loses nothing.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+/// Reads frames until `cap` bytes or the end. Returns what was read (possibly a little over `cap`,
+/// by at most one frame) and whether the body ended.
+async fn read_up_to<B>(body: &mut B, cap: usize) -> Result<(Bytes, bool), B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut buf = BytesMut::new();
+    while buf.len() < cap {
+        match body.frame().await {
+            None => return Ok((buf.freeze(), true)),
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    Ok((buf.freeze(), body.is_end_stream()))
+}
+
+/// Reads at most `cap` bytes of `body` and drops the rest.
+pub(crate) async fn read_capped<B>(mut body: B, cap: usize) -> Result<Bytes, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let (mut bytes, _) = read_up_to(&mut body, cap).await?;
+    bytes.truncate(cap);
+    Ok(bytes)
+}
+
+/// Reads at most `cap` bytes of `body` and returns them with a body that still yields everything.
+pub(crate) async fn peek<B>(mut body: B, cap: usize) -> Result<(Prefixed<B>, Bytes), B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let (read, _) = read_up_to(&mut body, cap).await?;
+    let peeked = read.slice(..read.len().min(cap));
+    let prefix = (!read.is_empty()).then_some(read);
+    Ok((Prefixed { prefix, rest: body }, peeked))
+}
+
+/// A body whose first bytes were already read: replays them, then the rest.
+pub(crate) struct Prefixed<B> {
+    prefix: Option<Bytes>,
+    rest: B,
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + extra);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    fn chunked(
+        chunks: &[&'static [u8]],
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn peek_replays_everything() {
+        let (body, peeked) = peek(chunked(&[b"abc", b"def", b"ghi"]), 4).await.unwrap();
+        assert_eq!(&peeked[..], b"abcd");
+        let all = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], b"abcdefghi");
+    }
+
+    #[tokio::test]
+    async fn peek_of_short_and_empty_bodies() {
+        let (body, peeked) = peek(Full::new(Bytes::from_static(b"xy")), 10)
+            .await
+            .unwrap();
+        assert_eq!(&peeked[..], b"xy");
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"xy");
+        let (body, peeked) = peek(chunked(&[]), 10).await.unwrap();
+        assert!(peeked.is_empty());
+        assert!(body.collect().await.unwrap().to_bytes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn read_capped_stops_at_cap() {
+        let bytes = read_capped(chunked(&[b"0123", b"4567", b"89"]), 6)
+            .await
+            .unwrap();
+        assert_eq!(&bytes[..], b"012345");
+    }
+}

@@ -1,0 +1,600 @@
+//! Folding every shape of Azure error answer into one [`ErrorBody`].
+//!
+//! The reason for a 409 is rarely where one would look first: ARM hides it in `details[]` or an
+//! `innererror` chain, deployments even nest a whole error document as a JSON *string* inside a
+//! detail message, Blob storage answers XML, Table storage answers OData JSON, and a `HEAD`
+//! request gets no body at all, only `x-ms-error-code`. The parser therefore collects the top
+//! code and message plus every nested code and message, and the rule table decides what they mean.
+//!
+//! The body comes from the network and may be hostile or cut short: it is decoded lossily, walked
+//! with fixed bounds on depth, visited objects and collected codes, and when it is not valid JSON
+//! a forgiving scanner still picks up the `"code"` / `"message"` pairs that were readable.
+
+use std::collections::VecDeque;
+
+use http::HeaderMap;
+use quick_xml::events::Event;
+use quick_xml::reader::Reader;
+use serde_json::{Map, Value};
+
+/// How deep `details[]` / `innererror` / embedded documents are followed.
+const MAX_DEPTH: usize = 8;
+/// How many detail codes (and, separately, detail messages) are kept.
+const MAX_DETAILS: usize = 32;
+/// How many error objects are visited in total, so a body of ten thousand empty details is cheap.
+const MAX_NODES: usize = 256;
+/// How many detail messages that are themselves JSON documents are parsed.
+const MAX_EMBEDDED: usize = 4;
+
+/// What could be read from an error response, whatever its format.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The top-level code: from the body, else from the `x-ms-error-code` header.
+    pub code: Option<String>,
+    /// The top-level message.
+    pub message: Option<String>,
+    /// The top-level `target`, when the service sent one.
+    pub target: Option<String>,
+    /// Codes from `details[]` and `innererror` chains, outermost first, de-duplicated
+    /// (ignoring ASCII case), without the top code.
+    pub detail_codes: Vec<String>,
+    /// Messages from `details[]` and `innererror` chains, outermost first, de-duplicated.
+    pub detail_messages: Vec<String>,
+}
+
+/// Reads an error response. Never fails and never panics: an empty, truncated, non-UTF-8 or
+/// foreign body gives whatever could be read, and `x-ms-error-code` fills in a missing code.
+///
+/// ```
+/// use http::HeaderMap;
+/// use reqwest_conflict::classify::parse;
+///
+/// let body = br#"{"error":{"code":"RetryableError","message":"A retryable error occurred.",
+///   "details":[{"code":"ReferencedResourceNotProvisioned","message":"Cannot proceed"}]}}"#;
+/// let parsed = parse(&HeaderMap::new(), body);
+/// assert_eq!(parsed.code.as_deref(), Some("RetryableError"));
+/// assert_eq!(parsed.detail_codes, ["ReferencedResourceNotProvisioned"]);
+/// ```
+pub fn parse(response_headers: &HeaderMap, body: &[u8]) -> ErrorBody {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim_start_matches('\u{feff}').trim();
+    let mut out = ErrorBody::default();
+    match text.as_bytes().first() {
+        Some(b'{' | b'[') => match serde_json::from_str::<Value>(text) {
+            Ok(doc) => Walker::new(&mut out).walk(&doc),
+            Err(_) => scan_broken_json(text, &mut out),
+        },
+        Some(b'<') => read_xml(text, &mut out),
+        _ => {}
+    }
+    if out.code.is_none() {
+        out.code = response_headers
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .and_then(clean);
+    }
+    if let Some(top) = &out.code {
+        out.detail_codes.retain(|c| !c.eq_ignore_ascii_case(top));
+    }
+    out
+}
+
+/// Trims and drops empty strings.
+fn clean(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+impl ErrorBody {
+    fn push_code(&mut self, code: Option<String>) {
+        let Some(code) = code else { return };
+        let seen = self
+            .detail_codes
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(&code));
+        if !seen && self.detail_codes.len() < MAX_DETAILS {
+            self.detail_codes.push(code);
+        }
+    }
+
+    fn push_message(&mut self, message: Option<String>) {
+        let Some(message) = message else { return };
+        let seen =
+            self.message.as_ref() == Some(&message) || self.detail_messages.contains(&message);
+        if !seen && self.detail_messages.len() < MAX_DETAILS {
+            self.detail_messages.push(message);
+        }
+    }
+}
+
+/// Looks a key up ignoring ASCII case: services disagree on `code` vs `Code`.
+fn field<'v>(obj: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+/// A code is a string, though a few services send a number.
+fn code_of(obj: &Map<String, Value>) -> Option<String> {
+    match field(obj, "code")? {
+        Value::String(s) => clean(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A message is a string, or OData's `{"lang": "en-US", "value": "..."}`.
+fn message_of(obj: &Map<String, Value>) -> Option<String> {
+    match field(obj, "message")? {
+        Value::String(s) => clean(s),
+        Value::Object(m) => field(m, "value").and_then(Value::as_str).and_then(clean),
+        _ => None,
+    }
+}
+
+/// Finds the error object of a document: ARM's `error`, Table's `odata.error`, or the document
+/// itself for services that send the bare `{"code", "message"}`.
+fn error_object(doc: &Value) -> Option<&Map<String, Value>> {
+    let obj = match doc {
+        Value::Object(obj) => obj,
+        Value::Array(items) => items.iter().find_map(Value::as_object)?,
+        _ => return None,
+    };
+    ["error", "odata.error"]
+        .iter()
+        .find_map(|key| field(obj, key).and_then(Value::as_object))
+        .or(Some(obj))
+}
+
+/// Breadth-first walk over the error tree, so codes come outermost first.
+struct Walker<'o> {
+    out: &'o mut ErrorBody,
+    visited: usize,
+    /// Detail messages that look like JSON documents, with the depth they were found at.
+    embedded: VecDeque<(String, usize)>,
+    embedded_taken: usize,
+}
+
+impl<'o> Walker<'o> {
+    fn new(out: &'o mut ErrorBody) -> Self {
+        Self {
+            out,
+            visited: 0,
+            embedded: VecDeque::new(),
+            embedded_taken: 0,
+        }
+    }
+
+    fn walk(mut self, doc: &Value) {
+        if let Some(top) = error_object(doc) {
+            self.out.code = code_of(top);
+            self.out.message = message_of(top);
+            self.out.target = field(top, "target").and_then(Value::as_str).and_then(clean);
+            self.visited = 1;
+            self.visit(children_of(top).take(MAX_NODES).map(|c| (c, 1)).collect());
+        }
+        // Deployment errors carry a whole error document as a detail message string.
+        while let Some((text, depth)) = self.embedded.pop_front() {
+            if let Ok(doc) = serde_json::from_str::<Value>(&text)
+                && let Some(obj) = error_object(&doc)
+            {
+                self.visit(VecDeque::from([(obj, depth)]));
+            }
+        }
+    }
+
+    /// Visits the queued nested errors and everything below them, level by level.
+    fn visit(&mut self, mut queue: VecDeque<(&Map<String, Value>, usize)>) {
+        while let Some((node, depth)) = queue.pop_front() {
+            if self.visited >= MAX_NODES {
+                return;
+            }
+            self.visited += 1;
+            self.out.push_code(code_of(node));
+            let message = message_of(node);
+            if let Some(m) = &message
+                && m.starts_with('{')
+                && depth + 1 < MAX_DEPTH
+                && self.embedded_taken < MAX_EMBEDDED
+            {
+                self.embedded_taken += 1;
+                self.embedded.push_back((m.clone(), depth + 1));
+            }
+            self.out.push_message(message);
+            if depth + 1 < MAX_DEPTH {
+                let room = MAX_NODES.saturating_sub(self.visited + queue.len());
+                queue.extend(children_of(node).take(room).map(|child| (child, depth + 1)));
+            }
+        }
+    }
+}
+
+/// The nested errors of one error object: its `innererror`, then its `details[]`.
+fn children_of(node: &Map<String, Value>) -> impl Iterator<Item = &Map<String, Value>> {
+    let inner = field(node, "innererror").and_then(Value::as_object);
+    let details = field(node, "details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object);
+    inner.into_iter().chain(details)
+}
+
+/// Picks `"code"`, `"message"` and `"target"` string pairs out of JSON that does not parse
+/// (typically a body cut short). The first of each is the top one, later codes and messages are
+/// details, in document order — which for ARM bodies is outermost first.
+fn scan_broken_json(text: &str, out: &mut ErrorBody) {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    // OData puts the message text under `"message": {"value": ...}`.
+    let mut message_object = false;
+    while i < bytes.len() {
+        if bytes[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let (key, after_key) = json_string(text, i);
+        i = after_key;
+        let colon = skip_space(bytes, i);
+        if bytes.get(colon) != Some(&b':') {
+            continue;
+        }
+        let value_at = skip_space(bytes, colon + 1);
+        if bytes.get(value_at) != Some(&b'"') {
+            message_object = key.eq_ignore_ascii_case("message");
+            i = value_at;
+            continue;
+        }
+        let (value, after_value) = json_string(text, value_at);
+        i = after_value;
+        let value = clean(&value);
+        if key.eq_ignore_ascii_case("code") {
+            if out.code.is_none() && out.detail_codes.is_empty() {
+                out.code = value;
+            } else {
+                out.push_code(value);
+            }
+        } else if key.eq_ignore_ascii_case("message")
+            || (message_object && key.eq_ignore_ascii_case("value"))
+        {
+            message_object = false;
+            if out.message.is_none() && out.detail_messages.is_empty() {
+                out.message = value;
+            } else {
+                out.push_message(value);
+            }
+        } else if key.eq_ignore_ascii_case("target")
+            && out.target.is_none()
+            && out.detail_codes.is_empty()
+        {
+            out.target = value;
+        }
+    }
+}
+
+fn skip_space(bytes: &[u8], mut i: usize) -> usize {
+    while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// Decodes the JSON string starting at the quote at `start`; returns it and the index after its
+/// closing quote. An unterminated string yields what was there, up to the end of the text.
+fn json_string(text: &str, start: usize) -> (String, usize) {
+    let mut out = String::new();
+    let mut chars = text[start + 1..].char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return (out, start + 1 + at + 1),
+            '\\' => match chars.next().map(|(_, e)| e) {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some('r') => out.push('\r'),
+                Some('b') => out.push('\u{8}'),
+                Some('f') => out.push('\u{c}'),
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).map(|(_, h)| h).collect();
+                    let unit = u32::from_str_radix(&hex, 16)
+                        .ok()
+                        .filter(|_| hex.len() == 4);
+                    // Surrogate pairs are rare in error text; a lone half becomes U+FFFD.
+                    out.push(unit.and_then(char::from_u32).unwrap_or('\u{fffd}'));
+                }
+                Some(other) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    (out, text.len())
+}
+
+/// Reads Storage's `<Error><Code/><Message/></Error>` (and Service Bus's `<Detail/>`). Stops at
+/// the first malformed construct, keeping what was read, including a cut-off last element.
+fn read_xml(text: &str, out: &mut ErrorBody) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Field {
+        Code,
+        Message,
+        Detail,
+    }
+    let mut reader = Reader::from_str(text);
+    let mut depth = 0usize;
+    let mut in_error = false;
+    let mut field = None;
+    let mut buf = String::new();
+    let mut detail = None;
+    let mut store = |field: Field, buf: &str, out: &mut ErrorBody| {
+        let value = clean(buf);
+        match field {
+            Field::Code if out.code.is_none() => out.code = value,
+            Field::Message if out.message.is_none() => out.message = value,
+            Field::Detail if detail.is_none() => detail = value,
+            _ => {}
+        }
+    };
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                depth += 1;
+                let name = e.local_name();
+                let name: &str = name.as_ref();
+                if depth == 1 {
+                    in_error = name.eq_ignore_ascii_case("error");
+                } else if depth == 2 && in_error {
+                    buf.clear();
+                    field = [
+                        ("code", Field::Code),
+                        ("message", Field::Message),
+                        ("detail", Field::Detail),
+                    ]
+                    .into_iter()
+                    .find(|(n, _)| name.eq_ignore_ascii_case(n))
+                    .map(|(_, f)| f);
+                }
+            }
+            Ok(Event::End(_)) => {
+                if depth == 2
+                    && let Some(f) = field.take()
+                {
+                    store(f, &buf, out);
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Ok(Event::Text(t)) if depth == 2 && field.is_some() => buf.push_str(&t.xml10_content()),
+            Ok(Event::CData(t)) if depth == 2 && field.is_some() => {
+                buf.push_str(&t.xml10_content())
+            }
+            Ok(Event::GeneralRef(r)) if depth == 2 && field.is_some() => {
+                match r.resolve_char_ref() {
+                    Ok(Some(c)) => buf.push(c),
+                    _ => match quick_xml::escape::resolve_predefined_entity(&r) {
+                        Some(s) => buf.push_str(s),
+                        None => {
+                            buf.push('&');
+                            buf.push_str(&r);
+                            buf.push(';');
+                        }
+                    },
+                }
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if let Some(f) = field {
+        store(f, &buf, out);
+    }
+    if out.message.is_none() {
+        out.message = detail;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(text: &str) -> ErrorBody {
+        parse(&HeaderMap::new(), text.as_bytes())
+    }
+
+    #[test]
+    fn arm_details_and_innererror_outermost_first() {
+        let b = body(
+            r#"{"error":{"code":"Top","message":"top msg","target":"vm1",
+              "details":[{"code":"D1","message":"m1","details":[{"code":"D3"}]},{"code":"top","message":"top msg"}],
+              "innererror":{"code":"I1","innererror":{"code":"I2","message":"deep"}},
+              "additionalInfo":[{"type":"PolicyViolation","info":{"code":"NotACode"}}]}}"#,
+        );
+        assert_eq!(b.code.as_deref(), Some("Top"));
+        assert_eq!(b.message.as_deref(), Some("top msg"));
+        assert_eq!(b.target.as_deref(), Some("vm1"));
+        assert_eq!(b.detail_codes, ["I1", "D1", "I2", "D3"]);
+        assert_eq!(b.detail_messages, ["m1", "deep"]);
+    }
+
+    #[test]
+    fn unwrapped_and_capitalized() {
+        let b =
+            body(r#"{"Code":"Conflict","Message":"Entity with the specified id already exists."}"#);
+        assert_eq!(b.code.as_deref(), Some("Conflict"));
+        assert_eq!(
+            b.message.as_deref(),
+            Some("Entity with the specified id already exists.")
+        );
+    }
+
+    #[test]
+    fn odata_table_error() {
+        let b = body(
+            r#"{"odata.error":{"code":"EntityAlreadyExists","message":{"lang":"en-US","value":"The specified entity already exists."}}}"#,
+        );
+        assert_eq!(b.code.as_deref(), Some("EntityAlreadyExists"));
+        assert_eq!(
+            b.message.as_deref(),
+            Some("The specified entity already exists.")
+        );
+    }
+
+    #[test]
+    fn storage_xml_with_entities_and_cdata() {
+        let b = body(
+            "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>ConditionNotMet</Code>\
+             <Message>a &amp; b &#x41;<![CDATA[ <c> ]]>\nRequestId:1</Message><Extra><Code>No</Code></Extra></Error>",
+        );
+        assert_eq!(b.code.as_deref(), Some("ConditionNotMet"));
+        assert_eq!(b.message.as_deref(), Some("a & b A <c> \nRequestId:1"));
+        assert!(b.detail_codes.is_empty());
+    }
+
+    #[test]
+    fn truncated_xml_keeps_what_was_read() {
+        let b =
+            body("<Error><Code>ContainerBeingDeleted</Code><Message>The specified container is be");
+        assert_eq!(b.code.as_deref(), Some("ContainerBeingDeleted"));
+        assert_eq!(b.message.as_deref(), Some("The specified container is be"));
+    }
+
+    #[test]
+    fn service_bus_detail_is_the_message() {
+        let b = body("<Error><Code>409</Code><Detail>Conflict. TrackingId:x</Detail></Error>");
+        assert_eq!(b.code.as_deref(), Some("409"));
+        assert_eq!(b.message.as_deref(), Some("Conflict. TrackingId:x"));
+    }
+
+    #[test]
+    fn header_code_fills_in_but_does_not_override() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ms-error-code", "LeaseAlreadyPresent".parse().unwrap());
+        assert_eq!(parse(&h, b"").code.as_deref(), Some("LeaseAlreadyPresent"));
+        assert_eq!(
+            parse(&h, b"<html>oops</html>").code.as_deref(),
+            Some("LeaseAlreadyPresent")
+        );
+        let b = parse(
+            &h,
+            br#"{"error":{"code":"Other","details":[{"code":"LeaseAlreadyPresent"}]}}"#,
+        );
+        assert_eq!(b.code.as_deref(), Some("Other"));
+        let b = parse(
+            &h,
+            br#"{"error":{"message":"m","details":[{"code":"leasealreadypresent"}]}}"#,
+        );
+        assert_eq!(b.code.as_deref(), Some("LeaseAlreadyPresent"));
+        assert!(
+            b.detail_codes.is_empty(),
+            "the top code is not repeated as a detail"
+        );
+    }
+
+    #[test]
+    fn nothing_readable_is_empty() {
+        for junk in [
+            "",
+            "   ",
+            "Conflict",
+            "<!DOCTYPE html><html><body><h1>409</h1><br></body></html>",
+            "{",
+            "[1,2",
+            "null",
+        ] {
+            assert_eq!(body(junk), ErrorBody::default(), "{junk:?}");
+        }
+        assert_eq!(
+            parse(&HeaderMap::new(), &[0xff, 0xfe, 0x00, 0x80]),
+            ErrorBody::default()
+        );
+    }
+
+    #[test]
+    fn non_utf8_inside_json_is_replaced() {
+        let b = parse(
+            &HeaderMap::new(),
+            b"{\"error\":{\"code\":\"Conflict\",\"message\":\"bad \xff byte\"}}",
+        );
+        assert_eq!(b.code.as_deref(), Some("Conflict"));
+        assert_eq!(b.message.as_deref(), Some("bad \u{fffd} byte"));
+    }
+
+    #[test]
+    fn truncated_json_is_scanned() {
+        let b = body(
+            r#"{"error":{"code":"RetryableError","message":"A retryable error occurred.","details":[{"code":"ReferencedResourceNotProvisioned","message":"Cannot proceed with \"operation\" because resource /subscriptions/s/x is not in Succ"#,
+        );
+        assert_eq!(b.code.as_deref(), Some("RetryableError"));
+        assert_eq!(b.detail_codes, ["ReferencedResourceNotProvisioned"]);
+        assert_eq!(
+            b.detail_messages,
+            [
+                "Cannot proceed with \"operation\" because resource /subscriptions/s/x is not in Succ"
+            ]
+        );
+        let odata = body(
+            r#"{"odata.error":{"code":"TableBeingDeleted","message":{"lang":"en-US","value":"The specified table is being del"#,
+        );
+        assert_eq!(odata.code.as_deref(), Some("TableBeingDeleted"));
+        assert_eq!(
+            odata.message.as_deref(),
+            Some("The specified table is being del")
+        );
+        let escaped = body(r#"{"code":"A\u0042\n","message":"x\u12"#);
+        assert_eq!(escaped.code.as_deref(), Some("AB"));
+        assert_eq!(escaped.message.as_deref(), Some("x\u{fffd}"));
+    }
+
+    #[test]
+    fn embedded_error_document_in_a_detail_message() {
+        let inner = r#"{\r\n  \"status\": \"Failed\",\r\n  \"error\": {\r\n    \"code\": \"AnotherOperationInProgress\",\r\n    \"message\": \"busy\"\r\n  }\r\n}"#;
+        let b = body(&format!(
+            r#"{{"error":{{"code":"DeploymentFailed","message":"At least one resource deployment operation failed.","details":[{{"code":"Conflict","message":"{inner}"}}]}}}}"#
+        ));
+        assert_eq!(b.code.as_deref(), Some("DeploymentFailed"));
+        assert_eq!(b.detail_codes, ["Conflict", "AnotherOperationInProgress"]);
+        assert!(b.detail_messages.iter().any(|m| m == "busy"));
+    }
+
+    #[test]
+    fn numeric_code() {
+        assert_eq!(
+            body(r#"{"code":409,"message":"x"}"#).code.as_deref(),
+            Some("409")
+        );
+    }
+
+    #[test]
+    fn hostile_nesting_is_bounded() {
+        // Deeper than serde_json's recursion limit: falls back to the scanner, no stack overflow.
+        let deep = format!("{}{}", "[".repeat(100_000), r#"{"code":"X"}"#);
+        assert_eq!(body(&deep).code.as_deref(), Some("X"));
+
+        // Within serde_json's limit but deeper than ours: only MAX_DEPTH levels are followed.
+        let mut nested = String::from(r#"{"code":"L60"}"#);
+        for level in (0..60).rev() {
+            nested = format!(r#"{{"code":"L{level}","innererror":{nested}}}"#);
+        }
+        let b = body(&format!(r#"{{"error":{nested}}}"#));
+        assert_eq!(b.code.as_deref(), Some("L0"));
+        assert_eq!(b.detail_codes.len(), MAX_DEPTH - 1);
+
+        // Thousands of details: codes and messages are capped.
+        let many: Vec<String> = (0..10_000)
+            .map(|i| format!(r#"{{"code":"C{i}","message":"m{i}"}}"#))
+            .collect();
+        let b = body(&format!(
+            r#"{{"error":{{"code":"Top","details":[{}]}}}}"#,
+            many.join(",")
+        ));
+        assert_eq!(b.detail_codes.len(), MAX_DETAILS);
+        assert_eq!(b.detail_messages.len(), MAX_DETAILS);
+        assert_eq!(b.detail_codes[0], "C0");
+    }
+
+    #[test]
+    fn bare_array_uses_first_object() {
+        let b = body(r#"[1, {"code":"PreconditionFailed","message":"m"}]"#);
+        assert_eq!(b.code.as_deref(), Some("PreconditionFailed"));
+    }
+}

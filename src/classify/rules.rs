@@ -1,0 +1,546 @@
+//! The rule table: which error means which [`ConflictKind`].
+//!
+//! What a code means is policy, not mechanism, so the table is data (`rules.json`, compiled in)
+//! and callers can put their own rules in front of it ([`super::Classifier::with_rules`]). Rules
+//! are consulted in order and the first match wins, which is how overlapping codes are resolved:
+//! `OperationNotAllowed` is quota (permanent) if the message says "quota", a state conflict if it
+//! says "in progress", a missing prerequisite if it asks to deallocate — so the specific rules
+//! come first and the catch-alls last. Each built-in rule carries a `why` in the JSON file.
+//!
+//! Besides the kind, [`classify`] pulls out what the engine can act on: the operation-status URI
+//! that `AnotherOperationInProgress` names and the resource ID that
+//! `ReferencedResourceNotProvisioned` (or a lock, or an attached disk) names.
+
+use std::sync::LazyLock;
+
+use http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
+
+use super::{Classification, ConflictKind, ErrorBody, parse, retry_after};
+
+/// One line of the rule table. A rule matches when every condition it sets holds; an empty
+/// condition holds for anything.
+///
+/// ```
+/// use reqwest_conflict::classify::Rule;
+///
+/// let rule: Rule = serde_json::from_str(r#"{
+///     "name": "my_service_busy", "kind": "state_conflict",
+///     "status": [409], "codes": ["MyService*"], "message_contains": ["busy"]
+/// }"#).unwrap();
+/// assert_eq!(rule.codes, ["MyService*"]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// A name for reports and logs ([`Classification::rule`]).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The verdict when the rule matches.
+    pub kind: ConflictKind,
+    /// HTTP statuses the rule applies to; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status: Vec<u16>,
+    /// Error codes, compared ignoring ASCII case, with a leading and/or trailing `*` as a
+    /// wildcard (`"*AlreadyExists"`). Any of them matching the top code or any detail code is
+    /// enough.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<String>,
+    /// Fragments, compared ignoring case; any of them in the top message or a detail message is
+    /// enough.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub message_contains: Vec<String>,
+    /// The precondition the request must have carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestCondition>,
+}
+
+/// A precondition on the *request*: the same 412 means "stale ETag" or "already exists"
+/// depending on what the request asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestCondition {
+    /// The request carried `If-Match` or `If-Unmodified-Since`.
+    IfMatch,
+    /// The request carried `If-None-Match: *` (create only).
+    IfNoneMatchStar,
+    /// The request carried neither of the above.
+    NoPrecondition,
+}
+
+impl RequestCondition {
+    /// Whether a request with these headers satisfies the condition.
+    pub fn holds_for(self, request_headers: &HeaderMap) -> bool {
+        let if_match = request_headers.contains_key(header::IF_MATCH)
+            || request_headers.contains_key(header::IF_UNMODIFIED_SINCE);
+        let create_only = request_headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|tag| tag.trim() == "*");
+        match self {
+            Self::IfMatch => if_match,
+            Self::IfNoneMatchStar => create_only,
+            Self::NoPrecondition => !if_match && !create_only,
+        }
+    }
+}
+
+impl Rule {
+    /// Whether the rule matches a response with this status and parsed body to a request with
+    /// these headers.
+    pub fn matches(&self, status: u16, request_headers: &HeaderMap, body: &ErrorBody) -> bool {
+        self.matches_facts(&Facts::new(status, request_headers, body))
+    }
+
+    fn matches_facts(&self, facts: &Facts<'_>) -> bool {
+        (self.status.is_empty() || self.status.contains(&facts.status))
+            && (self.codes.is_empty()
+                || self
+                    .codes
+                    .iter()
+                    .any(|p| facts.codes().any(|c| code_matches(p, c))))
+            && (self.message_contains.is_empty()
+                || self.message_contains.iter().any(|needle| {
+                    let needle = needle.to_lowercase();
+                    facts.messages.iter().any(|m| m.contains(&needle))
+                }))
+            && self
+                .request
+                .is_none_or(|r| r.holds_for(facts.request_headers))
+    }
+}
+
+/// What every rule is checked against, with the messages lower-cased once.
+struct Facts<'a> {
+    status: u16,
+    request_headers: &'a HeaderMap,
+    body: &'a ErrorBody,
+    messages: Vec<String>,
+}
+
+impl<'a> Facts<'a> {
+    fn new(status: u16, request_headers: &'a HeaderMap, body: &'a ErrorBody) -> Self {
+        let messages = body
+            .message
+            .iter()
+            .chain(&body.detail_messages)
+            .map(|m| m.to_lowercase())
+            .collect();
+        Self {
+            status,
+            request_headers,
+            body,
+            messages,
+        }
+    }
+
+    fn codes(&self) -> impl Iterator<Item = &str> {
+        self.body
+            .code
+            .iter()
+            .chain(&self.body.detail_codes)
+            .map(String::as_str)
+    }
+}
+
+/// `pattern` against `code`, ignoring ASCII case; `*` at either end is a wildcard.
+fn code_matches(pattern: &str, code: &str) -> bool {
+    let (any_prefix, rest) = match pattern.strip_prefix('*') {
+        Some(rest) => (true, rest),
+        None => (false, pattern),
+    };
+    let (any_suffix, core) = match rest.strip_suffix('*') {
+        Some(core) => (true, core),
+        None => (false, rest),
+    };
+    let code = code.to_ascii_lowercase();
+    let core = core.to_ascii_lowercase();
+    match (any_prefix, any_suffix) {
+        (false, false) => code == core,
+        (true, false) => code.ends_with(&core),
+        (false, true) => code.starts_with(&core),
+        (true, true) => code.contains(&core),
+    }
+}
+
+static BUILTIN: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+    load(include_str!("rules.json")).expect("rules.json is checked by the unit tests")
+});
+
+/// The built-in Azure table, in order.
+pub(crate) fn builtin() -> &'static [Rule] {
+    &BUILTIN
+}
+
+/// Parses the built-in file: an array of rules, each with an extra `why` that explains the rule
+/// to maintainers and is dropped here, so [`Rule`] itself still rejects unknown fields.
+fn load(json: &str) -> Result<Vec<Rule>, serde_json::Error> {
+    let entries: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(json)?;
+    entries
+        .into_iter()
+        .map(|mut entry| {
+            entry.remove("why");
+            serde_json::from_value(serde_json::Value::Object(entry))
+        })
+        .collect()
+}
+
+/// Classifies one response with `rules`; see [`super::Classifier::classify`].
+pub(crate) fn classify(
+    rules: &[Rule],
+    status: StatusCode,
+    request_headers: &HeaderMap,
+    response_headers: &HeaderMap,
+    body: &[u8],
+) -> Classification {
+    let parsed = parse(response_headers, body);
+    let facts = Facts::new(status.as_u16(), request_headers, &parsed);
+    let rule = rules.iter().find(|rule| rule.matches_facts(&facts));
+    let messages: Vec<&str> = parsed
+        .message
+        .iter()
+        .chain(&parsed.detail_messages)
+        .map(String::as_str)
+        .collect();
+    let (operation_uri, referenced_resource) = references(&messages);
+    Classification {
+        kind: rule.map_or(ConflictKind::Unknown, |r| r.kind),
+        status: status.as_u16(),
+        rule: rule.and_then(|r| r.name.clone()),
+        retry_after: retry_after(response_headers),
+        operation_uri,
+        referenced_resource,
+        code: parsed.code,
+        message: parsed.message,
+        target: parsed.target,
+        detail_codes: parsed.detail_codes,
+    }
+}
+
+/// How much of one message is searched for URIs and resource IDs.
+const SCAN_LIMIT: usize = 64 * 1024;
+/// How many `http` / `/subscriptions/` occurrences per message are looked at.
+const MAX_CANDIDATES: usize = 64;
+/// Longer "URIs" or resource IDs are noise, not something to poll; this also keeps a message
+/// made of one endless URI from costing quadratic time.
+const MAX_REFERENCE_LEN: usize = 4096;
+/// How far before a URI its "use uri:" wording may start.
+const CUE_WINDOW: usize = 80;
+/// Wording that introduces an operation-status URI.
+const CUES: [&str; 5] = [
+    "use uri",
+    "operation uri",
+    "operation status",
+    "status of the operation",
+    "poll",
+];
+/// Path segments of ARM operation-status URIs.
+const OPERATION_PATHS: [&str; 3] = ["/operations/", "/operationresults/", "/operationstatuses/"];
+
+/// The operation-status URI and the referenced resource ID named in `messages` (top first).
+fn references(messages: &[&str]) -> (Option<String>, Option<String>) {
+    let mut operation: Option<(usize, std::ops::Range<usize>, String)> = None;
+    'messages: for (index, message) in messages.iter().enumerate() {
+        let text = prefix(message);
+        let lower = text.to_ascii_lowercase();
+        for (range, uri) in uris(text, &lower) {
+            let window = &lower.as_bytes()[range.start.saturating_sub(CUE_WINDOW)..range.start];
+            let cued = CUES.iter().any(|cue| contains(window, cue.as_bytes()));
+            let path = uri.path().to_ascii_lowercase();
+            if cued || OPERATION_PATHS.iter().any(|p| path.contains(p)) {
+                let found = text[range.clone()].to_owned();
+                operation = Some((index, range, found));
+                break 'messages;
+            }
+        }
+    }
+    let resource = messages.iter().enumerate().find_map(|(index, message)| {
+        let skip = operation
+            .as_ref()
+            .filter(|(at, _, _)| *at == index)
+            .map(|(_, range, _)| range.clone());
+        resource_id(prefix(message), skip)
+    });
+    (operation.map(|(_, _, uri)| uri), resource)
+}
+
+/// At most [`SCAN_LIMIT`] bytes of `s`, cut at a character boundary.
+fn prefix(s: &str) -> &str {
+    bounded(s, SCAN_LIMIT)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn bounded(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The text from the start of `s` up to the first character `stop` accepts (or the end), if
+/// that is at most [`MAX_REFERENCE_LEN`] bytes.
+fn token(s: &str, stop: impl Fn(char) -> bool) -> Option<&str> {
+    let window = bounded(s, MAX_REFERENCE_LEN + 1);
+    match window.find(stop) {
+        Some(len) => Some(&s[..len]),
+        None if window.len() == s.len() && s.len() <= MAX_REFERENCE_LEN => Some(s),
+        None => None,
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Characters that end a URI or resource ID embedded in prose or in JSON-in-a-string.
+fn is_stop(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | '\\')
+}
+
+/// The `http(s)://` URIs in `text` (`lower` is its ASCII-lowercased copy), as byte ranges.
+fn uris<'t>(
+    text: &'t str,
+    lower: &'t str,
+) -> impl Iterator<Item = (std::ops::Range<usize>, url::Url)> + 't {
+    lower
+        .match_indices("http")
+        .take(MAX_CANDIDATES)
+        .filter_map(move |(start, _)| {
+            let rest = &lower[start + 4..];
+            if !(rest.starts_with("://") || rest.starts_with("s://")) {
+                return None;
+            }
+            let candidate = token(&text[start..], is_stop)?
+                .trim_end_matches(['.', ',', ';', ':', ')', ']', '!']);
+            let url = url::Url::parse(candidate).ok().filter(|u| u.has_host())?;
+            Some((start..start + candidate.len(), url))
+        })
+}
+
+/// The first `/subscriptions/…` resource ID in `text` that does not start inside `skip`.
+fn resource_id(text: &str, skip: Option<std::ops::Range<usize>>) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    lower
+        .match_indices("/subscriptions/")
+        .take(MAX_CANDIDATES)
+        .filter(|(start, _)| !skip.as_ref().is_some_and(|r| r.contains(start)))
+        .find_map(|(start, _)| {
+            let id = token(&text[start..], |c| is_stop(c) || matches!(c, ',' | '?'))?;
+            let id = id.trim_end_matches(['.', ':', ';', '/']);
+            (id.len() > "/subscriptions/".len()).then(|| id.to_owned())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OP_URI: &str = "https://management.azure.com/subscriptions/00000000-0000-0000-0000-000000000001/providers/Microsoft.Network/locations/westeurope/operations/5d66a0e0-e08b-4ecf-aee5-0ff5a461962b?api-version=2022-07-01";
+
+    #[test]
+    fn builtin_table_parses_with_unique_names_and_reasons() {
+        let rules = builtin();
+        assert!(rules.len() > 20);
+        let mut names = std::collections::HashSet::new();
+        for rule in rules {
+            let name = rule
+                .name
+                .as_deref()
+                .expect("every built-in rule has a name");
+            assert!(names.insert(name), "duplicate rule name {name}");
+        }
+        let raw: Vec<serde_json::Value> = serde_json::from_str(include_str!("rules.json")).unwrap();
+        for entry in raw {
+            let why = entry["why"].as_str().unwrap_or_default();
+            assert!(!why.is_empty(), "rule {} has no why", entry["name"]);
+        }
+    }
+
+    #[test]
+    fn unknown_rule_fields_are_rejected() {
+        assert!(load(r#"[{"name":"x","kind":"permanent","code":["Typo"]}]"#).is_err());
+        assert!(load(r#"[{"name":"x","why":"ok","kind":"permanent","codes":["A"]}]"#).is_ok());
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(code_matches("*AlreadyExists", "BlobAlreadyExists"));
+        assert!(code_matches("*alreadyexists", "BLOBALREADYEXISTS"));
+        assert!(!code_matches("*AlreadyExists", "AlreadyExistsNot"));
+        assert!(code_matches("Lease*", "LeaseLost"));
+        assert!(code_matches("*Being*", "ContainerBeingDeleted"));
+        assert!(code_matches("*", "Anything"));
+        assert!(code_matches("Conflict", "conflict"));
+        assert!(!code_matches("Conflict", "ConflictingUserInput"));
+    }
+
+    #[test]
+    fn request_conditions() {
+        let mut h = HeaderMap::new();
+        assert!(RequestCondition::NoPrecondition.holds_for(&h));
+        h.insert(header::IF_NONE_MATCH, "\"abc\"".parse().unwrap());
+        assert!(RequestCondition::NoPrecondition.holds_for(&h));
+        h.insert(header::IF_NONE_MATCH, " * ".parse().unwrap());
+        assert!(RequestCondition::IfNoneMatchStar.holds_for(&h));
+        assert!(!RequestCondition::NoPrecondition.holds_for(&h));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::IF_UNMODIFIED_SINCE,
+            "Mon, 01 Jan 2024 00:00:00 GMT".parse().unwrap(),
+        );
+        assert!(RequestCondition::IfMatch.holds_for(&h));
+    }
+
+    #[test]
+    fn every_condition_must_hold() {
+        let rule = Rule {
+            name: None,
+            kind: ConflictKind::StateConflict,
+            status: vec![409],
+            codes: vec!["Conflict".into()],
+            message_contains: vec!["Busy".into()],
+            request: Some(RequestCondition::NoPrecondition),
+        };
+        let body = ErrorBody {
+            code: Some("Other".into()),
+            detail_codes: vec!["CONFLICT".into()],
+            detail_messages: vec!["the thing is busy".into()],
+            ..ErrorBody::default()
+        };
+        let none = HeaderMap::new();
+        assert!(rule.matches(409, &none, &body));
+        assert!(!rule.matches(412, &none, &body));
+        let mut if_match = HeaderMap::new();
+        if_match.insert(header::IF_MATCH, "*".parse().unwrap());
+        assert!(!rule.matches(409, &if_match, &body));
+        let quiet = ErrorBody {
+            detail_messages: vec![],
+            ..body
+        };
+        assert!(!rule.matches(409, &none, &quiet));
+    }
+
+    #[test]
+    fn operation_uri_after_wording() {
+        let msg = format!(
+            "Another operation on this or dependent resource is in progress. To retrieve status of the operation use uri: {OP_URI}."
+        );
+        let (op, res) = references(&[&msg]);
+        assert_eq!(op.as_deref(), Some(OP_URI));
+        assert_eq!(
+            res, None,
+            "the resource inside the operation URI is not a referenced resource"
+        );
+    }
+
+    #[test]
+    fn operation_uri_by_path_in_a_detail() {
+        let detail = format!("see ({OP_URI}), then retry");
+        let (op, _) = references(&["top", &detail]);
+        assert_eq!(op.as_deref(), Some(OP_URI));
+    }
+
+    #[test]
+    fn help_links_are_not_operation_uris() {
+        let (op, _) = references(&["Please see https://aka.ms/arm-deploy for usage details."]);
+        assert_eq!(op, None);
+        let (op, _) = references(&["use uri: not-a-uri http:// https://"]);
+        assert_eq!(op, None);
+    }
+
+    #[test]
+    fn referenced_resource() {
+        let msg = "Cannot proceed with operation because resource /subscriptions/s1/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vnet1 used by resource /subscriptions/s1/resourceGroups/rg/providers/Microsoft.Network/networkInterfaces/nic1 is not in Succeeded state.";
+        let (_, res) = references(&[msg]);
+        assert_eq!(
+            res.as_deref(),
+            Some(
+                "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vnet1"
+            )
+        );
+        let quoted =
+            "The scope '/subscriptions/s1/resourceGroups/rg' cannot perform write operation.";
+        assert_eq!(
+            references(&[quoted]).1.as_deref(),
+            Some("/subscriptions/s1/resourceGroups/rg")
+        );
+        let ending = "Disk d1 is attached to VM /subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1.";
+        assert_eq!(
+            references(&[ending]).1.as_deref(),
+            Some(
+                "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"
+            )
+        );
+        assert_eq!(references(&["see /subscriptions/ for details"]).1, None);
+    }
+
+    #[test]
+    fn resource_after_operation_uri_is_found() {
+        let msg = format!("use uri: {OP_URI}, blocked by /subscriptions/s1/resourceGroups/rg,");
+        let (op, res) = references(&[&msg]);
+        assert_eq!(op.as_deref(), Some(OP_URI));
+        assert_eq!(res.as_deref(), Some("/subscriptions/s1/resourceGroups/rg"));
+    }
+
+    #[test]
+    fn scanning_is_bounded_and_char_safe() {
+        let long = format!("{}é{}", "x".repeat(SCAN_LIMIT - 1), " /subscriptions/s1");
+        assert_eq!(references(&[&long]), (None, None));
+        let odd = "use uri: https://é.example/operations/1 /subscriptions/é/x";
+        let (op, res) = references(&[odd]);
+        assert_eq!(op.as_deref(), Some("https://é.example/operations/1"));
+        assert_eq!(res.as_deref(), Some("/subscriptions/é/x"));
+    }
+
+    #[test]
+    fn huge_retry_after_survives_serialization() {
+        let mut response = HeaderMap::new();
+        response.insert(
+            header::RETRY_AFTER,
+            "99999999999999999999999".parse().unwrap(),
+        );
+        let c = classify(
+            builtin(),
+            StatusCode::CONFLICT,
+            &HeaderMap::new(),
+            &response,
+            b"",
+        );
+        assert_eq!(
+            c.retry_after,
+            Some(std::time::Duration::from_secs(u64::MAX))
+        );
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Classification>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn endless_references_are_cheap_and_ignored() {
+        let uris = "https://".repeat(SCAN_LIMIT / 8);
+        assert_eq!(references(&[&uris]), (None, None));
+        let ids = "/subscriptions/".repeat(SCAN_LIMIT / 15);
+        assert_eq!(references(&[&ids]), (None, None));
+        let exact = format!("/subscriptions/{}", "s".repeat(MAX_REFERENCE_LEN - 15));
+        assert_eq!(
+            references(&[&exact]).1.map(|id| id.len()),
+            Some(MAX_REFERENCE_LEN)
+        );
+    }
+
+    #[test]
+    fn no_rule_means_unknown() {
+        let c = classify(
+            &[],
+            StatusCode::CONFLICT,
+            &HeaderMap::new(),
+            &HeaderMap::new(),
+            b"",
+        );
+        assert_eq!(c.kind, ConflictKind::Unknown);
+        assert_eq!(c.rule, None);
+        assert_eq!(c.status, 409);
+    }
+}

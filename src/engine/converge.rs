@@ -1,0 +1,169 @@
+//! Waiting until the thing a conflict depends on reaches a terminal state.
+//!
+//! What to watch comes from the error itself when it says: an operation-status URI
+//! ("To retrieve status of the operation use uri: …") is the most precise signal; a referenced
+//! resource (`ReferencedResourceNotProvisioned`) is the dependency actually in transition;
+//! otherwise the resource the request wrote. Every wait is capped by the policy and by the
+//! deadline, and every poll is bounded in size and time, so a hostile or stuck server can only make
+//! us wait until the deadline, never longer.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::time::{Instant, sleep, timeout};
+use url::Url;
+
+use super::{
+    Engine, Original, Transport, fetch_headers,
+    state::{Source, is_terminal, read_state},
+};
+use crate::{Classification, ConflictReport, Error, ResourceId, classify::retry_after};
+
+impl Engine {
+    /// Polls until a terminal state is seen, or fails with [`Error::NotConverged`] at `deadline`.
+    /// The time spent is added to the report either way.
+    pub(super) async fn converge<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+        deadline: Instant,
+        report: &mut ConflictReport,
+    ) -> Result<(), Error> {
+        let waiting = Instant::now();
+        let converged = self.poll(transport, original, deadline, report).await;
+        report.waited += waiting.elapsed();
+        if converged {
+            return Ok(());
+        }
+        Err(Error::NotConverged {
+            resource: original.resource.key().to_owned(),
+            last_state: report.last_state().map(str::to_owned),
+            classification: Box::new(report.classification.clone()),
+            attempts: report.attempts,
+            waited: report.waited,
+        })
+    }
+
+    /// Whether a terminal state was seen before `deadline`.
+    async fn poll<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+        deadline: Instant,
+        report: &mut ConflictReport,
+    ) -> bool {
+        let policy = self.policy();
+        let (mut target, mut source) = self.poll_target(original, report);
+        let headers = fetch_headers(original.headers);
+        let mut schedule = policy.poll.backoff();
+        let mut delay = self.next_delay(report.classification.retry_after, &mut schedule);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            sleep(delay.min(remaining)).await;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return false;
+            }
+            let fetch = transport.fetch(target.clone(), headers.clone(), policy.max_fetch_body);
+            let mut hint = None;
+            let state = match timeout(remaining, fetch).await {
+                // Cut off by the deadline: nothing was observed, so the last state stays the last one seen.
+                Err(_) => return false,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, url = %target, "poll failed");
+                    "transport error".to_owned()
+                }
+                Ok(Ok(fetched)) => {
+                    hint = retry_after(&fetched.headers);
+                    match fetched.status {
+                        s if s.is_success() => read_state(source, &fetched.body)
+                            .unwrap_or_else(|| "unreadable".to_owned()),
+                        // A resource that is gone is not in transition any more.
+                        StatusCode::NOT_FOUND if source == Source::Resource => {
+                            "NotFound".to_owned()
+                        }
+                        StatusCode::NOT_FOUND => {
+                            report.note(format!(
+                                "operation status {target} answered 404; polling the resource instead"
+                            ));
+                            target = original.resource.fetch_url(original.url);
+                            source = Source::Resource;
+                            delay = Duration::ZERO;
+                            report.observe("operation not found");
+                            continue;
+                        }
+                        s => format!("HTTP {}", s.as_u16()),
+                    }
+                }
+            };
+            tracing::debug!(state = %state, url = %target, "polled");
+            report.observe(&state);
+            if is_terminal(&state) || state == "NotFound" {
+                return true;
+            }
+            delay = self.next_delay(hint, &mut schedule);
+        }
+    }
+
+    /// The server's hint, kept between the poll floor and the policy cap, else the schedule's next.
+    fn next_delay(
+        &self,
+        hint: Option<Duration>,
+        schedule: &mut impl Iterator<Item = Duration>,
+    ) -> Duration {
+        let poll = &self.policy().poll;
+        match hint {
+            Some(d) => d.min(self.policy().retry_after_cap).max(poll.min_delay),
+            None => schedule.next().unwrap_or(poll.max_delay),
+        }
+    }
+
+    /// What to poll for this conflict, noting in the report anything named but not usable.
+    fn poll_target(&self, original: &Original<'_>, report: &mut ConflictReport) -> (Url, Source) {
+        let classification = &report.classification;
+        let mut notes = Vec::new();
+        let target = self.choose_target(original, classification, &mut notes);
+        for note in notes {
+            report.note(note);
+        }
+        target
+    }
+
+    fn choose_target(
+        &self,
+        original: &Original<'_>,
+        classification: &Classification,
+        notes: &mut Vec<String>,
+    ) -> (Url, Source) {
+        if let Some(uri) = &classification.operation_uri {
+            match Url::parse(uri) {
+                Ok(url) if self.may_poll(original.url, &url) => return (url, Source::Operation),
+                Ok(url) => notes.push(format!(
+                    "operation URI host {} is not allowed; polling the resource instead",
+                    url.host_str().unwrap_or("")
+                )),
+                Err(_) => notes.push("operation URI is not a valid URL".to_owned()),
+            }
+        }
+        if let Some(id) = &classification.referenced_resource {
+            match ResourceId::parse(id) {
+                Ok(referenced) => {
+                    return (referenced.fetch_url(original.url), Source::Resource);
+                }
+                Err(_) => notes.push("referenced resource is not a valid ARM ID".to_owned()),
+            }
+        }
+        (original.resource.fetch_url(original.url), Source::Resource)
+    }
+
+    /// Polls go to the request's own origin, or to an allow-listed host over https.
+    fn may_poll(&self, request: &Url, target: &Url) -> bool {
+        if request.origin() == target.origin() {
+            return true;
+        }
+        target.scheme() == "https"
+            && target
+                .host_str()
+                .is_some_and(|host| self.policy().host_allowed(host))
+    }
+}

@@ -1,0 +1,48 @@
+//! The crate's one error type.
+
+use std::time::Duration;
+
+use crate::Classification;
+
+/// Everything that can go wrong in this crate, each variant carrying what a caller needs to act.
+///
+/// Through [`ConflictMiddleware`](crate::ConflictMiddleware) these arrive as
+/// `reqwest_middleware::Error::Middleware`; get them back with `downcast_ref::<Error>()`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A conflict was worth waiting for, but the resource (or the operation it named) did not reach
+    /// a terminal state before the policy's deadline.
+    #[error(
+        "{resource} did not converge within {waited:?} after {attempts} attempt(s); last state: {}",
+        last_state.as_deref().unwrap_or("never observed")
+    )]
+    NotConverged {
+        /// The key of the resource the request targets.
+        resource: String,
+        /// The conflict that started the wait.
+        classification: Box<Classification>,
+        /// The last state a poll observed (`Updating`, `InProgress`, `HTTP 503`, …).
+        last_state: Option<String>,
+        /// How many times the original request was sent.
+        attempts: u32,
+        /// Time spent waiting and polling.
+        waited: Duration,
+    },
+    /// A string is not an ARM resource ID.
+    #[error("invalid resource ID {input:?}: {reason}")]
+    InvalidResourceId {
+        /// The offending input (truncated when long).
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A policy could not be loaded.
+    #[error("invalid policy at `{path}`: {message}")]
+    InvalidPolicy {
+        /// Where in the document the problem is (`poll.min_delay`), or `.` for the whole document.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}

@@ -1,0 +1,114 @@
+//! What happened to a request that met a conflict.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Classification, ConflictKind};
+
+/// How many observed states a report keeps; a long wait repeats itself and must not grow memory.
+const MAX_STATES: usize = 32;
+
+/// How a conflict resolution ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The request was retried after the conflict cleared, and the last answer was not a conflict.
+    Resolved,
+    /// The policy says not to retry this kind (permanent, already exists, …): the response is the
+    /// server's own.
+    Surfaced,
+    /// The request's body could not be cloned, so it could be sent only once.
+    NotRetryable,
+    /// The attempt budget ran out; the response is the last conflict.
+    Exhausted,
+    /// The deadline passed before another attempt could be made; the response is the last conflict.
+    DeadlineExceeded,
+}
+
+/// Attached to the extensions of every response that met a 409/412, and recorded on its tracing span.
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_middleware::Error> {
+/// use reqwest_conflict::ConflictReport;
+///
+/// let resp = client.put("https://management.azure.com/…").send().await?;
+/// if let Some(report) = resp.extensions().get::<ConflictReport>() {
+///     println!("{} after {} attempts, waited {:?}: {:?}", report.kind, report.attempts, report.waited, report.outcome);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictReport {
+    /// The resource key (see [`ResourceId::key`](crate::ResourceId::key)).
+    pub resource: String,
+    /// The ARM resource type, when the request targeted one.
+    pub resource_type: Option<String>,
+    /// The kind of the first conflict.
+    pub kind: ConflictKind,
+    /// The error code of the first conflict.
+    pub code: Option<String>,
+    /// The last conflict's full classification.
+    pub classification: Classification,
+    /// How many times the original request was sent.
+    pub attempts: u32,
+    /// How many 409/412 answers the original request got.
+    pub conflicts: u32,
+    /// How many re-fetches and polls were made.
+    pub polls: u32,
+    /// The states the polls observed, in order, repeats collapsed, at most 32.
+    pub states: Vec<String>,
+    /// Time spent waiting and polling.
+    #[serde(with = "humantime_serde")]
+    pub waited: Duration,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why something the classification suggested was not done (a host not allowed, …).
+    pub notes: Vec<String>,
+}
+
+impl ConflictReport {
+    pub(crate) fn new(
+        resource: String,
+        resource_type: Option<String>,
+        first: &Classification,
+    ) -> Self {
+        Self {
+            resource,
+            resource_type,
+            kind: first.kind,
+            code: first.code.clone(),
+            classification: first.clone(),
+            attempts: 1,
+            conflicts: 0,
+            polls: 0,
+            states: Vec::new(),
+            waited: Duration::ZERO,
+            outcome: Outcome::Surfaced,
+            notes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn observe(&mut self, state: &str) {
+        self.polls += 1;
+        if self.states.last().is_some_and(|s| s == state) {
+            return;
+        }
+        // Keep the first states and always the latest one, which is the one errors quote.
+        if self.states.len() >= MAX_STATES {
+            self.states.pop();
+        }
+        self.states.push(state.to_owned());
+    }
+
+    pub(crate) fn note(&mut self, note: String) {
+        if self.notes.len() < MAX_STATES {
+            self.notes.push(note);
+        }
+    }
+
+    /// The last state a poll saw.
+    pub fn last_state(&self) -> Option<&str> {
+        self.states.last().map(String::as_str)
+    }
+}

@@ -1,0 +1,398 @@
+//! State conflicts (409) resolved through `ConflictMiddleware`, proven by what the simulator saw.
+
+mod common;
+
+use std::time::Duration;
+
+use arm_sim::{Scripted, Sim, SimConfig};
+use common::*;
+use reqwest_conflict::{ConflictKind, ConflictReport, Error, Outcome};
+use serde_json::json;
+
+fn report(resp: &reqwest::Response) -> ConflictReport {
+    resp.extensions()
+        .get::<ConflictReport>()
+        .cloned()
+        .expect("a response that met a conflict carries a report")
+}
+
+async fn sim_with_vm(transition: Duration) -> Sim {
+    let sim = Sim::start(SimConfig {
+        transition,
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, vm_body("Standard_D2s_v3"));
+    sim
+}
+
+#[tokio::test]
+async fn retry_is_sent_only_after_the_operation_reached_a_terminal_state() {
+    let sim = sim_with_vm(Duration::from_millis(150)).await;
+    // Another writer starts a transition the middleware's PUT will collide with.
+    let other = reqwest::Client::new()
+        .put(url(&sim, VM))
+        .json(&vm_body("Standard_D2s_v3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+
+    let resp = client(fast_policy())
+        .put(url(&sim, VM))
+        .json(&vm_body("Standard_D4s_v3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let report = report(&resp);
+    assert_eq!(report.kind, ConflictKind::StateConflict);
+    assert_eq!(report.code.as_deref(), Some("AnotherOperationInProgress"));
+    assert_eq!(report.outcome, Outcome::Resolved);
+    assert_eq!(report.attempts, 2);
+    assert_eq!(report.conflicts, 1);
+    assert!(report.polls >= 1);
+    assert_eq!(report.last_state(), Some("Succeeded"));
+
+    // Server side: the operations URI was polled, and the retry came after the transition ended.
+    let first = &sim.transitions()[0];
+    let ended = first.end.expect("the first transition ended");
+    let puts: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .collect();
+    assert_eq!(
+        puts.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200, 409, 200]
+    );
+    assert!(
+        puts[2].at >= ended,
+        "retry at {:?} before the transition ended at {ended:?}",
+        puts[2].at
+    );
+    let op_polls = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/operations/"))
+        .count();
+    assert!(op_polls >= 1, "the operation URI was never polled");
+    assert_eq!(
+        sim.count("GET", VM, None),
+        0,
+        "the operation URI, not the resource, is polled"
+    );
+    assert_eq!(sim.overlapping_transitions(), 0);
+}
+
+#[tokio::test]
+async fn without_an_operation_uri_the_resource_itself_is_polled() {
+    let sim = sim_with_vm(Duration::from_millis(100)).await;
+    sim.begin_transition(VM, "Updating", Some(Duration::from_millis(120)));
+    sim.script(
+        "PUT",
+        VM,
+        vec![Scripted::json(
+            409,
+            json!({"error": {"code": "Conflict", "message": "The operation cannot be performed while the resource is in its current state (Updating)."}}),
+        )],
+    );
+    let resp = client(fast_policy())
+        .put(url(&sim, VM))
+        .json(&vm_body("Standard_D4s_v3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let report = report(&resp);
+    assert_eq!(report.outcome, Outcome::Resolved);
+    assert_eq!(report.states.first().map(String::as_str), Some("Updating"));
+    assert_eq!(report.last_state(), Some("Succeeded"));
+
+    let gets = sim.count("GET", VM, Some(200));
+    assert!(gets >= 2, "expected polls of the resource, saw {gets}");
+    // The re-fetch keeps the request's api-version.
+    assert!(
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .all(|r| r.query.as_deref() == Some(API))
+    );
+    let ended = sim.transitions()[0].end.unwrap();
+    let retry = sim
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "PUT")
+        .unwrap();
+    assert!(retry.at >= ended);
+}
+
+#[tokio::test]
+async fn referenced_resource_is_polled_when_the_error_names_it() {
+    let sim = sim_with_vm(Duration::from_millis(50)).await;
+    sim.seed(NIC, json!({"location": "westus", "properties": {}}));
+    sim.begin_transition(SUBNET, "Updating", Some(Duration::from_millis(150)));
+    let message = format!(
+        "Resource {SUBNET} referenced by resource {NIC} was not found or is not in Succeeded state. Resource is in Updating state and the last operation that updated/is updating the resource is PutSubnetOperation."
+    );
+    sim.script(
+        "PUT",
+        NIC,
+        vec![Scripted::json(
+            409,
+            json!({"error": {"code": "RetryableError", "message": "A retryable error occurred.",
+                "details": [{"code": "ReferencedResourceNotProvisioned", "message": message}]}}),
+        )],
+    );
+    let resp = client(fast_policy())
+        .put(url(&sim, NIC))
+        .json(&json!({"location": "westus", "properties": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let report = report(&resp);
+    assert_eq!(
+        report.classification.referenced_resource.as_deref(),
+        Some(SUBNET)
+    );
+    assert_eq!(report.outcome, Outcome::Resolved);
+    assert!(
+        sim.count("GET", SUBNET, None) >= 1,
+        "the subnet was never polled"
+    );
+    assert_eq!(sim.count("GET", NIC, None), 0);
+    let subnet_ready = sim
+        .transitions()
+        .iter()
+        .find(|t| t.resource.ends_with("subnets/default"))
+        .unwrap()
+        .end
+        .unwrap();
+    let retry = sim
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "PUT")
+        .unwrap();
+    assert!(retry.at >= subnet_ready);
+}
+
+#[tokio::test]
+async fn an_operation_uri_on_a_host_not_allowed_is_never_polled() {
+    // A second server stands for the foreign host, so we can see that nothing reached it.
+    let foreign = Sim::start(SimConfig::default()).await;
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(100),
+        operation_base: Some(foreign.base_url().to_owned()),
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, vm_body("Standard_D2s_v3"));
+    reqwest::Client::new()
+        .put(url(&sim, VM))
+        .json(&vm_body("a"))
+        .send()
+        .await
+        .unwrap();
+
+    let resp = client(fast_policy())
+        .put(url(&sim, VM))
+        .json(&vm_body("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let report = report(&resp);
+    assert!(
+        report
+            .classification
+            .operation_uri
+            .as_deref()
+            .unwrap()
+            .starts_with(foreign.base_url())
+    );
+    assert!(
+        report.notes.iter().any(|n| n.contains("not allowed")),
+        "{:?}",
+        report.notes
+    );
+    assert!(
+        foreign.requests().is_empty(),
+        "the foreign host was contacted"
+    );
+    assert!(
+        sim.count("GET", VM, None) >= 1,
+        "the resource should be polled instead"
+    );
+}
+
+#[tokio::test]
+async fn a_state_that_never_converges_ends_at_the_deadline_naming_the_last_state() {
+    let sim = sim_with_vm(Duration::from_millis(10)).await;
+    sim.begin_transition(VM, "Updating", None);
+    sim.script(
+        "PUT",
+        VM,
+        vec![Scripted::json(409, json!({"error": {"code": "AnotherOperationInProgress", "message": "Another operation on this or dependent resource is in progress."}}))],
+    );
+    let policy = reqwest_conflict::ConflictPolicy {
+        deadline: Duration::from_millis(300),
+        ..fast_policy()
+    };
+    let err = client(policy)
+        .put(url(&sim, VM))
+        .json(&vm_body("x"))
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(err) = err else {
+        panic!("expected a middleware error, got {err:?}");
+    };
+    match err.downcast_ref::<Error>() {
+        Some(Error::NotConverged {
+            last_state,
+            attempts,
+            classification,
+            waited,
+            ..
+        }) => {
+            assert_eq!(last_state.as_deref(), Some("Updating"));
+            assert_eq!(*attempts, 1);
+            assert_eq!(classification.kind, ConflictKind::StateConflict);
+            assert!(*waited >= Duration::from_millis(300));
+        }
+        other => panic!("expected NotConverged, got {other:?}"),
+    }
+    assert_eq!(sim.count("PUT", VM, None), 1, "no retry after the deadline");
+    assert!(sim.count("GET", VM, None) >= 2);
+}
+
+#[tokio::test]
+async fn exhausted_budget_returns_the_last_conflict() {
+    let sim = sim_with_vm(Duration::from_millis(10)).await;
+    let conflict =
+        json!({"error": {"code": "AnotherOperationInProgress", "message": "in progress"}});
+    sim.script(
+        "PUT",
+        VM,
+        vec![
+            Scripted::json(409, conflict.clone()),
+            Scripted::json(409, conflict),
+        ],
+    );
+    let policy = reqwest_conflict::ConflictPolicy {
+        max_attempts: 2,
+        ..fast_policy()
+    };
+    let resp = client(policy)
+        .put(url(&sim, VM))
+        .json(&vm_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let report = report(&resp);
+    assert_eq!(report.outcome, Outcome::Exhausted);
+    assert_eq!(report.attempts, 2);
+    assert_eq!(report.conflicts, 2);
+    assert_eq!(sim.count("PUT", VM, None), 2);
+}
+
+#[tokio::test]
+async fn absurd_retry_after_is_capped_by_the_policy() {
+    let sim = sim_with_vm(Duration::from_millis(10)).await;
+    sim.script(
+        "PUT",
+        VM,
+        vec![
+            Scripted::json(
+                409,
+                json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
+            )
+            .header("Retry-After", "999999"),
+        ],
+    );
+    // If the 999999 s were honoured this would hang for 11 days; the outer timeout only catches that.
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        client(fast_policy())
+            .put(url(&sim, VM))
+            .json(&vm_body("x"))
+            .send(),
+    )
+    .await
+    .expect("Retry-After was not capped")
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let report = report(&resp);
+    assert_eq!(
+        report.classification.retry_after,
+        Some(Duration::from_secs(999999))
+    );
+    assert_eq!(report.outcome, Outcome::Resolved);
+}
+
+#[tokio::test]
+async fn polls_go_through_the_rest_of_the_chain() {
+    // Authentication added after this middleware must still reach the polls.
+    struct Auth;
+    #[async_trait::async_trait]
+    impl reqwest_middleware::Middleware for Auth {
+        async fn handle(
+            &self,
+            mut req: reqwest::Request,
+            ext: &mut http::Extensions,
+            next: reqwest_middleware::Next<'_>,
+        ) -> reqwest_middleware::Result<reqwest::Response> {
+            req.headers_mut()
+                .insert("authorization", "Bearer test-token".parse().unwrap());
+            next.run(req, ext).await
+        }
+    }
+    let sim = sim_with_vm(Duration::from_millis(60)).await;
+    sim.begin_transition(VM, "Updating", Some(Duration::from_millis(60)));
+    sim.script(
+        "PUT",
+        VM,
+        vec![Scripted::json(
+            409,
+            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
+        )],
+    );
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(reqwest_conflict::ConflictMiddleware::new(fast_policy()))
+        .with(Auth)
+        .build();
+    let resp = client
+        .put(url(&sim, VM))
+        .json(&vm_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let requests = sim.requests();
+    assert!(requests.iter().any(|r| r.method == "GET"));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some("Bearer test-token"))
+    );
+}
+
+#[tokio::test]
+async fn safe_methods_and_successes_pass_through_without_a_report() {
+    let sim = sim_with_vm(Duration::from_millis(10)).await;
+    let c = client(fast_policy());
+    let resp = c.get(url(&sim, VM)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.extensions().get::<ConflictReport>().is_none());
+    let resp = c
+        .put(url(&sim, VM))
+        .json(&vm_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.extensions().get::<ConflictReport>().is_none());
+    assert_eq!(sim.requests().len(), 2);
+}
