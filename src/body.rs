@@ -93,6 +93,69 @@ where
     }
 }
 
+/// A body that passes every frame through and, if it ends within `cap` bytes, hands a copy of
+/// it to `done` — how representations are remembered without delaying or buffering the caller.
+pub(crate) struct Tee<B> {
+    inner: B,
+    copy: Option<BytesMut>,
+    cap: usize,
+    done: Option<Box<dyn FnOnce(Bytes) + Send + Sync>>,
+}
+
+impl<B> Tee<B> {
+    pub(crate) fn new(inner: B, cap: usize, done: impl FnOnce(Bytes) + Send + Sync + 'static) -> Self {
+        Self {
+            inner,
+            copy: Some(BytesMut::new()),
+            cap,
+            done: Some(Box::new(done)),
+        }
+    }
+}
+
+impl<B> Body for Tee<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let cap = self.cap;
+                if let (Some(copy), Some(data)) = (self.copy.as_mut(), frame.data_ref()) {
+                    if copy.len() + data.len() <= cap {
+                        copy.extend_from_slice(data);
+                    } else {
+                        self.copy = None;
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let (Some(copy), Some(done)) = (self.copy.take(), self.done.take()) {
+                    done(copy.freeze());
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.copy = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +189,21 @@ mod tests {
         let (body, peeked) = peek(chunked(&[]), 10).await.unwrap();
         assert!(peeked.is_empty());
         assert!(body.collect().await.unwrap().to_bytes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn tee_copies_bodies_within_the_cap_only() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let sink = seen.clone();
+        let tee = Tee::new(chunked(&[b"ab", b"cd"]), 4, move |b| *sink.lock().unwrap() = Some(b));
+        assert_eq!(&tee.collect().await.unwrap().to_bytes()[..], b"abcd");
+        assert_eq!(seen.lock().unwrap().as_deref(), Some(&b"abcd"[..]));
+
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let sink = seen.clone();
+        let tee = Tee::new(chunked(&[b"ab", b"cde"]), 4, move |b| *sink.lock().unwrap() = Some(b));
+        assert_eq!(&tee.collect().await.unwrap().to_bytes()[..], b"abcde");
+        assert!(seen.lock().unwrap().is_none(), "a body over the cap is not kept");
     }
 
     #[tokio::test]

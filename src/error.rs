@@ -11,8 +11,9 @@ use crate::Classification;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A conflict was worth waiting for, but the resource (or the operation it named) did not reach
-    /// a terminal state before the policy's deadline.
+    /// A conflict was worth waiting for — or the previous writer left the resource in transition —
+    /// but the resource (or the operation named) did not reach a terminal state before the
+    /// policy's deadline.
     #[error(
         "{resource} did not converge within {waited:?} after {attempts} attempt(s); last state: {}",
         last_state.as_deref().unwrap_or("never observed")
@@ -20,8 +21,9 @@ pub enum Error {
     NotConverged {
         /// The key of the resource the request targets.
         resource: String,
-        /// The conflict that started the wait.
-        classification: Box<Classification>,
+        /// The conflict that started the wait; `None` when the wait was the state guard's, before
+        /// the request was sent.
+        classification: Option<Box<Classification>>,
         /// The last state a poll observed (`Updating`, `InProgress`, `HTTP 503`, …).
         last_state: Option<String>,
         /// How many times the original request was sent.
@@ -43,6 +45,22 @@ pub enum Error {
         /// Where in the document the problem is (`poll.min_delay`), or `.` for the whole document.
         path: String,
         /// What is wrong.
+        message: String,
+    },
+    /// A lease could not be taken before the wait ran out: another writer holds it.
+    #[error("lease on {key} not acquired within {waited:?}")]
+    LeaseTimeout {
+        /// The key that stayed taken.
+        key: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The lease store failed (unreachable, refused, malformed answer).
+    #[error("lease store failed for {key}: {message}")]
+    LeaseBackend {
+        /// The key being acquired, renewed or released.
+        key: String,
+        /// What the store said, without credentials.
         message: String,
     },
 }

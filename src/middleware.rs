@@ -1,13 +1,16 @@
 //! The `reqwest-middleware` adapter: a thin translation onto the engine.
 
-use http::{Extensions, HeaderMap, Method, StatusCode};
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode};
 use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Middleware, Next};
 use url::Url;
 
+use std::sync::Arc;
+
 use crate::{
-    ConflictPolicy, ResourceId, body,
-    engine::{BoxFuture, Engine, Failure, Fetched, Original, Peeked, Transport, is_conflict},
+    ConflictPolicy, Journal, LeaseStore, ResourceId, body,
+    engine::{BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe},
 };
 
 /// Resolves 409 Conflict and 412 Precondition Failed answers for a `reqwest-middleware` client.
@@ -42,9 +45,50 @@ impl ConflictMiddleware {
         }
     }
 
+    /// The same middleware with another lease store, e.g. `RedisLeases` to serialize writers
+    /// across processes. The default is a [`MemoryLeases`](crate::MemoryLeases) of its own.
+    pub fn with_leases(mut self, store: impl LeaseStore) -> Self {
+        self.engine = self.engine.with_leases(Arc::new(store));
+        self
+    }
+
+    /// The same middleware sharing `store` with others (several clients in one process).
+    pub fn with_shared_leases(mut self, store: Arc<dyn LeaseStore>) -> Self {
+        self.engine = self.engine.with_leases(store);
+        self
+    }
+
     /// The policy in force (after clamping values that would make the engine spin).
     pub fn policy(&self) -> &ConflictPolicy {
         self.engine.policy()
+    }
+
+    /// The journal of the writes that went through this middleware (and its clones).
+    pub fn journal(&self) -> &Journal {
+        self.engine.journal()
+    }
+
+    /// When the policy merges stale writes, copies a successful JSON representation with an ETag
+    /// as it streams to the caller, to serve as a later merge base. Otherwise returns `response`
+    /// untouched.
+    fn remember(&self, resource: Option<ResourceId>, response: Response) -> Response {
+        let (Some(remembered), Some(resource)) = (self.engine.remembered(), resource) else {
+            return response;
+        };
+        let etag = response
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok());
+        let (Some(etag), true) = (etag, response.status().is_success()) else {
+            return response;
+        };
+        let (remembered, etag) = (remembered.clone(), etag.to_owned());
+        let url = response.url().clone();
+        let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
+        let tee = body::Tee::new(body, self.policy().max_fetch_body, move |bytes| {
+            remembered.put(resource.key(), &etag, bytes);
+        });
+        rebuild(parts, reqwest::Body::wrap(tee), url)
     }
 }
 
@@ -52,13 +96,6 @@ impl Default for ConflictMiddleware {
     fn default() -> Self {
         Self::new(ConflictPolicy::default())
     }
-}
-
-fn is_safe(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
 }
 
 #[async_trait::async_trait]
@@ -69,35 +106,33 @@ impl Middleware for ConflictMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        if is_safe(req.method()) {
-            return next.run(req, extensions).await;
+        let method = req.method().clone();
+        if is_safe(&method) {
+            let resource = (method == Method::GET).then(|| ResourceId::from_url(req.url()));
+            let response = next.run(req, extensions).await?;
+            return Ok(self.remember(resource, response));
         }
         let kept = Kept::from(&req);
-        let response = next.clone().run(req, extensions).await?;
-        if !is_conflict(response.status()) {
-            return Ok(response);
-        }
         let (url, headers) = kept.head();
         let original = Original {
+            method: &method,
             resource: ResourceId::from_url(url),
             url,
             headers,
+            overrides: Overrides::from_extensions(extensions),
         };
         let mut transport = ReqwestTransport {
             next,
             extensions,
+            first: Some(req),
             retry: kept.copy(),
         };
-        match self
-            .engine
-            .resolve(&mut transport, &original, response)
-            .await
-        {
+        match self.engine.execute(&mut transport, &original).await {
             Ok((mut response, report)) => {
                 if let Some(report) = report {
                     response.extensions_mut().insert(report);
                 }
-                Ok(response)
+                Ok(self.remember(Some(original.resource), response))
             }
             Err(Failure::Transport(error)) => Err(error),
             Err(Failure::Conflict(error)) => Err(reqwest_middleware::Error::middleware(error)),
@@ -138,6 +173,9 @@ impl Kept {
 struct ReqwestTransport<'a, 'e, 'k> {
     next: Next<'a>,
     extensions: &'e mut Extensions,
+    /// The request itself, until it is sent.
+    first: Option<Request>,
+    /// The copy later attempts are cloned from.
     retry: Option<&'k Request>,
 }
 
@@ -169,8 +207,42 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
         self.retry.is_some()
     }
 
-    fn resend(&mut self) -> BoxFuture<'_, Result<Response, Self::Error>> {
-        let request = self.retry.and_then(Request::try_clone);
+    fn body(&self) -> Option<Bytes> {
+        let bytes = self.retry?.body()?.as_bytes()?;
+        Some(Bytes::copy_from_slice(bytes))
+    }
+
+    fn send_variant(
+        &mut self,
+        if_match: HeaderValue,
+        body: Option<Bytes>,
+    ) -> Option<BoxFuture<'_, Result<Response, Self::Error>>> {
+        let mut request = self.retry?.try_clone()?;
+        request.headers_mut().insert(http::header::IF_MATCH, if_match);
+        if let Some(body) = body {
+            // The length is the new body's, set when it is sent.
+            request.headers_mut().remove(http::header::CONTENT_LENGTH);
+            *request.body_mut() = Some(reqwest::Body::from(body));
+        }
+        let next = self.next.clone();
+        let extensions = &mut *self.extensions;
+        Some(Box::pin(next.run(request, extensions)))
+    }
+
+    fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> Option<Response> {
+        let url = self.retry?.url().clone();
+        let mut response = http::Response::new(reqwest::Body::from(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        let (parts, body) = response.into_parts();
+        Some(rebuild(parts, body, url))
+    }
+
+    fn send(&mut self) -> BoxFuture<'_, Result<Response, Self::Error>> {
+        let request = self
+            .first
+            .take()
+            .or_else(|| self.retry.and_then(Request::try_clone));
         let next = self.next.clone();
         let extensions = &mut *self.extensions;
         Box::pin(async move {

@@ -50,6 +50,87 @@ pub struct ConflictPolicy {
     pub max_fetch_body: usize,
     /// Classification rules consulted before the built-in Azure table, so they can override it.
     pub rules: Vec<Rule>,
+    /// Single writer per resource.
+    pub leases: LeasePolicy,
+    /// What to do when a request's `If-Match` ETag is stale (412). Per request, insert a
+    /// [`PreconditionStrategy`] into the request's extensions to override it.
+    pub precondition: PreconditionStrategy,
+    /// How many representations (by resource and ETag) to remember as merge bases, when the
+    /// strategy is `merge`. Zero remembers none; callers can still pass a [`MergeBase`].
+    pub remember_representations: usize,
+}
+
+/// What to do about a stale precondition: another writer changed the resource since the caller
+/// read it.
+///
+/// Whatever the strategy, a write whose effect is already in the fresh representation (its first
+/// answer was lost, its retry met its own ETag change) is reported `already_applied` and answered
+/// with the fresh representation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreconditionStrategy {
+    /// Return the 412. The report carries the fresh ETag and representation, so the caller decides.
+    #[default]
+    Surface,
+    /// Three-way JSON merge of the caller's change and the other writer's: disjoint changes are
+    /// merged and sent with the fresh ETag; overlapping ones are surfaced with their paths.
+    Merge,
+    /// Last writer wins: send the same body again with the fresh ETag. This discards the other
+    /// writer's change; opt in only where that is what you mean.
+    Overwrite,
+}
+
+/// The representation the caller's change was based on, for [`PreconditionStrategy::Merge`]:
+/// insert it into the request's extensions when the middleware has not seen it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergeBase(pub serde_json::Value);
+
+/// How writers are serialized per resource (see [`crate::lease`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeasePolicy {
+    /// Take a lease on the resource before every write (PUT, PATCH, POST, DELETE).
+    pub enabled: bool,
+    /// How long a lease outlives a holder that vanished without releasing it (crashed process).
+    /// Stores that renew in the background keep it alive while the holder lives.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Resource types whose writes also lease their parent, as Terraform locks a virtual network
+    /// while writing one of its subnets. Compared ignoring ASCII case.
+    pub lock_parent_of: Vec<String>,
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl: Duration::from_secs(60),
+            lock_parent_of: [
+                "Microsoft.Network/virtualNetworks/subnets",
+                "Microsoft.Network/networkSecurityGroups/securityRules",
+                "Microsoft.Network/routeTables/routes",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+impl LeasePolicy {
+    /// The keys a write to `resource` must hold: the resource, and its parent when its type is
+    /// listed in [`lock_parent_of`](Self::lock_parent_of).
+    pub fn keys_for(&self, resource: &crate::ResourceId) -> Vec<String> {
+        let mut keys = vec![resource.key().to_owned()];
+        let lock_parent = resource.resource_type().is_some_and(|t| {
+            self.lock_parent_of
+                .iter()
+                .any(|listed| listed.eq_ignore_ascii_case(t))
+        });
+        if let Some(parent) = resource.parent().filter(|_| lock_parent) {
+            keys.push(parent.key().to_owned());
+        }
+        keys
+    }
 }
 
 /// An exponential poll schedule (the delays of a `backon` [`ExponentialBuilder`]).
@@ -124,6 +205,9 @@ impl ConflictPolicy {
             max_error_body: 64 * 1024,
             max_fetch_body: 1024 * 1024,
             rules: Vec::new(),
+            leases: LeasePolicy::default(),
+            precondition: PreconditionStrategy::Surface,
+            remember_representations: 256,
         }
     }
 
@@ -168,6 +252,9 @@ impl ConflictPolicy {
         }
         if !(1..=MAX_BUFFER).contains(&self.max_fetch_body) {
             return bad("max_fetch_body", "must be between 1 byte and 64 MiB");
+        }
+        if self.leases.ttl < Duration::from_secs(1) {
+            return bad("leases.ttl", "must be at least 1s");
         }
         Ok(())
     }

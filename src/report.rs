@@ -24,6 +24,9 @@ pub enum Outcome {
     Exhausted,
     /// The deadline passed before another attempt could be made; the response is the last conflict.
     DeadlineExceeded,
+    /// A stale-precondition write turned out to be in the fresh representation already (its first
+    /// answer was lost): the response is the fresh representation, as a success.
+    AlreadyApplied,
 }
 
 /// Attached to the extensions of every response that met a 409/412, and recorded on its tracing span.
@@ -65,6 +68,13 @@ pub struct ConflictReport {
     pub outcome: Outcome,
     /// Why something the classification suggested was not done (a host not allowed, …).
     pub notes: Vec<String>,
+    /// For a stale precondition: the resource's current ETag.
+    pub fresh_etag: Option<String>,
+    /// For a stale precondition: the resource's current representation (when JSON, and no larger
+    /// than the policy's `max_fetch_body`).
+    pub fresh: Option<serde_json::Value>,
+    /// For a merge that could not be made: the JSON Pointers both writers changed.
+    pub conflicting_paths: Vec<String>,
 }
 
 impl ConflictReport {
@@ -86,6 +96,9 @@ impl ConflictReport {
             waited: Duration::ZERO,
             outcome: Outcome::Surfaced,
             notes: Vec::new(),
+            fresh_etag: None,
+            fresh: None,
+            conflicting_paths: Vec::new(),
         }
     }
 

@@ -19,6 +19,44 @@ use super::{
 };
 use crate::{Classification, ConflictReport, Error, ResourceId, classify::retry_after};
 
+/// Where a poll loop writes down what it saw.
+pub(super) trait Trail {
+    /// A state a poll observed.
+    fn observe(&mut self, state: &str);
+    /// Something the classification suggested but was not done.
+    fn note(&mut self, note: String);
+}
+
+impl Trail for ConflictReport {
+    fn observe(&mut self, state: &str) {
+        ConflictReport::observe(self, state);
+    }
+    fn note(&mut self, note: String) {
+        ConflictReport::note(self, note);
+    }
+}
+
+/// The trail of a wait that is not part of a conflict report (the state guard): only the last
+/// state matters, for the error.
+#[derive(Default)]
+pub(super) struct LastState(pub Option<String>);
+
+impl Trail for LastState {
+    fn observe(&mut self, state: &str) {
+        self.0 = Some(state.to_owned());
+    }
+    fn note(&mut self, note: String) {
+        tracing::debug!(%note, "state guard");
+    }
+}
+
+/// What to poll, and how long to wait before the first poll.
+pub(super) struct Watch {
+    pub target: Url,
+    pub source: Source,
+    pub first_delay: Option<Duration>,
+}
+
 impl Engine {
     /// Polls until a terminal state is seen, or fails with [`Error::NotConverged`] at `deadline`.
     /// The time spent is added to the report either way.
@@ -30,7 +68,8 @@ impl Engine {
         report: &mut ConflictReport,
     ) -> Result<(), Error> {
         let waiting = Instant::now();
-        let converged = self.poll(transport, original, deadline, report).await;
+        let watch = self.poll_target(original, report);
+        let converged = self.poll(transport, original, watch, deadline, report).await;
         report.waited += waiting.elapsed();
         if converged {
             return Ok(());
@@ -38,25 +77,30 @@ impl Engine {
         Err(Error::NotConverged {
             resource: original.resource.key().to_owned(),
             last_state: report.last_state().map(str::to_owned),
-            classification: Box::new(report.classification.clone()),
+            classification: Some(Box::new(report.classification.clone())),
             attempts: report.attempts,
             waited: report.waited,
         })
     }
 
     /// Whether a terminal state was seen before `deadline`.
-    async fn poll<T: Transport>(
+    pub(super) async fn poll<T: Transport>(
         &self,
         transport: &mut T,
         original: &Original<'_>,
+        watch: Watch,
         deadline: Instant,
-        report: &mut ConflictReport,
+        trail: &mut impl Trail,
     ) -> bool {
         let policy = self.policy();
-        let (mut target, mut source) = self.poll_target(original, report);
+        let Watch {
+            mut target,
+            mut source,
+            first_delay,
+        } = watch;
         let headers = fetch_headers(original.headers);
         let mut schedule = policy.poll.backoff();
-        let mut delay = self.next_delay(report.classification.retry_after, &mut schedule);
+        let mut delay = first_delay.unwrap_or_else(|| self.next_delay(None, &mut schedule));
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             sleep(delay.min(remaining)).await;
@@ -83,13 +127,13 @@ impl Engine {
                             "NotFound".to_owned()
                         }
                         StatusCode::NOT_FOUND => {
-                            report.note(format!(
+                            trail.note(format!(
                                 "operation status {target} answered 404; polling the resource instead"
                             ));
                             target = original.resource.fetch_url(original.url);
                             source = Source::Resource;
                             delay = Duration::ZERO;
-                            report.observe("operation not found");
+                            trail.observe("operation not found");
                             continue;
                         }
                         s => format!("HTTP {}", s.as_u16()),
@@ -97,7 +141,7 @@ impl Engine {
                 }
             };
             tracing::debug!(state = %state, url = %target, "polled");
-            report.observe(&state);
+            trail.observe(&state);
             if is_terminal(&state) || state == "NotFound" {
                 return true;
             }
@@ -111,22 +155,35 @@ impl Engine {
         hint: Option<Duration>,
         schedule: &mut impl Iterator<Item = Duration>,
     ) -> Duration {
-        let poll = &self.policy().poll;
         match hint {
-            Some(d) => d.min(self.policy().retry_after_cap).max(poll.min_delay),
-            None => schedule.next().unwrap_or(poll.max_delay),
+            Some(hint) => self.clamp_hint(hint),
+            None => schedule.next().unwrap_or(self.policy().poll.max_delay),
         }
     }
 
+    /// A server's `Retry-After`, capped by the policy and floored by the poll schedule, so neither
+    /// `999999` nor `0` can make us sleep for days or spin.
+    fn clamp_hint(&self, hint: Duration) -> Duration {
+        hint.min(self.policy().retry_after_cap)
+            .max(self.policy().poll.min_delay)
+    }
+
     /// What to poll for this conflict, noting in the report anything named but not usable.
-    fn poll_target(&self, original: &Original<'_>, report: &mut ConflictReport) -> (Url, Source) {
+    fn poll_target(&self, original: &Original<'_>, report: &mut ConflictReport) -> Watch {
         let classification = &report.classification;
+        let first_delay = classification
+            .retry_after
+            .map(|hint| self.clamp_hint(hint));
         let mut notes = Vec::new();
-        let target = self.choose_target(original, classification, &mut notes);
+        let (target, source) = self.choose_target(original, classification, &mut notes);
         for note in notes {
             report.note(note);
         }
-        target
+        Watch {
+            target,
+            source,
+            first_delay,
+        }
     }
 
     fn choose_target(

@@ -9,18 +9,24 @@
 //! happy path costs nothing but a status check.
 
 mod converge;
+mod precondition;
+
+pub(crate) use precondition::Remembered;
 pub(crate) mod state;
 
 use std::{fmt::Display, future::Future, pin::Pin, sync::Arc};
 
+use precondition::Stale;
+
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 use tracing::{Instrument, field::Empty};
 use url::Url;
 
 use crate::{
-    Classifier, ConflictKind, ConflictPolicy, ConflictReport, Error, ResourceId, report::Outcome,
+    Classifier, ConflictKind, ConflictPolicy, ConflictReport, Error, Journal, Lease, LeaseStore,
+    MemoryLeases, MergeBase, PreconditionStrategy, ResourceId, lease, report::Outcome,
 };
 
 /// A boxed, sendable future, as the adapters' own stacks use.
@@ -46,10 +52,31 @@ pub(crate) trait Transport: Send {
         response: Self::Response,
         cap: usize,
     ) -> BoxFuture<'static, Peeked<Self::Response, Self::Error>>;
+    /// Sends the original request: the first call sends the request itself, later ones a copy.
+    /// Called again only while [`can_resend`](Self::can_resend).
+    fn send(&mut self) -> BoxFuture<'_, Result<Self::Response, Self::Error>>;
     /// Whether the original request can be sent again (its body could be cloned).
     fn can_resend(&self) -> bool;
-    /// Sends the original request again. Called only when [`can_resend`](Self::can_resend).
-    fn resend(&mut self) -> BoxFuture<'_, Result<Self::Response, Self::Error>>;
+    /// The original request's body, when it is held in memory.
+    fn body(&self) -> Option<Bytes> {
+        None
+    }
+    /// Sends a copy of the original request with `If-Match: if_match` and, when given, another
+    /// body. `None` when this stack cannot (the stale-precondition strategies then surface).
+    fn send_variant(
+        &mut self,
+        if_match: HeaderValue,
+        body: Option<Bytes>,
+    ) -> Option<BoxFuture<'_, Result<Self::Response, Self::Error>>> {
+        let _ = (if_match, body);
+        None
+    }
+    /// A response made here, for a write found already applied. `None` when this stack cannot
+    /// make one (the conflict response is returned, with the report saying `already_applied`).
+    fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> Option<Self::Response> {
+        let _ = (status, headers, body);
+        None
+    }
     /// GETs `url` through the rest of the stack with `headers`, reading at most `cap` bytes.
     fn fetch(
         &mut self,
@@ -68,9 +95,29 @@ pub(crate) struct Fetched {
 
 /// What the engine knows of the original request.
 pub(crate) struct Original<'a> {
+    pub method: &'a http::Method,
     pub url: &'a Url,
     pub headers: &'a HeaderMap,
     pub resource: ResourceId,
+    /// Per-request settings from the request's extensions.
+    pub overrides: Overrides,
+}
+
+/// What a single request may change of the policy, through its extensions.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Overrides {
+    pub precondition: Option<PreconditionStrategy>,
+    pub merge_base: Option<serde_json::Value>,
+}
+
+impl Overrides {
+    /// Reads [`PreconditionStrategy`] and [`MergeBase`] from a request's extensions.
+    pub(crate) fn from_extensions(extensions: &http::Extensions) -> Self {
+        Self {
+            precondition: extensions.get::<PreconditionStrategy>().copied(),
+            merge_base: extensions.get::<MergeBase>().map(|b| b.0.clone()),
+        }
+    }
 }
 
 /// Why a resolution did not end with a response.
@@ -81,11 +128,34 @@ pub(crate) enum Failure<E> {
     Conflict(Error),
 }
 
-/// The policy, compiled once: shared by every request through one middleware.
+/// The policy, compiled once, with the lease store and journal: shared by every request through
+/// one adapter.
 #[derive(Clone, Debug)]
 pub(crate) struct Engine {
     policy: Arc<ConflictPolicy>,
     classifier: Arc<Classifier>,
+    leases: Arc<dyn LeaseStore>,
+    journal: Journal,
+    /// Merge bases, when the policy merges.
+    remembered: Option<Arc<precondition::Remembered>>,
+}
+
+/// Whether a method only reads: such requests are neither leased nor resolved.
+pub(crate) fn is_safe(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Whether a successful write left the resource in transition: ARM answers 201/202 for
+/// long-running operations, or names an `Azure-AsyncOperation` to poll. Judged from the head
+/// alone, so successful bodies are never read.
+pub(crate) fn leaves_transition(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::CREATED
+        || status == StatusCode::ACCEPTED
+        || (status.is_success() && headers.contains_key("azure-asyncoperation"))
 }
 
 /// Whether a status is one this crate resolves.
@@ -133,9 +203,113 @@ impl Engine {
         policy.max_fetch_body = policy.max_fetch_body.clamp(1, 64 * 1024 * 1024);
         let classifier = Classifier::with_rules(policy.rules.iter().cloned());
         Self {
-            policy: Arc::new(policy),
             classifier: Arc::new(classifier),
+            leases: Arc::new(MemoryLeases::new()),
+            journal: Journal::default(),
+            remembered: match policy.precondition {
+                PreconditionStrategy::Merge => {
+                    precondition::Remembered::new(policy.remember_representations)
+                }
+                _ => None,
+            },
+            policy: Arc::new(policy),
         }
+    }
+
+    /// Where an adapter records representations it passes to the caller (`None`: not wanted).
+    pub(crate) fn remembered(&self) -> Option<&Arc<Remembered>> {
+        self.remembered.as_ref()
+    }
+
+    /// The same engine with another lease store.
+    pub(crate) fn with_leases(mut self, store: Arc<dyn LeaseStore>) -> Self {
+        self.leases = store;
+        self
+    }
+
+    /// The journal of mutating requests.
+    pub(crate) fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Runs one request: under its leases (when the policy says so), after the previous holder's
+    /// transition converged, resolving any 409/412 it meets.
+    pub(crate) async fn execute<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+    ) -> Result<(T::Response, Option<ConflictReport>), Failure<T::Error>> {
+        let deadline = Instant::now() + self.policy.deadline;
+        let leases = if self.policy.leases.enabled && !is_safe(original.method) {
+            let keys = self.policy.leases.keys_for(&original.resource);
+            let wait = deadline.saturating_duration_since(Instant::now());
+            lease::acquire_all(&*self.leases, &keys, self.policy.leases.ttl, wait)
+                .await
+                .map_err(Failure::Conflict)?
+        } else {
+            Vec::new()
+        };
+        let own = leases.iter().find(|l| l.key() == original.resource.key());
+        if let Some(lease) = own {
+            self.guard(transport, original, lease, deadline)
+                .await
+                .map_err(Failure::Conflict)?;
+        }
+
+        let seq = self.journal.begin(
+            original.resource.key(),
+            original.method.as_str(),
+            own.map(Lease::token),
+        );
+        let result = match transport.send().await {
+            Ok(first) if is_conflict(T::status(&first)) => {
+                self.resolve(transport, original, first, deadline).await
+            }
+            Ok(first) => Ok((first, None)),
+            Err(error) => Err(Failure::Transport(error)),
+        };
+        let status = result.as_ref().ok().map(|(r, _)| T::status(r).as_u16());
+        self.journal.end(seq, status);
+
+        if let (Some(lease), Ok((response, _))) = (own, &result) {
+            if leaves_transition(T::status(response), T::headers(response)) {
+                if let Err(error) = self.leases.set_transitioning(lease, true).await {
+                    tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
+                }
+            }
+        }
+        result
+    }
+
+    /// The state guard: if the previous holder left the resource in transition, wait (polling it)
+    /// until it is terminal, so this writer is not the one that eats the 409.
+    async fn guard<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+        lease: &Lease,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        if !self.leases.is_transitioning(lease).await? {
+            return Ok(());
+        }
+        let watch = converge::Watch {
+            target: original.resource.fetch_url(original.url),
+            source: state::Source::Resource,
+            first_delay: Some(std::time::Duration::ZERO),
+        };
+        let mut last = converge::LastState::default();
+        let waiting = Instant::now();
+        if !self.poll(transport, original, watch, deadline, &mut last).await {
+            return Err(Error::NotConverged {
+                resource: original.resource.key().to_owned(),
+                classification: None,
+                last_state: last.0,
+                attempts: 0,
+                waited: waiting.elapsed(),
+            });
+        }
+        self.leases.set_transitioning(lease, false).await
     }
 
     /// The policy in force.
@@ -144,12 +318,13 @@ impl Engine {
     }
 
     /// Takes over after `first`, a 409/412 answer to `original`, and returns the response the
-    /// caller should see, with the report of what was done (none if `first` was no conflict).
-    pub(crate) async fn resolve<T: Transport>(
+    /// caller should see, with the report of what was done.
+    async fn resolve<T: Transport>(
         &self,
         transport: &mut T,
         original: &Original<'_>,
         first: T::Response,
+        deadline: Instant,
     ) -> Result<(T::Response, Option<ConflictReport>), Failure<T::Error>> {
         let span = tracing::info_span!(
             "conflict_resolution",
@@ -162,7 +337,7 @@ impl Engine {
             waited_ms = Empty,
             outcome = Empty,
         );
-        self.resolve_in_span(transport, original, first)
+        self.resolve_in_span(transport, original, first, deadline)
             .instrument(span)
             .await
     }
@@ -172,9 +347,8 @@ impl Engine {
         transport: &mut T,
         original: &Original<'_>,
         first: T::Response,
+        deadline: Instant,
     ) -> Result<(T::Response, Option<ConflictReport>), Failure<T::Error>> {
-        let started = Instant::now();
-        let deadline = started + self.policy.deadline;
         let mut report: Option<ConflictReport> = None;
         let mut response = first;
         loop {
@@ -208,21 +382,33 @@ impl Engine {
             );
             report.classification = classification;
 
-            let worth_waiting = match report.classification.kind {
+            let wait_for_state = match report.classification.kind {
                 ConflictKind::StateConflict => true,
                 ConflictKind::Unknown => self.policy.retry_unknown,
+                ConflictKind::StalePrecondition => {
+                    match self.stale(transport, original, report, deadline).await? {
+                        Stale::Surface(outcome) => {
+                            report.outcome = outcome;
+                            return Ok(finish(response, Some(report.clone())));
+                        }
+                        Stale::AlreadyApplied(replacement) => {
+                            report.outcome = Outcome::AlreadyApplied;
+                            let response = replacement.unwrap_or(response);
+                            return Ok(finish(response, Some(report.clone())));
+                        }
+                        Stale::Sent(next) => {
+                            response = next;
+                            report.attempts += 1;
+                            continue;
+                        }
+                    }
+                }
                 _ => false,
             };
-            let outcome = if !worth_waiting {
-                Some(Outcome::Surfaced)
-            } else if !transport.can_resend() {
-                Some(Outcome::NotRetryable)
-            } else if report.attempts >= self.policy.max_attempts {
-                Some(Outcome::Exhausted)
-            } else if Instant::now() >= deadline {
-                Some(Outcome::DeadlineExceeded)
+            let outcome = if wait_for_state {
+                self.blocked(transport, report, deadline)
             } else {
-                None
+                Some(Outcome::Surfaced)
             };
             if let Some(outcome) = outcome {
                 report.outcome = outcome;
@@ -234,8 +420,26 @@ impl Engine {
                 record(&tracing::Span::current(), report);
                 return Err(Failure::Conflict(error));
             }
-            response = transport.resend().await.map_err(Failure::Transport)?;
+            response = transport.send().await.map_err(Failure::Transport)?;
             report.attempts += 1;
+        }
+    }
+
+    /// Why the original request may not be sent again, if it may not.
+    fn blocked<T: Transport>(
+        &self,
+        transport: &T,
+        report: &ConflictReport,
+        deadline: Instant,
+    ) -> Option<Outcome> {
+        if !transport.can_resend() {
+            Some(Outcome::NotRetryable)
+        } else if report.attempts >= self.policy.max_attempts {
+            Some(Outcome::Exhausted)
+        } else if Instant::now() >= deadline {
+            Some(Outcome::DeadlineExceeded)
+        } else {
+            None
         }
     }
 }

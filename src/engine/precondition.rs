@@ -1,0 +1,187 @@
+//! Stale preconditions: the caller's `If-Match` ETag no longer matches.
+//!
+//! The first step is always the same: re-fetch the resource for its fresh ETag and
+//! representation. Then, in order: a write that is already in the fresh representation was
+//! applied before (its answer was lost), so it is success; otherwise the strategy decides —
+//! surface the 412 with the fresh state attached, merge the two writers' changes when they are
+//! disjoint, or (explicitly) overwrite.
+
+use std::{
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use lru::LruCache;
+use serde_json::Value;
+use tokio::time::{Instant, timeout};
+
+use super::{Engine, Failure, Fetched, Original, Transport, fetch_headers};
+use crate::{ConflictReport, PreconditionStrategy, merge, report::Outcome};
+
+/// Representations the caller has seen, by (resource key, ETag): the bases of three-way merges.
+#[derive(Debug)]
+pub(crate) struct Remembered(Mutex<LruCache<(String, String), Bytes>>);
+
+impl Remembered {
+    pub(crate) fn new(capacity: usize) -> Option<Arc<Self>> {
+        NonZeroUsize::new(capacity).map(|c| Arc::new(Self(Mutex::new(LruCache::new(c)))))
+    }
+
+    pub(crate) fn put(&self, resource: &str, etag: &str, body: Bytes) {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache.put((resource.to_owned(), etag.to_owned()), body);
+    }
+
+    fn get(&self, resource: &str, etag: &str) -> Option<Bytes> {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(&(resource.to_owned(), etag.to_owned())).cloned()
+    }
+}
+
+/// What became of a stale precondition.
+pub(super) enum Stale<R> {
+    /// Return the conflict response with this outcome.
+    Surface(Outcome),
+    /// The write is already in place; answer with this response if the stack could make one.
+    AlreadyApplied(Option<R>),
+    /// A new attempt was sent; this is its answer.
+    Sent(R),
+}
+
+impl Engine {
+    pub(super) async fn stale<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+        report: &mut ConflictReport,
+        deadline: Instant,
+    ) -> Result<Stale<T::Response>, Failure<T::Error>> {
+        let Some(fresh) = self.refetch(transport, original, report, deadline).await else {
+            return Ok(Stale::Surface(Outcome::Surfaced));
+        };
+        let fresh_json: Option<Value> = serde_json::from_slice(&fresh.body).ok();
+        let etag = fresh
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| {
+                let etag = fresh_json.as_ref()?.get("etag")?.as_str()?;
+                Some(etag.to_owned())
+            });
+        report.fresh_etag.clone_from(&etag);
+        report.fresh.clone_from(&fresh_json);
+
+        let ours: Option<Value> = transport
+            .body()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let (Some(fresh_json), Some(ours)) = (&fresh_json, &ours)
+            && ours.as_object().is_some_and(|o| !o.is_empty())
+            && merge::contains(fresh_json, ours)
+        {
+            let mut headers = HeaderMap::new();
+            for name in [header::CONTENT_TYPE, header::ETAG] {
+                if let Some(value) = fresh.headers.get(&name) {
+                    headers.insert(name, value.clone());
+                }
+            }
+            let replacement = transport.respond(StatusCode::OK, headers, fresh.body.clone());
+            return Ok(Stale::AlreadyApplied(replacement));
+        }
+
+        let strategy = original
+            .overrides
+            .precondition
+            .unwrap_or(self.policy.precondition);
+        let body = match strategy {
+            PreconditionStrategy::Surface => return Ok(Stale::Surface(Outcome::Surfaced)),
+            PreconditionStrategy::Overwrite => None,
+            PreconditionStrategy::Merge => {
+                let merged = match self.merge(original, report, ours.as_ref(), fresh_json.as_ref()) {
+                    Some(merged) => merged,
+                    None => return Ok(Stale::Surface(Outcome::Surfaced)),
+                };
+                Some(Bytes::from(merged.to_string()))
+            }
+        };
+        if let Some(outcome) = self.blocked(transport, report, deadline) {
+            return Ok(Stale::Surface(outcome));
+        }
+        let Some(if_match) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) else {
+            report.note("the fresh representation carries no usable ETag".to_owned());
+            return Ok(Stale::Surface(Outcome::Surfaced));
+        };
+        match transport.send_variant(if_match, body) {
+            Some(sent) => Ok(Stale::Sent(sent.await.map_err(Failure::Transport)?)),
+            None => {
+                report.note("this HTTP stack cannot resend a modified request".to_owned());
+                Ok(Stale::Surface(Outcome::Surfaced))
+            }
+        }
+    }
+
+    /// GETs the resource's fresh state, within the deadline. `None` (noted) when it cannot.
+    async fn refetch<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+        report: &mut ConflictReport,
+        deadline: Instant,
+    ) -> Option<Fetched> {
+        let url = original.resource.fetch_url(original.url);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let fetch = transport.fetch(
+            url,
+            fetch_headers(original.headers),
+            self.policy.max_fetch_body,
+        );
+        report.polls += 1;
+        match timeout(remaining, fetch).await {
+            Ok(Ok(fresh)) if fresh.status.is_success() => Some(fresh),
+            Ok(Ok(fresh)) => {
+                report.note(format!("re-fetch answered HTTP {}", fresh.status.as_u16()));
+                None
+            }
+            Ok(Err(error)) => {
+                report.note(format!("re-fetch failed: {error}"));
+                None
+            }
+            Err(_) => {
+                report.note("re-fetch cut off by the deadline".to_owned());
+                None
+            }
+        }
+    }
+
+    /// The merged body, or `None` with the reason in the report.
+    fn merge(
+        &self,
+        original: &Original<'_>,
+        report: &mut ConflictReport,
+        ours: Option<&Value>,
+        fresh: Option<&Value>,
+    ) -> Option<Value> {
+        let (Some(ours), Some(fresh)) = (ours, fresh) else {
+            report.note("merge needs JSON bodies on both sides".to_owned());
+            return None;
+        };
+        let base = original.overrides.merge_base.clone().or_else(|| {
+            let sent = original.headers.get(header::IF_MATCH)?.to_str().ok()?;
+            let bytes = self.remembered.as_ref()?.get(original.resource.key(), sent)?;
+            serde_json::from_slice(&bytes).ok()
+        });
+        let Some(base) = base else {
+            report.note("no merge base: the representation for the sent ETag was not seen".to_owned());
+            return None;
+        };
+        match merge::three_way(&base, ours, fresh) {
+            Ok(merged) => Some(merged),
+            Err(paths) => {
+                report.conflicting_paths = paths;
+                None
+            }
+        }
+    }
+}

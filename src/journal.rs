@@ -1,0 +1,181 @@
+//! A record of the mutating operations that went through one middleware.
+//!
+//! The journal answers the question leases exist for: did two writes to one resource ever run at
+//! the same time? Each entry is one request — from the moment it held its leases to the moment its
+//! final answer came back — with the fencing token it wrote under. It is a bounded ring (the newest
+//! entries win), so a long-running process keeps a window, not a leak.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// How many entries a journal keeps by default.
+const DEFAULT_CAPACITY: usize = 4096;
+
+/// One mutating request, as the middleware saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JournalEntry {
+    /// Sequence number in this journal.
+    pub seq: u64,
+    /// The resource key.
+    pub resource: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The fencing token of the resource's lease, when one was held.
+    pub token: Option<u64>,
+    /// When the request started, since the journal was created.
+    pub start: Duration,
+    /// When its final answer came back; `None` while in flight.
+    pub end: Option<Duration>,
+    /// The final status, or `None` when the request ended in an error.
+    pub status: Option<u16>,
+}
+
+/// A shared, bounded journal of mutating requests. Cloning gives another handle to the same one.
+#[derive(Clone, Debug)]
+pub struct Journal {
+    inner: Arc<Mutex<Ring>>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    origin: Instant,
+    next_seq: u64,
+    capacity: usize,
+    entries: VecDeque<JournalEntry>,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+}
+
+impl Journal {
+    /// A journal keeping the newest `capacity` entries (at least one).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Ring {
+                origin: Instant::now(),
+                next_seq: 0,
+                capacity: capacity.max(1),
+                entries: VecDeque::new(),
+            })),
+        }
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        // A panic while holding this lock cannot leave the ring inconsistent: keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every entry kept, oldest first.
+    pub fn entries(&self) -> Vec<JournalEntry> {
+        self.ring().entries.iter().cloned().collect()
+    }
+
+    /// The entries of one resource (by key), oldest first.
+    pub fn for_resource(&self, key: &str) -> Vec<JournalEntry> {
+        self.ring()
+            .entries
+            .iter()
+            .filter(|e| e.resource == key)
+            .cloned()
+            .collect()
+    }
+
+    /// Pairs of entries on the same resource whose intervals overlap (an entry still in flight
+    /// extends to now). With leases on, this is empty.
+    pub fn overlaps(&self) -> Vec<(JournalEntry, JournalEntry)> {
+        let ring = self.ring();
+        let now = ring.origin.elapsed();
+        let mut sorted: Vec<&JournalEntry> = ring.entries.iter().collect();
+        sorted.sort_by(|a, b| (&a.resource, a.start).cmp(&(&b.resource, b.start)));
+        let mut pairs = Vec::new();
+        for (i, a) in sorted.iter().enumerate() {
+            let a_end = a.end.unwrap_or(now);
+            for b in sorted[i + 1..].iter().take_while(|b| b.resource == a.resource) {
+                if b.start >= a_end {
+                    break;
+                }
+                pairs.push(((*a).clone(), (*b).clone()));
+            }
+        }
+        pairs
+    }
+
+    pub(crate) fn begin(&self, resource: &str, method: &str, token: Option<u64>) -> u64 {
+        let mut ring = self.ring();
+        let seq = ring.next_seq;
+        ring.next_seq += 1;
+        let start = ring.origin.elapsed();
+        if ring.entries.len() == ring.capacity {
+            ring.entries.pop_front();
+        }
+        ring.entries.push_back(JournalEntry {
+            seq,
+            resource: resource.to_owned(),
+            method: method.to_owned(),
+            token,
+            start,
+            end: None,
+            status: None,
+        });
+        seq
+    }
+
+    pub(crate) fn end(&self, seq: u64, status: Option<u16>) {
+        let mut ring = self.ring();
+        let now = ring.origin.elapsed();
+        // Entries are in seq order, so the one to close is found by its distance from the front.
+        let Some(front) = ring.entries.front().map(|e| e.seq) else {
+            return;
+        };
+        if let Some(entry) = seq
+            .checked_sub(front)
+            .and_then(|i| ring.entries.get_mut(i as usize))
+        {
+            entry.end = Some(now);
+            entry.status = status;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_overlaps_per_resource_only() {
+        let j = Journal::default();
+        let a = j.begin("r1", "PUT", Some(1));
+        let b = j.begin("r1", "PUT", Some(2)); // starts while a is open
+        let c = j.begin("r2", "PUT", None);
+        j.end(a, Some(200));
+        j.end(b, Some(200));
+        j.end(c, Some(200));
+        let d = j.begin("r1", "PATCH", Some(3)); // after both ended
+        j.end(d, Some(200));
+        let overlaps = j.overlaps();
+        assert_eq!(overlaps.len(), 1);
+        assert_eq!((overlaps[0].0.seq, overlaps[0].1.seq), (a, b));
+        assert_eq!(j.for_resource("r1").len(), 3);
+    }
+
+    #[test]
+    fn ring_is_bounded() {
+        let j = Journal::with_capacity(3);
+        for _ in 0..10 {
+            let s = j.begin("r", "PUT", None);
+            j.end(s, Some(200));
+        }
+        let seqs: Vec<u64> = j.entries().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [7, 8, 9]);
+        assert!(j.overlaps().is_empty());
+    }
+}

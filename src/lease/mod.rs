@@ -1,0 +1,121 @@
+//! Single writer per resource: leases.
+//!
+//! Waiting out a 409 fixes one conflict; not causing it fixes all of them. Before a write, the
+//! engine takes a lease on the resource's key (and on any parent key the policy names — a subnet
+//! write also takes its virtual network), so writers to one resource go one at a time, in one
+//! process ([`MemoryLeases`]) or across processes and machines (`RedisLeases`, `BlobLeases`).
+//!
+//! Every lease carries a **fencing token** that grows strictly per key, so a holder that was
+//! paused past its TTL can be told apart from the one that replaced it. Keys are always acquired
+//! sorted and de-duplicated ([`acquire_all`]), so two writers needing overlapping key sets cannot
+//! deadlock. Dropping a [`Lease`] releases it — also when the request future holding it is
+//! cancelled.
+//!
+//! A store also remembers whether the last holder left the resource **in transition** (a 201/202,
+//! or a non-terminal `provisioningState`), so that the next holder waits for the resource to
+//! converge before writing instead of eating the 409.
+
+mod memory;
+
+use std::{fmt, time::Duration};
+
+pub use memory::MemoryLeases;
+
+use crate::{Error, engine::BoxFuture};
+
+/// Where leases live. Implementations: [`MemoryLeases`] (default, one process), `RedisLeases`
+/// (feature `redis`), `BlobLeases` (feature `azure-blob`).
+pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
+    /// Waits until `key` is free, at most `wait`, then holds it for `ttl`, renewed in the
+    /// background while the returned [`Lease`] lives. Fails with [`Error::LeaseTimeout`] when
+    /// `wait` runs out, [`Error::LeaseBackend`] when the store cannot be reached.
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Lease, Error>>;
+
+    /// Records, under `lease`, whether the resource was left in transition.
+    fn set_transitioning<'a>(
+        &'a self,
+        lease: &'a Lease,
+        transitioning: bool,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Whether the previous holder of `lease`'s key left the resource in transition.
+    fn is_transitioning<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Error>>;
+}
+
+/// A held lease. Dropping it releases the key.
+pub struct Lease {
+    key: String,
+    token: u64,
+    /// In a mutex only so that `&Lease` can be held across awaits (`Lease: Sync`); it is taken
+    /// once, on drop.
+    release: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Lease {
+    /// A lease on `key` with fencing `token`; `release` runs once, when the lease is dropped.
+    /// For store implementations.
+    pub fn new(key: impl Into<String>, token: u64, release: impl FnOnce() + Send + 'static) -> Self {
+        Self {
+            key: key.into(),
+            token,
+            release: std::sync::Mutex::new(Some(Box::new(release))),
+        }
+    }
+
+    /// The key held.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The fencing token: strictly greater than any earlier holder's token for this key.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let release = match self.release.get_mut() {
+            Ok(slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(release) = release {
+            release();
+        }
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// Acquires every key in `keys` — sorted and de-duplicated first, so that writers needing
+/// overlapping sets cannot deadlock — sharing one `wait` budget. On failure, the leases already
+/// taken are released (dropped) before the error returns.
+pub async fn acquire_all(
+    store: &dyn LeaseStore,
+    keys: &[String],
+    ttl: Duration,
+    wait: Duration,
+) -> Result<Vec<Lease>, Error> {
+    let mut sorted: Vec<&str> = keys.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut held = Vec::with_capacity(sorted.len());
+    for key in sorted {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        held.push(store.acquire(key, ttl, left).await?);
+    }
+    Ok(held)
+}

@@ -1,0 +1,318 @@
+//! Leases in Redis, shared by every process that talks to the same server.
+//!
+//! Why these commands: a lease is the plain Redis lock, `SET {prefix}lease:{key} <holder> NX PX
+//! ttl`, so a crashed holder's lease simply expires. Expiry alone cannot tell a holder that was
+//! paused past its TTL from the one that replaced it, hence the fencing token: a per-key counter,
+//! `INCR {prefix}fence:{key}`, bumped **in the same Lua script** as the successful `SET`, so no
+//! two holders ever see the same token and a later holder always sees a larger one. The counter
+//! never expires (one small key per resource ever leased) — expiring it would restart tokens.
+//!
+//! Renewal, release and the transitioning flag are compare-and-set scripts keyed on the holder
+//! ID, so a holder whose lease expired can neither extend, delete nor write under the next
+//! holder's lease. Renewal runs every ttl/3 in a background task; dropping the [`Lease`] stops it
+//! and releases the key from that task (see `remote.rs`). A lease whose acquire future is dropped
+//! in the middle of the Redis round trip may have been taken without anyone knowing; it expires
+//! after `ttl`.
+//!
+//! All keys of one lease are in one script, so with Redis Cluster they would need a hash tag in
+//! the prefix; [`RedisLeases`] talks to a single server (or a proxy) through a
+//! [`ConnectionManager`], which reconnects on its own.
+
+use std::{
+    fmt,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use ::redis::{Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
+
+use super::{
+    Lease, LeaseStore,
+    remote::{self, Held, Renewal},
+};
+use crate::{Error, engine::BoxFuture};
+
+/// `SET lease NX PX ttl`; on success `INCR fence`. Returns the new token, or 0 if the key is held.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0",
+    )
+});
+
+/// `PEXPIRE lease ttl` if the lease is still ours. Returns 1 if renewed.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0",
+    )
+});
+
+/// `DEL lease` if the lease is still ours.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0",
+    )
+});
+
+/// Sets (with a TTL) or deletes the transitioning flag if the lease is still ours. Returns 1 if
+/// written.
+static SET_TRANSITIONING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '1' then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+else
+  redis.call('DEL', KEYS[2])
+end
+return 1",
+    )
+});
+
+/// Leases in Redis (feature `redis`): one writer per key across every process using the same
+/// server and prefix.
+///
+/// A lease expires `ttl` after it was last renewed; it is renewed every `ttl / 3` while its
+/// [`Lease`] lives, and released when the `Lease` is dropped. Needs a Tokio runtime. Cloning
+/// gives another handle to the same connection.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use reqwest_conflict::LeaseStore;
+/// use reqwest_conflict::lease::RedisLeases;
+///
+/// # async fn run() -> Result<(), reqwest_conflict::Error> {
+/// let leases = RedisLeases::new("redis://127.0.0.1:6379/", "myapp:").await?;
+/// let key = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/virtualNetworks/v";
+/// let lease = leases.acquire(key, Duration::from_secs(30), Duration::from_secs(60)).await?;
+/// // ... write to the resource; lease.token() grows with every holder ...
+/// drop(lease);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisLeases {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    held: Held<Holder>,
+}
+
+/// What a lease handed out by this store needs for writes under it.
+#[derive(Clone)]
+struct Holder {
+    id: String,
+    ttl_ms: u64,
+}
+
+impl RedisLeases {
+    /// Connects to the Redis server at `url` (`redis://[:password@]host:port[/db]`) and stores
+    /// keys under `prefix` (`{prefix}lease:{key}`, `{prefix}fence:{key}`,
+    /// `{prefix}transitioning:{key}`). Fails with [`Error::LeaseBackend`] if the URL is invalid or
+    /// the server cannot be reached; the message never contains the URL.
+    pub async fn new(url: &str, prefix: impl Into<String>) -> Result<Self, Error> {
+        let prefix = prefix.into();
+        let fail = |what: &str, e: ::redis::RedisError| Error::LeaseBackend {
+            key: prefix.clone(),
+            message: format!("{what}: {e}"),
+        };
+        let client = ::redis::Client::open(url).map_err(|e| fail("invalid Redis URL", e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| fail("cannot connect to Redis", e))?;
+        Ok(Self::with_connection(conn, prefix))
+    }
+
+    /// A store on an existing connection, for custom connection settings (TLS, timeouts, retries).
+    pub fn with_connection(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: prefix.into(),
+                held: Held::new(),
+            }),
+        }
+    }
+
+    fn redis_key(&self, kind: &str, key: &str) -> String {
+        format!("{}{kind}:{key}", self.inner.prefix)
+    }
+}
+
+fn backend(key: &str, what: &str, e: ::redis::RedisError) -> Error {
+    Error::LeaseBackend {
+        key: key.to_owned(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// A TTL in whole milliseconds, at least 1 (Redis rejects `PX 0`).
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl LeaseStore for RedisLeases {
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Lease, Error>> {
+        Box::pin(async move {
+            let runtime = remote::runtime(key)?;
+            let started = tokio::time::Instant::now();
+            let deadline = started + wait;
+            let ttl_ms = millis(ttl);
+            let holder = remote::holder_id();
+            let lease_key = self.redis_key("lease", key);
+            let fence_key = self.redis_key("fence", key);
+            let mut conn = self.inner.conn.clone();
+            let mut delays = remote::acquire_backoff();
+            let token = loop {
+                let token: u64 = ACQUIRE
+                    .key(&lease_key)
+                    .key(&fence_key)
+                    .arg(&holder)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| backend(key, "acquire", e))?;
+                if token > 0 {
+                    break token;
+                }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(Error::LeaseTimeout {
+                        key: key.to_owned(),
+                        waited: started.elapsed(),
+                    });
+                }
+                let delay = delays.next().unwrap_or(Duration::from_millis(200));
+                tokio::time::sleep(delay.min(left)).await;
+            };
+
+            let keep = {
+                let (renew_conn, renew_key, renew_holder) =
+                    (conn.clone(), lease_key.clone(), holder.clone());
+                let renew = move || {
+                    let (mut conn, key, holder) =
+                        (renew_conn.clone(), renew_key.clone(), renew_holder.clone());
+                    async move {
+                        match RENEW
+                            .key(&key)
+                            .arg(&holder)
+                            .arg(ttl_ms)
+                            .invoke_async::<i64>(&mut conn)
+                            .await
+                        {
+                            Ok(1) => Renewal::Kept,
+                            Ok(_) => Renewal::Lost,
+                            Err(e) => Renewal::Failed(e.to_string()),
+                        }
+                    }
+                };
+                let release_holder = holder.clone();
+                let release = move || async move {
+                    RELEASE
+                        .key(&lease_key)
+                        .arg(&release_holder)
+                        .invoke_async::<i64>(&mut conn)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                };
+                remote::keep_alive(
+                    &runtime,
+                    key.to_owned(),
+                    Duration::from_millis(ttl_ms / 3).max(Duration::from_millis(1)),
+                    renew,
+                    release,
+                )
+            };
+            self.inner.held.insert(
+                key,
+                token,
+                Holder {
+                    id: holder,
+                    ttl_ms,
+                },
+            );
+            let inner = self.inner.clone();
+            let owned_key = key.to_owned();
+            Ok(Lease::new(key, token, move || {
+                inner.held.remove(&owned_key, token);
+                drop(keep);
+            }))
+        })
+    }
+
+    fn set_transitioning<'a>(
+        &'a self,
+        lease: &'a Lease,
+        transitioning: bool,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let key = lease.key();
+            let holder = self.inner.held.get(key, lease.token())?;
+            // The flag outlives the lease (that is its point) but not forever: a writer that
+            // set it and vanished must not make every later one wait on it.
+            let flag_ttl_ms = holder.ttl_ms.saturating_mul(10);
+            let written: i64 = SET_TRANSITIONING
+                .key(self.redis_key("lease", key))
+                .key(self.redis_key("transitioning", key))
+                .arg(&holder.id)
+                .arg(if transitioning { "1" } else { "0" })
+                .arg(flag_ttl_ms)
+                .invoke_async(&mut self.inner.conn.clone())
+                .await
+                .map_err(|e| backend(key, "set transitioning", e))?;
+            if written == 1 {
+                Ok(())
+            } else {
+                Err(Error::LeaseBackend {
+                    key: key.to_owned(),
+                    message: "lease lost (expired or taken over); transitioning flag not written"
+                        .to_owned(),
+                })
+            }
+        })
+    }
+
+    fn is_transitioning<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let key = lease.key();
+            self.inner.held.get(key, lease.token())?;
+            ::redis::cmd("EXISTS")
+                .arg(self.redis_key("transitioning", key))
+                .query_async::<bool>(&mut self.inner.conn.clone())
+                .await
+                .map_err(|e| backend(key, "read transitioning", e))
+        })
+    }
+}
+
+impl fmt::Debug for RedisLeases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLeases")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,150 @@
+//! What the cross-process stores share: the acquire backoff, the background task that renews a
+//! lease and releases it when the [`Lease`](super::Lease) is dropped, and holder IDs.
+//!
+//! Why a task per lease: a remote lease expires unless renewed, and it must be released even when
+//! it is dropped outside async code. The [`KeepAlive`] handle inside the `Lease` is only the
+//! sending half of a channel: dropping it is synchronous, needs no runtime, and cannot fail. The
+//! task notices, stops renewing and releases. If the runtime is already gone, nothing is released
+//! and the store's TTL frees the key instead.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    hash::BuildHasher,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::oneshot;
+
+use crate::Error;
+
+/// The delays between acquire attempts on a taken key: 5 ms doubling to 200 ms, with jitter so
+/// that waiters on one key do not poll in lockstep.
+pub(crate) fn acquire_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(5))
+        .with_max_delay(Duration::from_millis(200))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The runtime the background task will run on, or an error naming `key`.
+pub(crate) fn runtime(key: &str) -> Result<tokio::runtime::Handle, Error> {
+    tokio::runtime::Handle::try_current().map_err(|_| Error::LeaseBackend {
+        key: key.to_owned(),
+        message: "remote leases need a Tokio runtime".to_owned(),
+    })
+}
+
+/// A holder ID that no other holder, in this process or another, will pick.
+pub(crate) fn holder_id() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    // `RandomState` is seeded from the OS's randomness; hashing the process, time and a
+    // counter with two fresh states gives 128 bits no other holder shares.
+    let seed = (
+        std::process::id(),
+        SystemTime::now(),
+        SEQ.fetch_add(1, Ordering::Relaxed),
+    );
+    let a = std::collections::hash_map::RandomState::new().hash_one(seed);
+    let b = std::collections::hash_map::RandomState::new().hash_one((seed, a));
+    format!("{a:016x}{b:016x}")
+}
+
+/// What a renewal found.
+pub(crate) enum Renewal {
+    /// The lease is still ours, extended.
+    Kept,
+    /// Someone else holds it now, or it expired and was taken: stop renewing.
+    Lost,
+    /// The store could not be asked; try again next period.
+    Failed(String),
+}
+
+/// Keeps a lease alive while it lives; dropping it has the lease released in the background.
+pub(crate) struct KeepAlive {
+    _stop: oneshot::Sender<()>,
+}
+
+/// Spawns the task that calls `renew` every `every` and, once the returned handle is dropped,
+/// `release`.
+pub(crate) fn keep_alive<R, RF, L, LF>(
+    runtime: &tokio::runtime::Handle,
+    key: String,
+    every: Duration,
+    mut renew: R,
+    release: L,
+) -> KeepAlive
+where
+    R: FnMut() -> RF + Send + 'static,
+    RF: Future<Output = Renewal> + Send,
+    L: FnOnce() -> LF + Send + 'static,
+    LF: Future<Output = Result<(), String>> + Send,
+{
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    runtime.spawn(async move {
+        // Err(Elapsed) means the period passed with the lease still held; Ok means the handle
+        // was dropped (the sender never sends).
+        while tokio::time::timeout(every, &mut stopped).await.is_err() {
+            match renew().await {
+                Renewal::Kept => {}
+                Renewal::Lost => {
+                    tracing::warn!(
+                        key = %key,
+                        "lease lost while held (expired or taken over); writes under it are no longer fenced"
+                    );
+                    return;
+                }
+                Renewal::Failed(error) => {
+                    tracing::warn!(key = %key, %error, "lease renewal failed; retrying");
+                }
+            }
+        }
+        if let Err(error) = release().await {
+            tracing::warn!(key = %key, %error, "lease release failed; it will expire");
+        }
+    });
+    KeepAlive { _stop: stop }
+}
+
+/// What a store remembers of each lease it handed out, by key and fencing token.
+pub(crate) struct Held<T> {
+    map: Mutex<HashMap<(String, u64), T>>,
+}
+
+impl<T: Clone> Held<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            map: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn insert(&self, key: &str, token: u64, value: T) {
+        self.lock().insert((key.to_owned(), token), value);
+    }
+
+    pub(crate) fn remove(&self, key: &str, token: u64) {
+        self.lock().remove(&(key.to_owned(), token));
+    }
+
+    /// What was stored for a lease this store handed out, or an error for a foreign lease.
+    pub(crate) fn get(&self, key: &str, token: u64) -> Result<T, Error> {
+        self.lock()
+            .get(&(key.to_owned(), token))
+            .cloned()
+            .ok_or_else(|| Error::LeaseBackend {
+                key: key.to_owned(),
+                message: "the lease is not held in this store".to_owned(),
+            })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), T>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
