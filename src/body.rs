@@ -103,7 +103,11 @@ pub(crate) struct Tee<B> {
 }
 
 impl<B> Tee<B> {
-    pub(crate) fn new(inner: B, cap: usize, done: impl FnOnce(Bytes) + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        cap: usize,
+        done: impl FnOnce(Bytes) + Send + Sync + 'static,
+    ) -> Self {
         Self {
             inner,
             copy: Some(BytesMut::new()),
@@ -195,15 +199,22 @@ mod tests {
     async fn tee_copies_bodies_within_the_cap_only() {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
         let sink = seen.clone();
-        let tee = Tee::new(chunked(&[b"ab", b"cd"]), 4, move |b| *sink.lock().unwrap() = Some(b));
+        let tee = Tee::new(chunked(&[b"ab", b"cd"]), 4, move |b| {
+            *sink.lock().unwrap() = Some(b)
+        });
         assert_eq!(&tee.collect().await.unwrap().to_bytes()[..], b"abcd");
         assert_eq!(seen.lock().unwrap().as_deref(), Some(&b"abcd"[..]));
 
         let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
         let sink = seen.clone();
-        let tee = Tee::new(chunked(&[b"ab", b"cde"]), 4, move |b| *sink.lock().unwrap() = Some(b));
+        let tee = Tee::new(chunked(&[b"ab", b"cde"]), 4, move |b| {
+            *sink.lock().unwrap() = Some(b)
+        });
         assert_eq!(&tee.collect().await.unwrap().to_bytes()[..], b"abcde");
-        assert!(seen.lock().unwrap().is_none(), "a body over the cap is not kept");
+        assert!(
+            seen.lock().unwrap().is_none(),
+            "a body over the cap is not kept"
+        );
     }
 
     #[tokio::test]

@@ -99,7 +99,10 @@ impl Journal {
         let mut pairs = Vec::new();
         for (i, a) in sorted.iter().enumerate() {
             let a_end = a.end.unwrap_or(now);
-            for b in sorted[i + 1..].iter().take_while(|b| b.resource == a.resource) {
+            for b in sorted[i + 1..]
+                .iter()
+                .take_while(|b| b.resource == a.resource)
+            {
                 if b.start >= a_end {
                     break;
                 }

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+#[cfg(feature = "azure-core")]
+mod azure;
 mod body;
 pub mod classify;
 mod engine;
@@ -12,12 +14,20 @@ mod middleware;
 mod policy;
 mod report;
 mod resource;
+#[cfg(feature = "tower")]
+mod tower;
+mod update;
 
+#[cfg(feature = "tower")]
+pub use crate::tower::{ConflictBody, ConflictLayer, ConflictService};
+#[cfg(feature = "azure-core")]
+pub use azure::{AzureConflictPolicy, ConflictReports};
 pub use classify::{Classification, Classifier, ConflictKind};
 pub use error::Error;
+pub use journal::{Journal, JournalEntry};
 pub use lease::{Lease, LeaseStore, MemoryLeases};
 pub use middleware::ConflictMiddleware;
-pub use journal::{Journal, JournalEntry};
 pub use policy::{ConflictPolicy, LeasePolicy, MergeBase, PollSchedule, PreconditionStrategy};
 pub use report::{ConflictReport, Outcome};
 pub use resource::ResourceId;
+pub use update::{BoxError, UpdateOptions, update, update_as, update_with};

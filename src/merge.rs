@@ -203,7 +203,10 @@ mod tests {
         let ours = json!({"tags": {"env": "prod"}});
         let mut theirs = base();
         theirs["tags"] = json!(null);
-        assert_eq!(three_way(&base(), &ours, &theirs).unwrap_err(), ["/tags/env"]);
+        assert_eq!(
+            three_way(&base(), &ours, &theirs).unwrap_err(),
+            ["/tags/env"]
+        );
     }
 
     #[test]
@@ -229,7 +232,10 @@ mod tests {
     #[test]
     fn containment() {
         let fresh = base();
-        assert!(contains(&fresh, &json!({"properties": {"size": "S"}, "tags": {"env": "dev"}})));
+        assert!(contains(
+            &fresh,
+            &json!({"properties": {"size": "S"}, "tags": {"env": "dev"}})
+        ));
         assert!(!contains(&fresh, &json!({"properties": {"size": "M"}})));
         assert!(!contains(&fresh, &json!({"location": "westus"})));
         assert!(contains(&fresh, &json!({})));

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use crate::{
     ConflictPolicy, Journal, LeaseStore, ResourceId, body,
-    engine::{BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe},
+    engine::{
+        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe,
+    },
 };
 
 /// Resolves 409 Conflict and 412 Precondition Failed answers for a `reqwest-middleware` client.
@@ -218,7 +220,9 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
         body: Option<Bytes>,
     ) -> Option<BoxFuture<'_, Result<Response, Self::Error>>> {
         let mut request = self.retry?.try_clone()?;
-        request.headers_mut().insert(http::header::IF_MATCH, if_match);
+        request
+            .headers_mut()
+            .insert(http::header::IF_MATCH, if_match);
         if let Some(body) = body {
             // The length is the new body's, set when it is sent.
             request.headers_mut().remove(http::header::CONTENT_LENGTH);

@@ -258,7 +258,10 @@ async fn a_state_that_never_converges_ends_at_the_deadline_naming_the_last_state
         }) => {
             assert_eq!(last_state.as_deref(), Some("Updating"));
             assert_eq!(*attempts, 1);
-            assert_eq!(classification.as_ref().unwrap().kind, ConflictKind::StateConflict);
+            assert_eq!(
+                classification.as_ref().unwrap().kind,
+                ConflictKind::StateConflict
+            );
             assert!(!waited.is_zero());
         }
         other => panic!("expected NotConverged, got {other:?}"),

@@ -80,8 +80,19 @@ async fn stale_etag_is_surfaced_by_default() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 412);
-    assert_eq!(report(&resp).kind, ConflictKind::StalePrecondition);
-    assert_eq!(sim.requests().len(), 1);
+    let report = report(&resp);
+    assert_eq!(report.kind, ConflictKind::StalePrecondition);
+    assert_eq!(report.outcome, Outcome::Surfaced);
+    // The report carries the fresh state, so the caller can decide.
+    let current = sim.resource(VM).unwrap();
+    assert_eq!(report.fresh_etag.as_deref(), current["etag"].as_str());
+    assert_eq!(report.fresh.as_ref().unwrap()["etag"], current["etag"]);
+    assert_eq!(sim.count("PUT", VM, None), 1, "surface never resends");
+    assert_eq!(
+        sim.count("GET", VM, None),
+        1,
+        "one re-fetch for the fresh ETag"
+    );
 }
 
 /// One test per hostile body: the caller gets every byte, the kind falls back sensibly.

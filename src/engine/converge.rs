@@ -69,7 +69,9 @@ impl Engine {
     ) -> Result<(), Error> {
         let waiting = Instant::now();
         let watch = self.poll_target(original, report);
-        let converged = self.poll(transport, original, watch, deadline, report).await;
+        let converged = self
+            .poll(transport, original, watch, deadline, report)
+            .await;
         report.waited += waiting.elapsed();
         if converged {
             return Ok(());
@@ -171,9 +173,7 @@ impl Engine {
     /// What to poll for this conflict, noting in the report anything named but not usable.
     fn poll_target(&self, original: &Original<'_>, report: &mut ConflictReport) -> Watch {
         let classification = &report.classification;
-        let first_delay = classification
-            .retry_after
-            .map(|hint| self.clamp_hint(hint));
+        let first_delay = classification.retry_after.map(|hint| self.clamp_hint(hint));
         let mut notes = Vec::new();
         let (target, source) = self.choose_target(original, classification, &mut notes);
         for note in notes {

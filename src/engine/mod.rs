@@ -73,7 +73,12 @@ pub(crate) trait Transport: Send {
     }
     /// A response made here, for a write found already applied. `None` when this stack cannot
     /// make one (the conflict response is returned, with the report saying `already_applied`).
-    fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> Option<Self::Response> {
+    fn respond(
+        &self,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Option<Self::Response> {
         let _ = (status, headers, body);
         None
     }
@@ -300,7 +305,10 @@ impl Engine {
         };
         let mut last = converge::LastState::default();
         let waiting = Instant::now();
-        if !self.poll(transport, original, watch, deadline, &mut last).await {
+        if !self
+            .poll(transport, original, watch, deadline, &mut last)
+            .await
+        {
             return Err(Error::NotConverged {
                 resource: original.resource.key().to_owned(),
                 classification: None,

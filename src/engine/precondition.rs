@@ -99,7 +99,8 @@ impl Engine {
             PreconditionStrategy::Surface => return Ok(Stale::Surface(Outcome::Surfaced)),
             PreconditionStrategy::Overwrite => None,
             PreconditionStrategy::Merge => {
-                let merged = match self.merge(original, report, ours.as_ref(), fresh_json.as_ref()) {
+                let merged = match self.merge(original, report, ours.as_ref(), fresh_json.as_ref())
+                {
                     Some(merged) => merged,
                     None => return Ok(Stale::Surface(Outcome::Surfaced)),
                 };
@@ -169,11 +170,16 @@ impl Engine {
         };
         let base = original.overrides.merge_base.clone().or_else(|| {
             let sent = original.headers.get(header::IF_MATCH)?.to_str().ok()?;
-            let bytes = self.remembered.as_ref()?.get(original.resource.key(), sent)?;
+            let bytes = self
+                .remembered
+                .as_ref()?
+                .get(original.resource.key(), sent)?;
             serde_json::from_slice(&bytes).ok()
         });
         let Some(base) = base else {
-            report.note("no merge base: the representation for the sent ETag was not seen".to_owned());
+            report.note(
+                "no merge base: the representation for the sent ETag was not seen".to_owned(),
+            );
             return None;
         };
         match merge::three_way(&base, ours, fresh) {

@@ -63,8 +63,11 @@ pub struct MemoryLeases {
     inner: Arc<Inner>,
 }
 
+/// One piece of the key map.
+type Shard = Mutex<HashMap<Box<str>, Entry>>;
+
 struct Inner {
-    shards: Box<[Mutex<HashMap<Box<str>, Entry>>]>,
+    shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
     last_token: AtomicU64,
 }
@@ -195,7 +198,9 @@ impl Drop for User {
 /// Locks a shard. A panic while a shard was locked cannot leave an entry half-updated (every
 /// critical section is a few field writes), so a poisoned shard is still consistent.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LeaseStore for MemoryLeases {

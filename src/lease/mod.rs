@@ -15,10 +15,20 @@
 //! or a non-terminal `provisioningState`), so that the next holder waits for the resource to
 //! converge before writing instead of eating the 409.
 
+#[cfg(feature = "azure-blob")]
+mod blob;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(any(feature = "redis", feature = "azure-blob"))]
+mod remote;
 
 use std::{fmt, time::Duration};
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisLeases;
+#[cfg(feature = "azure-blob")]
+pub use blob::{BlobLeases, dev_sas_container_url};
 pub use memory::MemoryLeases;
 
 use crate::{Error, engine::BoxFuture};
@@ -59,7 +69,11 @@ pub struct Lease {
 impl Lease {
     /// A lease on `key` with fencing `token`; `release` runs once, when the lease is dropped.
     /// For store implementations.
-    pub fn new(key: impl Into<String>, token: u64, release: impl FnOnce() + Send + 'static) -> Self {
+    pub fn new(
+        key: impl Into<String>,
+        token: u64,
+        release: impl FnOnce() + Send + 'static,
+    ) -> Self {
         Self {
             key: key.into(),
             token,

@@ -247,14 +247,9 @@ impl LeaseStore for RedisLeases {
                     release,
                 )
             };
-            self.inner.held.insert(
-                key,
-                token,
-                Holder {
-                    id: holder,
-                    ttl_ms,
-                },
-            );
+            self.inner
+                .held
+                .insert(key, token, Holder { id: holder, ttl_ms });
             let inner = self.inner.clone();
             let owned_key = key.to_owned();
             Ok(Lease::new(key, token, move || {

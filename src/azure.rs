@@ -1,0 +1,507 @@
+//! The `azure_core` adapter: a per-call pipeline policy, a thin translation onto the engine.
+//!
+//! Azure SDK pipelines run, in order: the client library's per-call policies, the caller's
+//! `ClientOptions::per_call_policies`, the retry policy, per-try policies (authentication), then the
+//! transport. [`AzureConflictPolicy`] belongs in the caller's per-call policies: *above* the retry
+//! policy, which never retries a 409 or 412 and hands them up as responses, so each attempt the
+//! engine makes is itself retried for 429/5xx and connection errors as usual; and re-fetches and
+//! polls, sent down the rest of the pipeline, are authenticated by the per-try policies.
+//!
+//! An `azure_core` response has no extensions, so the [`ConflictReport`] travels the way
+//! `azure_core` passes per-call values: through the call's [`Context`]. A caller who wants it puts
+//! a [`ConflictReports`] there and reads it after the call — also when the call failed, as a
+//! surfaced 409 does once a client library checks the status.
+
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context as TaskContext, Poll},
+};
+
+use azure_core::{
+    error::ErrorKind,
+    http::{
+        AsyncRawResponse, AsyncResponseBody, Body as RequestBody, Context, Method as AzureMethod,
+        Request, StatusCode as AzureStatus,
+        headers::{self as azure_headers, Headers},
+        policies::{Policy, PolicyResult},
+    },
+};
+use bytes::Bytes;
+use futures_core::Stream;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyDataStream;
+use url::Url;
+
+use crate::{
+    ConflictPolicy, ConflictReport, Journal, LeaseStore, MergeBase, PreconditionStrategy,
+    ResourceId, body,
+    engine::{
+        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe,
+    },
+};
+
+/// Resolves 409 Conflict and 412 Precondition Failed answers in an `azure_core` pipeline.
+///
+/// Add it to [`ClientOptions::per_call_policies`](azure_core::http::ClientOptions) of any Azure SDK
+/// client (or of a [`Pipeline`](azure_core::http::Pipeline) of your own). Safe methods pass
+/// straight through, and so does a write whose answer is not a 409/412. Otherwise the engine
+/// classifies the conflict and, for a state conflict, waits until the resource converges and sends
+/// the request again — any request: a `Body::Bytes` as it is, a seekable stream after `reset()`,
+/// as `azure_core`'s own retry policy does. Re-fetches are new GET requests sent down the rest of
+/// the pipeline with the original's headers (less those describing its body or preconditions).
+///
+/// - **The report**: put a [`ConflictReports`] into the call's [`Context`]; every request of the
+///   call that met a conflict leaves its [`ConflictReport`] there.
+/// - **Per-call settings**: a [`PreconditionStrategy`] or a [`MergeBase`] in the `Context` overrides
+///   the policy for that call, as they do in a reqwest request's extensions.
+/// - **Errors**: the pipeline's own errors pass through untouched. When the engine gives up it
+///   returns an `azure_core::Error` whose source is the [`crate::Error`] (get it back with
+///   `downcast_ref`); for [`Error::NotConverged`](crate::Error::NotConverged) after a conflict its
+///   kind is `HttpResponse` with the conflict's status and code, so `http_status()` still says 409.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use azure_core::http::{ClientOptions, Context, Method, Pipeline, Request};
+/// use reqwest_conflict::{AzureConflictPolicy, ConflictPolicy, ConflictReports};
+///
+/// # async fn demo() -> azure_core::Result<()> {
+/// let options = ClientOptions {
+///     per_call_policies: vec![Arc::new(AzureConflictPolicy::new(ConflictPolicy::azure_arm()))],
+///     ..Default::default()
+/// };
+/// let pipeline = Pipeline::new(Some("my-tool"), Some("1.0.0"), options, Vec::new(), Vec::new(), None);
+///
+/// let reports = ConflictReports::new();
+/// let ctx = Context::new().with_value(reports.clone());
+/// let url = "https://management.azure.com/subscriptions/…?api-version=2024-07-01".parse()?;
+/// let mut request = Request::new(url, Method::Put);
+/// request.set_body(r#"{"location":"westus"}"#);
+/// let result = pipeline.send(&ctx, &mut request, None).await;
+/// for report in reports.take() {
+///     println!("{}: {:?} after {} attempt(s)", report.kind, report.outcome, report.attempts);
+/// }
+/// result?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct AzureConflictPolicy {
+    engine: Engine,
+}
+
+impl AzureConflictPolicy {
+    /// A policy applying `policy`.
+    pub fn new(policy: ConflictPolicy) -> Self {
+        Self {
+            engine: Engine::new(policy),
+        }
+    }
+
+    /// The same policy with another lease store, e.g. `BlobLeases` to serialize writers across
+    /// processes. The default is a [`MemoryLeases`](crate::MemoryLeases) of its own.
+    pub fn with_leases(mut self, store: impl LeaseStore) -> Self {
+        self.engine = self.engine.with_leases(Arc::new(store));
+        self
+    }
+
+    /// The same policy sharing `store` with others (several clients in one process).
+    pub fn with_shared_leases(mut self, store: Arc<dyn LeaseStore>) -> Self {
+        self.engine = self.engine.with_leases(store);
+        self
+    }
+
+    /// The policy in force (after clamping values that would make the engine spin).
+    pub fn policy(&self) -> &ConflictPolicy {
+        self.engine.policy()
+    }
+
+    /// The journal of the writes that went through this policy (and its clones).
+    pub fn journal(&self) -> &Journal {
+        self.engine.journal()
+    }
+
+    /// When the policy merges stale writes, copies a successful representation with an ETag as it
+    /// streams to the caller, to serve as a later merge base. Otherwise returns `response` untouched.
+    fn remember(
+        &self,
+        resource: Option<ResourceId>,
+        response: AsyncRawResponse,
+    ) -> AsyncRawResponse {
+        let (Some(remembered), Some(resource)) = (self.engine.remembered(), resource) else {
+            return response;
+        };
+        let etag = response.headers().get_optional_str(&azure_headers::ETAG);
+        let success = http_status(response.status()).is_success();
+        let (Some(etag), true) = (etag, success) else {
+            return response;
+        };
+        let (remembered, etag) = (remembered.clone(), etag.to_owned());
+        let (status, headers, body) = response.deconstruct();
+        let tee = body::Tee::new(Frames(body), self.policy().max_fetch_body, move |bytes| {
+            remembered.put(resource.key(), &etag, bytes);
+        });
+        AsyncRawResponse::new(status, headers, Box::pin(BodyDataStream::new(tee)))
+    }
+}
+
+impl Default for AzureConflictPolicy {
+    fn default() -> Self {
+        Self::new(ConflictPolicy::default())
+    }
+}
+
+#[async_trait::async_trait]
+impl Policy for AzureConflictPolicy {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        let method = http_method(request.method());
+        if is_safe(&method) {
+            let resource = (method == Method::GET && self.engine.remembered().is_some())
+                .then(|| ResourceId::from_url(request.url()));
+            let response = forward(ctx, request, next).await?;
+            return Ok(self.remember(resource, response));
+        }
+        let url = request.url().clone();
+        let headers = header_map(request.headers());
+        let original = Original {
+            method: &method,
+            resource: ResourceId::from_url(&url),
+            url: &url,
+            headers: &headers,
+            overrides: Overrides {
+                precondition: ctx.value::<PreconditionStrategy>().copied(),
+                merge_base: ctx.value::<MergeBase>().map(|base| base.0.clone()),
+            },
+        };
+        let mut transport = AzureTransport {
+            ctx,
+            request,
+            next,
+            sent: false,
+        };
+        match self.engine.execute(&mut transport, &original).await {
+            Ok((answer, report)) => {
+                if let (Some(report), Some(reports)) = (report, ctx.value::<ConflictReports>()) {
+                    reports.push(report);
+                }
+                Ok(self.remember(Some(original.resource), answer.raw))
+            }
+            Err(Failure::Transport(error)) => Err(error),
+            Err(Failure::Conflict(error)) => Err(error.into()),
+        }
+    }
+}
+
+/// Converts the crate's error for an `azure_core` caller, keeping it as the source (get it back
+/// with `downcast_ref::<reqwest_conflict::Error>()`). A wait that gave up after a conflict is an
+/// `HttpResponse` error with the conflict's status and code; anything else is `Other`.
+impl From<crate::Error> for azure_core::Error {
+    fn from(error: crate::Error) -> Self {
+        let kind = match &error {
+            crate::Error::NotConverged {
+                classification: Some(classification),
+                ..
+            } => ErrorKind::HttpResponse {
+                status: AzureStatus::from(classification.status),
+                error_code: classification.code.clone(),
+                raw_response: None,
+            },
+            _ => ErrorKind::Other,
+        };
+        azure_core::Error::new(kind, error)
+    }
+}
+
+/// How many reports a [`ConflictReports`] keeps; the oldest go first.
+const MAX_REPORTS: usize = 64;
+
+/// Where [`AzureConflictPolicy`] leaves the [`ConflictReport`] of every request that met a
+/// conflict, for the caller to read after the call. Put one into the call's [`Context`]
+/// (`Context::with_value`, or `ClientMethodOptions::context` of an SDK client method); clones share
+/// the same reports. It keeps the latest 64.
+///
+/// ```
+/// use azure_core::http::Context;
+/// use reqwest_conflict::ConflictReports;
+///
+/// let reports = ConflictReports::new();
+/// let ctx = Context::new().with_value(reports.clone());
+/// // ... send the request with `ctx` ...
+/// assert!(reports.take().is_empty());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ConflictReports(Arc<Mutex<VecDeque<ConflictReport>>>);
+
+impl ConflictReports {
+    /// An empty collection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Removes and returns the reports, oldest first.
+    pub fn take(&self) -> Vec<ConflictReport> {
+        self.lock().drain(..).collect()
+    }
+
+    /// The latest report, if any.
+    pub fn last(&self) -> Option<ConflictReport> {
+        self.lock().back().cloned()
+    }
+
+    /// How many reports are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no report is held.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn push(&self, report: ConflictReport) {
+        let mut reports = self.lock();
+        if reports.len() >= MAX_REPORTS {
+            reports.pop_front();
+        }
+        reports.push_back(report);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ConflictReport>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Sends `request` down the rest of the pipeline.
+async fn forward(
+    ctx: &Context<'_>,
+    request: &mut Request,
+    next: &[Arc<dyn Policy>],
+) -> PolicyResult {
+    let Some((first, rest)) = next.split_first() else {
+        return Err(azure_core::Error::with_message(
+            ErrorKind::Other,
+            "AzureConflictPolicy needs a transport after it; add it to per_call_policies",
+        ));
+    };
+    first.send(ctx, request, rest).await
+}
+
+/// A response with its status and headers as the engine reads them.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    raw: AsyncRawResponse,
+}
+
+impl Answer {
+    fn new(raw: AsyncRawResponse) -> Self {
+        Self {
+            status: http_status(raw.status()),
+            headers: header_map(raw.headers()),
+            raw,
+        }
+    }
+}
+
+struct AzureTransport<'a, 'c> {
+    ctx: &'a Context<'c>,
+    request: &'a mut Request,
+    next: &'a [Arc<dyn Policy>],
+    /// Whether the request was sent once already (its stream body must then be reset).
+    sent: bool,
+}
+
+impl Transport for AzureTransport<'_, '_> {
+    type Response = Answer;
+    type Error = azure_core::Error;
+
+    fn status(response: &Answer) -> StatusCode {
+        response.status
+    }
+
+    fn headers(response: &Answer) -> &HeaderMap {
+        &response.headers
+    }
+
+    fn peek_body(
+        response: Answer,
+        cap: usize,
+    ) -> BoxFuture<'static, Peeked<Answer, azure_core::Error>> {
+        Box::pin(async move {
+            let Answer {
+                status,
+                headers,
+                raw,
+            } = response;
+            let (raw_status, raw_headers, body) = raw.deconstruct();
+            let (body, peeked) = body::peek(Frames(body), cap).await?;
+            let raw =
+                AsyncRawResponse::new(raw_status, raw_headers, Box::pin(BodyDataStream::new(body)));
+            Ok((
+                Answer {
+                    status,
+                    headers,
+                    raw,
+                },
+                peeked,
+            ))
+        })
+    }
+
+    fn send(&mut self) -> BoxFuture<'_, Result<Answer, azure_core::Error>> {
+        Box::pin(async move {
+            if self.sent {
+                // As azure_core's retry policy does before it sends a request again.
+                self.request.body_mut().reset().await?;
+            }
+            self.sent = true;
+            forward(self.ctx, self.request, self.next)
+                .await
+                .map(Answer::new)
+        })
+    }
+
+    fn can_resend(&self) -> bool {
+        // Bytes are cloned by the transport; a seekable stream is reset first.
+        true
+    }
+
+    fn body(&self) -> Option<Bytes> {
+        match self.request.body() {
+            RequestBody::Bytes(bytes) => Some(bytes.clone()),
+            RequestBody::SeekableStream(_) => None,
+        }
+    }
+
+    fn send_variant(
+        &mut self,
+        if_match: HeaderValue,
+        body: Option<Bytes>,
+    ) -> Option<BoxFuture<'_, Result<Answer, azure_core::Error>>> {
+        let if_match = if_match.to_str().ok()?.to_owned();
+        let mut request = self.request.clone();
+        request.insert_header(azure_headers::IF_MATCH, if_match);
+        let changed = body.is_some();
+        if let Some(body) = body {
+            // The length is the new body's, set when it is sent.
+            request.headers_mut().remove(azure_headers::CONTENT_LENGTH);
+            request.set_body(body);
+        }
+        Some(Box::pin(async move {
+            if !changed {
+                request.body_mut().reset().await?;
+            }
+            forward(self.ctx, &mut request, self.next)
+                .await
+                .map(Answer::new)
+        }))
+    }
+
+    fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> Option<Answer> {
+        let raw = AsyncRawResponse::from_bytes(
+            AzureStatus::from(status.as_u16()),
+            azure_header_map(&headers),
+            body,
+        );
+        Some(Answer {
+            status,
+            headers,
+            raw,
+        })
+    }
+
+    fn fetch(
+        &mut self,
+        url: Url,
+        headers: HeaderMap,
+        cap: usize,
+    ) -> BoxFuture<'_, Result<Fetched, azure_core::Error>> {
+        Box::pin(async move {
+            let mut get = Request::new(url, AzureMethod::Get);
+            *get.headers_mut() = azure_header_map(&headers);
+            let (status, headers, body) =
+                forward(self.ctx, &mut get, self.next).await?.deconstruct();
+            let body = body::read_capped(Frames(body), cap).await?;
+            Ok(Fetched {
+                status: http_status(status),
+                headers: header_map(&headers),
+                body,
+            })
+        })
+    }
+}
+
+/// An `azure_core` response body as an `http_body::Body`, so the crate's bounded reads apply.
+struct Frames(AsyncResponseBody);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = azure_core::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, azure_core::Error>>> {
+        Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))
+    }
+}
+
+fn http_method(method: AzureMethod) -> Method {
+    match method {
+        AzureMethod::Get => Method::GET,
+        AzureMethod::Head => Method::HEAD,
+        AzureMethod::Put => Method::PUT,
+        AzureMethod::Post => Method::POST,
+        AzureMethod::Patch => Method::PATCH,
+        AzureMethod::Delete => Method::DELETE,
+        // A method azure_core adds later: not known to be safe, so treated as a write.
+        other => Method::from_bytes(other.as_str().as_bytes()).unwrap_or(Method::POST),
+    }
+}
+
+fn http_status(status: AzureStatus) -> StatusCode {
+    // azure_core's status is any u16; one outside 100..=999 is no conflict, and the caller still
+    // gets the response with its own status.
+    StatusCode::from_u16(u16::from(status)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// `azure_core` headers as an `http` map; a name or value `http` rejects is left out.
+fn header_map(headers: &Headers) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers.iter() {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_str(value.as_str()),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// An `http` map as `azure_core` headers, which hold one value per name: repeated values are
+/// joined with commas; values that are not visible ASCII are left out.
+fn azure_header_map(map: &HeaderMap) -> Headers {
+    let mut headers = Headers::new();
+    for name in map.keys() {
+        let values: Vec<&str> = map
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !values.is_empty() {
+            headers.insert(name.as_str().to_owned(), values.join(", "));
+        }
+    }
+    headers
+}

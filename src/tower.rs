@@ -1,0 +1,536 @@
+//! The tower adapter: a thin translation of any `http` client service onto the engine.
+//!
+//! A tower service consumes its request, and an `http_body::Body` cannot be cloned, so a retry
+//! needs a copy of the body taken before the first send. A body whose length is known exactly and
+//! is at most 16 MiB — `Full<Bytes>`, `Empty<Bytes>`, a `reqwest::Body` made from bytes — is read
+//! into [`Bytes`] (such bodies hold their bytes already, so this copies no data) and every attempt
+//! rebuilds it with `B: From<Bytes>`. A body of unknown length (a stream) is sent as it is, once:
+//! a conflict on it is reported `not_retryable`, as the reqwest adapter does for a body it cannot
+//! clone. Re-fetches are GETs built with `B::from(Bytes::new())`.
+//!
+//! Readiness: the service that [`poll_ready`](Service::poll_ready) drove ready is taken for the
+//! call and a clone left behind (tower's clone-and-swap). A read goes straight through it. A write
+//! may wait for a lease and for the resource to converge, so it gives that readiness back (a
+//! concurrency-limit permit or a buffer slot must not be held through a wait of minutes) and polls
+//! a clone ready before each request it sends.
+
+use std::{
+    fmt,
+    future::{Future, poll_fn},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use ::tower::{BoxError, Layer, Service};
+use bytes::Bytes;
+use http::{
+    Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
+use url::Url;
+
+use crate::{
+    ConflictPolicy, Journal, LeaseStore, ResourceId, body,
+    engine::{
+        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe,
+    },
+};
+
+/// The largest request body kept in memory so that it can be sent again.
+const MAX_RETRY_BODY: usize = 16 * 1024 * 1024;
+
+/// A [`tower::Layer`](::tower::Layer) that resolves 409 Conflict and 412 Precondition Failed
+/// answers, like [`ConflictMiddleware`](crate::ConflictMiddleware) does for `reqwest-middleware`.
+///
+/// It wraps any `S: Service<http::Request<B>, Response = http::Response<RB>> + Clone` — hyper-util's
+/// legacy `Client`, or a `reqwest::Client` behind a `service_fn` — and produces a
+/// [`ConflictService<S>`]:
+///
+/// - **Requests** qualify for retries when their body's length is known exactly and is at most
+///   16 MiB; they are rebuilt with `B: From<Bytes>` (trailers are not kept). Other bodies are sent
+///   once, and a conflict on them is reported [`Outcome::NotRetryable`](crate::Outcome::NotRetryable).
+///   Safe methods and requests without an absolute URI pass straight through.
+/// - **Re-fetches and polls** are GETs with an empty `B::from(Bytes::new())` body, sent through a
+///   clone of the wrapped service, so layers inside this one (authentication) apply to them.
+/// - **Responses** come back as `http::Response<`[`ConflictBody<RB>`]`>`, a body that yields every
+///   byte the server sent, with a [`ConflictReport`](crate::ConflictReport) in their extensions
+///   when they met a conflict.
+/// - **Errors** are [`BoxError`](crate::BoxError)s: the wrapped service's own error, or a
+///   [`crate::Error`] (such as [`Error::NotConverged`](crate::Error::NotConverged)) to get back
+///   with `downcast_ref`.
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+/// use reqwest_conflict::{ConflictLayer, ConflictPolicy, ConflictReport};
+/// use tower::{Layer, ServiceExt};
+///
+/// # async fn demo() -> Result<(), reqwest_conflict::BoxError> {
+/// let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+/// let service = ConflictLayer::new(ConflictPolicy::azure_arm()).layer(client);
+///
+/// let request = http::Request::put("http://127.0.0.1:8080/subscriptions/…?api-version=2024-07-01")
+///     .header("content-type", "application/json")
+///     .body(Full::new(Bytes::from_static(br#"{"location":"westus"}"#)))?;
+/// let response = service.oneshot(request).await?;
+/// if let Some(report) = response.extensions().get::<ConflictReport>() {
+///     println!("{}: {:?} after {} attempt(s)", report.kind, report.outcome, report.attempts);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConflictLayer {
+    engine: Engine,
+}
+
+impl ConflictLayer {
+    /// A layer applying `policy`.
+    pub fn new(policy: ConflictPolicy) -> Self {
+        Self {
+            engine: Engine::new(policy),
+        }
+    }
+
+    /// The same layer with another lease store, e.g. `RedisLeases` to serialize writers across
+    /// processes. The default is a [`MemoryLeases`](crate::MemoryLeases) of its own.
+    pub fn with_leases(mut self, store: impl LeaseStore) -> Self {
+        self.engine = self.engine.with_leases(Arc::new(store));
+        self
+    }
+
+    /// The same layer sharing `store` with others (several clients in one process).
+    pub fn with_shared_leases(mut self, store: Arc<dyn LeaseStore>) -> Self {
+        self.engine = self.engine.with_leases(store);
+        self
+    }
+
+    /// The policy in force (after clamping values that would make the engine spin).
+    pub fn policy(&self) -> &ConflictPolicy {
+        self.engine.policy()
+    }
+
+    /// The journal of the writes that went through the services of this layer (and its clones).
+    pub fn journal(&self) -> &Journal {
+        self.engine.journal()
+    }
+}
+
+impl Default for ConflictLayer {
+    fn default() -> Self {
+        Self::new(ConflictPolicy::default())
+    }
+}
+
+impl<S> Layer<S> for ConflictLayer {
+    type Service = ConflictService<S>;
+
+    fn layer(&self, inner: S) -> ConflictService<S> {
+        ConflictService {
+            inner,
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+/// The service made by [`ConflictLayer`]; see there for what it does.
+#[derive(Clone, Debug)]
+pub struct ConflictService<S> {
+    inner: S,
+    engine: Engine,
+}
+
+impl<S> ConflictService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The journal of the writes that went through this service (and its layer's other services).
+    pub fn journal(&self) -> &Journal {
+        self.engine.journal()
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for ConflictService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body + From<Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    RB: Body<Data = Bytes> + Send + Unpin + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<ConflictBody<RB>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        Box::pin(handle(self.engine.clone(), ready, request))
+    }
+}
+
+async fn handle<S, B, RB>(
+    engine: Engine,
+    mut ready: S,
+    request: Request<B>,
+) -> Result<Response<ConflictBody<RB>>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body + From<Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    RB: Body<Data = Bytes> + Send + Unpin + 'static,
+    RB::Error: Into<BoxError>,
+{
+    let url = absolute_url(request.uri());
+    let method = request.method().clone();
+    let url = match url {
+        Some(url) if !is_safe(&method) => url,
+        url => {
+            let resource = url
+                .filter(|_| method == Method::GET)
+                .map(|url| ResourceId::from_url(&url));
+            let response = ready.call(request).await.map_err(Into::into)?;
+            return Ok(remember(&engine, resource, response.map(ConflictBody::new)));
+        }
+    };
+    let service = ready.clone();
+    drop(ready);
+
+    let (parts, body) = request.into_parts();
+    let head = Head {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        extensions: parts.extensions,
+    };
+    let (first, copy) = match buffer(body).await? {
+        Ok(bytes) => (head.request(B::from(bytes.clone())), Some(bytes)),
+        Err(body) => (head.request(body), None),
+    };
+    let original = Original {
+        method: &head.method,
+        resource: ResourceId::from_url(&url),
+        url: &url,
+        headers: &head.headers,
+        overrides: Overrides::from_extensions(&head.extensions),
+    };
+    let mut transport = TowerTransport {
+        service,
+        head: &head,
+        first: Some(first),
+        body: copy,
+    };
+    match engine.execute(&mut transport, &original).await {
+        Ok((mut response, report)) => {
+            if let Some(report) = report {
+                response.extensions_mut().insert(report);
+            }
+            Ok(remember(&engine, Some(original.resource), response))
+        }
+        Err(Failure::Transport(error)) => Err(error),
+        Err(Failure::Conflict(error)) => Err(Box::new(error)),
+    }
+}
+
+/// The request's URL, when its URI is absolute (as a client's is).
+fn absolute_url(uri: &Uri) -> Option<Url> {
+    uri.scheme()?;
+    uri.authority()?;
+    Url::parse(&uri.to_string()).ok()
+}
+
+/// Reads a body of exactly known, small enough length into memory, or hands it back untouched.
+async fn buffer<B>(body: B) -> Result<Result<Bytes, B>, BoxError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    match body.size_hint().exact() {
+        Some(len) if len <= MAX_RETRY_BODY as u64 => {
+            let collected = Limited::new(body, MAX_RETRY_BODY).collect().await?;
+            Ok(Ok(collected.to_bytes()))
+        }
+        _ => Ok(Err(body)),
+    }
+}
+
+/// When the policy merges stale writes, copies a successful representation with an ETag as it
+/// streams to the caller, to serve as a later merge base. Otherwise returns `response` untouched.
+fn remember<RB>(
+    engine: &Engine,
+    resource: Option<ResourceId>,
+    response: Response<ConflictBody<RB>>,
+) -> Response<ConflictBody<RB>>
+where
+    RB: Body<Data = Bytes> + Send + Unpin + 'static,
+{
+    let (Some(remembered), Some(resource)) = (engine.remembered(), resource) else {
+        return response;
+    };
+    let etag = response
+        .headers()
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok());
+    let (Some(etag), true) = (etag, response.status().is_success()) else {
+        return response;
+    };
+    let (remembered, etag) = (remembered.clone(), etag.to_owned());
+    let (parts, body) = response.into_parts();
+    let tee = body::Tee::new(body, engine.policy().max_fetch_body, move |bytes| {
+        remembered.put(resource.key(), &etag, bytes);
+    });
+    Response::from_parts(parts, ConflictBody::boxed(tee))
+}
+
+/// The request's head, kept to build every attempt and re-fetch from.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+impl Head {
+    fn request<B>(&self, body: B) -> Request<B> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.clone();
+        request
+    }
+}
+
+struct TowerTransport<'h, S, B> {
+    /// A clone of the wrapped service, polled ready before each request.
+    service: S,
+    head: &'h Head,
+    /// The request itself, until it is sent.
+    first: Option<Request<B>>,
+    /// The body every later attempt is rebuilt from; `None` when it could not be kept.
+    body: Option<Bytes>,
+}
+
+impl<S, B, RB> TowerTransport<'_, S, B>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Send,
+{
+    async fn call(&mut self, request: Request<B>) -> Result<Response<RB>, BoxError> {
+        poll_fn(|cx| self.service.poll_ready(cx))
+            .await
+            .map_err(Into::into)?;
+        self.service.call(request).await.map_err(Into::into)
+    }
+}
+
+impl<S, B, RB> Transport for TowerTransport<'_, S, B>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: From<Bytes> + Send,
+    RB: Body<Data = Bytes> + Send + Unpin + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<ConflictBody<RB>>;
+    type Error = BoxError;
+
+    fn status(response: &Self::Response) -> StatusCode {
+        response.status()
+    }
+
+    fn headers(response: &Self::Response) -> &HeaderMap {
+        response.headers()
+    }
+
+    fn peek_body(
+        response: Self::Response,
+        cap: usize,
+    ) -> BoxFuture<'static, Peeked<Self::Response, BoxError>> {
+        Box::pin(async move {
+            let (parts, body) = response.into_parts();
+            let (body, peeked) = body::peek(body, cap).await.map_err(Into::into)?;
+            Ok((
+                Response::from_parts(parts, ConflictBody::boxed(body)),
+                peeked,
+            ))
+        })
+    }
+
+    fn send(&mut self) -> BoxFuture<'_, Result<Self::Response, BoxError>> {
+        let request = self.first.take().or_else(|| {
+            let body = self.body.clone()?;
+            Some(self.head.request(B::from(body)))
+        });
+        Box::pin(async move {
+            let request = request.ok_or_else(|| BoxError::from(NotRetryable))?;
+            Ok(self.call(request).await?.map(ConflictBody::new))
+        })
+    }
+
+    fn can_resend(&self) -> bool {
+        self.body.is_some()
+    }
+
+    fn body(&self) -> Option<Bytes> {
+        self.body.clone()
+    }
+
+    fn send_variant(
+        &mut self,
+        if_match: HeaderValue,
+        body: Option<Bytes>,
+    ) -> Option<BoxFuture<'_, Result<Self::Response, BoxError>>> {
+        let kept = self.body.clone()?;
+        let changed = body.is_some();
+        let mut request = self.head.request(B::from(body.unwrap_or(kept)));
+        request
+            .headers_mut()
+            .insert(http::header::IF_MATCH, if_match);
+        if changed {
+            // The length is the new body's, set when it is sent.
+            request.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
+        Some(Box::pin(async move {
+            Ok(self.call(request).await?.map(ConflictBody::new))
+        }))
+    }
+
+    fn respond(
+        &self,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Option<Self::Response> {
+        let mut response = Response::new(ConflictBody::full(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Some(response)
+    }
+
+    fn fetch(
+        &mut self,
+        url: Url,
+        headers: HeaderMap,
+        cap: usize,
+    ) -> BoxFuture<'_, Result<Fetched, BoxError>> {
+        Box::pin(async move {
+            let mut request = Request::new(B::from(Bytes::new()));
+            *request.uri_mut() = url.as_str().parse()?;
+            *request.version_mut() = self.head.version;
+            *request.headers_mut() = headers;
+            *request.extensions_mut() = self.head.extensions.clone();
+            let (parts, body) = self.call(request).await?.into_parts();
+            let body = body::read_capped(body, cap).await.map_err(Into::into)?;
+            Ok(Fetched {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        })
+    }
+}
+
+/// The engine asked to resend a request whose body could not be kept; it never does.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not kept, so it cannot be sent again")]
+struct NotRetryable;
+
+/// The body of a response from [`ConflictService`]: the wrapped service's body, passed through
+/// untouched — or, when the engine read the start of a 409/412 body to classify it, that body
+/// with the bytes read replayed in front. Either way it yields every byte the server sent.
+pub struct ConflictBody<B: Body<Data = Bytes>> {
+    inner: Inner<B>,
+}
+
+enum Inner<B: Body<Data = Bytes>> {
+    /// A response the engine did not touch: the common case, with no allocation.
+    Passed(B),
+    /// A response whose body was peeked at, tee'd, or made by the engine.
+    Boxed(UnsyncBoxBody<Bytes, B::Error>),
+}
+
+impl<B: Body<Data = Bytes>> ConflictBody<B> {
+    fn new(body: B) -> Self {
+        Self {
+            inner: Inner::Passed(body),
+        }
+    }
+
+    fn boxed(body: impl Body<Data = Bytes, Error = B::Error> + Send + 'static) -> Self {
+        Self {
+            inner: Inner::Boxed(UnsyncBoxBody::new(body)),
+        }
+    }
+
+    fn full(bytes: Bytes) -> Self
+    where
+        B::Error: 'static,
+    {
+        Self::boxed(Full::new(bytes).map_err(|never| match never {}))
+    }
+}
+
+impl<B> Body for ConflictBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match &mut self.get_mut().inner {
+            Inner::Passed(body) => Pin::new(body).poll_frame(cx),
+            Inner::Boxed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Passed(body) => body.is_end_stream(),
+            Inner::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Passed(body) => body.size_hint(),
+            Inner::Boxed(body) => body.size_hint(),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> fmt::Debug for ConflictBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.inner {
+            Inner::Passed(_) => "passed",
+            Inner::Boxed(_) => "replayed",
+        };
+        f.debug_struct("ConflictBody")
+            .field("body", &state)
+            .finish_non_exhaustive()
+    }
+}

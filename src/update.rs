@@ -1,0 +1,166 @@
+//! The read-modify-write loop, done right once: `update`.
+//!
+//! Optimistic concurrency needs a loop — GET the resource with its ETag, change it, write it back
+//! with `If-Match`, and on 412 start over from a fresh read, re-applying the change — the loop that
+//! Kubernetes clients call `RetryOnConflict`. Written ad hoc it tends to skip the re-read (losing
+//! the other writer's update) or to spin without bound. Here it is bounded by attempts and a
+//! deadline, with jittered backoff between rounds so contending writers spread out.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode, header};
+use reqwest_middleware::ClientWithMiddleware;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use tokio::time::{Instant, sleep};
+
+use crate::{Error, PollSchedule};
+
+/// The error a mutation closure may return to stop an update.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bounds and method of an [`update_with`] loop.
+#[derive(Clone, Debug)]
+pub struct UpdateOptions {
+    /// Read-modify-write rounds at most.
+    pub max_attempts: u32,
+    /// The whole loop ends by then.
+    pub deadline: Duration,
+    /// `PUT` (the default) writes the whole changed representation; `PATCH` sends it as a JSON
+    /// merge patch.
+    pub method: Method,
+    /// The pause after a lost round.
+    pub backoff: PollSchedule,
+}
+
+impl Default for UpdateOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            deadline: Duration::from_secs(5 * 60),
+            method: Method::PUT,
+            backoff: PollSchedule {
+                min_delay: Duration::from_millis(50),
+                max_delay: Duration::from_secs(5),
+                factor: 2.0,
+                jitter: true,
+            },
+        }
+    }
+}
+
+/// GETs the JSON resource at `url`, lets `mutate` change it, and PUTs it back with `If-Match`; on
+/// 412 re-reads and re-applies `mutate`, within [`UpdateOptions::default`]'s bounds. Returns the
+/// representation the server answered the successful write with (or the one written, if the
+/// answer had no JSON body).
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_conflict::Error> {
+/// let url = "https://management.azure.com/subscriptions/…/networkSecurityGroups/nsg?api-version=2024-05-01";
+/// reqwest_conflict::update(&client, url, |nsg| {
+///     nsg["tags"]["owner"] = "platform".into();
+///     Ok(())
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn update<F>(client: &ClientWithMiddleware, url: &str, mutate: F) -> Result<Value, Error>
+where
+    F: FnMut(&mut Value) -> Result<(), BoxError>,
+{
+    update_with(client, url, &UpdateOptions::default(), mutate).await
+}
+
+/// [`update`] for a typed resource: the representation is deserialized into `T`, changed, and
+/// serialized back (fields `T` does not model are not written back).
+pub async fn update_as<T, F>(
+    client: &ClientWithMiddleware,
+    url: &str,
+    options: &UpdateOptions,
+    mut mutate: F,
+) -> Result<T, Error>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnMut(&mut T) -> Result<(), BoxError>,
+{
+    let written = update_with(client, url, options, |value| {
+        let mut typed: T = serde_json::from_value(value.take())?;
+        mutate(&mut typed)?;
+        *value = serde_json::to_value(&typed)?;
+        Ok(())
+    })
+    .await?;
+    serde_json::from_value(written).map_err(|e| Error::InvalidBody(e.to_string()))
+}
+
+/// [`update`] with explicit bounds and method.
+pub async fn update_with<F>(
+    client: &ClientWithMiddleware,
+    url: &str,
+    options: &UpdateOptions,
+    mut mutate: F,
+) -> Result<Value, Error>
+where
+    F: FnMut(&mut Value) -> Result<(), BoxError>,
+{
+    let started = Instant::now();
+    let deadline = started + options.deadline;
+    let mut backoff = options.backoff.backoff();
+    let attempts = options.max_attempts.max(1);
+    for attempt in 1..=attempts {
+        let current = client.get(url).send().await.map_err(Error::Http)?;
+        let current = expect_success(current).await?;
+        let etag = current.headers().get(header::ETAG).cloned();
+        let mut value: Value = current
+            .json()
+            .await
+            .map_err(|e| Error::InvalidBody(format!("the resource is not JSON: {e}")))?;
+        let etag = match etag {
+            Some(etag) => etag,
+            None => value
+                .get("etag")
+                .and_then(Value::as_str)
+                .and_then(|e| e.parse().ok())
+                .ok_or_else(|| Error::InvalidBody("the resource has no ETag".to_owned()))?,
+        };
+        mutate(&mut value).map_err(Error::Aborted)?;
+        let written = client
+            .request(options.method.clone(), url)
+            .header(header::IF_MATCH, etag)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(value.to_string())
+            .send()
+            .await
+            .map_err(Error::Http)?;
+        if written.status() != StatusCode::PRECONDITION_FAILED {
+            let written = expect_success(written).await?;
+            let answer: Option<Value> = written.json().await.ok();
+            return Ok(answer.unwrap_or(value));
+        }
+        tracing::debug!(attempt, url, "update lost the race; re-reading");
+        let pause = backoff.next().unwrap_or(options.backoff.max_delay);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if attempt == attempts || left.is_zero() {
+            return Err(Error::UpdateExhausted {
+                attempts: attempt,
+                waited: started.elapsed(),
+            });
+        }
+        sleep(pause.min(left)).await;
+    }
+    Err(Error::UpdateExhausted {
+        attempts,
+        waited: started.elapsed(),
+    })
+}
+
+/// The response if it is a success, else [`Error::Status`] with the start of its body.
+async fn expect_success(response: reqwest::Response) -> Result<reqwest::Response, Error> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap_or_default();
+    let body = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+    Err(Error::Status { status, body })
+}

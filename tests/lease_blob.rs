@@ -1,0 +1,240 @@
+//! `BlobLeases` against a real Azurite blob service started per test (see `support`).
+//!
+//! Blob leases last at least 15 s, so the two tests about expiry and renewal wait that long; they
+//! run in parallel with the others.
+
+#![cfg(feature = "azure-blob")]
+
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use reqwest_conflict::{
+    Error, LeaseStore,
+    lease::{BlobLeases, dev_sas_container_url},
+};
+
+const KEY: &str =
+    "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm";
+/// The shortest blob lease.
+const TTL: Duration = Duration::from_secs(15);
+const LONG: Duration = Duration::from_secs(25);
+
+const CHILD_URL: &str = "LEASE_BLOB_CHILD_URL";
+const CHILD_KEY: &str = "LEASE_BLOB_CHILD_KEY";
+
+/// A store on a fresh container of `azurite`.
+async fn store(azurite: &support::Azurite) -> BlobLeases {
+    let leases =
+        BlobLeases::new(&dev_sas_container_url(&azurite.blob_endpoint(), "leases")).unwrap();
+    leases.create_container().await.unwrap();
+    leases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_writer_at_a_time_under_contention() {
+    let azurite = support::start_azurite();
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let mut last_tokens = Vec::new();
+    for _ in 0..8 {
+        let (leases, counter) = (store(&azurite).await, counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tokens = Vec::new();
+            for _ in 0..4 {
+                let lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
+                let seen = counter.load(Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                counter.store(seen + 1, Ordering::Relaxed);
+                tokens.push(lease.token());
+            }
+            tokens
+        }));
+    }
+    for task in tasks {
+        last_tokens.extend(task.await.unwrap());
+    }
+    assert_eq!(counter.load(Ordering::Relaxed), 32);
+    // Every holder got its own token: 1..=32.
+    last_tokens.sort_unstable();
+    assert_eq!(last_tokens, (1..=32).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn tokens_strictly_increase() {
+    let azurite = support::start_azurite();
+    let (a, b) = (store(&azurite).await, store(&azurite).await);
+    let mut last = 0;
+    for i in 0..6 {
+        let leases = if i % 2 == 0 { &a } else { &b };
+        let lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
+        assert!(lease.token() > last, "{} after {last}", lease.token());
+        last = lease.token();
+    }
+}
+
+#[tokio::test]
+async fn waiting_for_a_held_key_times_out() {
+    let azurite = support::start_azurite();
+    let (a, b) = (store(&azurite).await, store(&azurite).await);
+    let _held = a.acquire(KEY, TTL, LONG).await.unwrap();
+    let error = b
+        .acquire(KEY, TTL, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::LeaseTimeout { key, waited } if key == KEY && *waited >= Duration::from_millis(500)),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_lease_lets_the_next_one_in_promptly() {
+    let azurite = support::start_azurite();
+    let (a, b) = (store(&azurite).await, store(&azurite).await);
+    let held = a.acquire(KEY, Duration::from_secs(60), LONG).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let lease = b.acquire(KEY, TTL, LONG).await.unwrap();
+        (Instant::now(), lease.token())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released = Instant::now();
+    let token = held.token();
+    drop(held);
+    let (acquired, next) = waiter.await.unwrap();
+    let delay = acquired.duration_since(released);
+    assert!(delay < Duration::from_secs(2), "took {delay:?}");
+    assert!(next > token);
+}
+
+#[tokio::test]
+async fn renewal_keeps_a_lease_past_its_duration() {
+    let azurite = support::start_azurite();
+    let (a, b) = (store(&azurite).await, store(&azurite).await);
+    let held = a.acquire(KEY, TTL, LONG).await.unwrap();
+    // Held for 17 s on a 15 s lease: renewals must keep the other acquirer out.
+    let error = b
+        .acquire(KEY, TTL, Duration::from_secs(17))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::LeaseTimeout { .. }), "{error:?}");
+    // Still ours: writes under it go through.
+    a.set_transitioning(&held, false).await.unwrap();
+}
+
+#[tokio::test]
+async fn transitioning_flag_round_trip() {
+    let azurite = support::start_azurite();
+    let (a, b) = (store(&azurite).await, store(&azurite).await);
+    let lease = a.acquire(KEY, TTL, LONG).await.unwrap();
+    assert!(!a.is_transitioning(&lease).await.unwrap());
+    a.set_transitioning(&lease, true).await.unwrap();
+    assert!(a.is_transitioning(&lease).await.unwrap());
+    let token = lease.token();
+    drop(lease);
+
+    let lease = b.acquire(KEY, TTL, LONG).await.unwrap();
+    assert!(b.is_transitioning(&lease).await.unwrap());
+    // Writing the flag kept the fence: tokens still grow.
+    assert_eq!(lease.token(), token + 1);
+    b.set_transitioning(&lease, false).await.unwrap();
+    assert!(!b.is_transitioning(&lease).await.unwrap());
+    drop(lease);
+
+    let lease = a.acquire(KEY, TTL, LONG).await.unwrap();
+    assert!(!a.is_transitioning(&lease).await.unwrap());
+    assert_eq!(lease.token(), token + 2);
+}
+
+#[tokio::test]
+async fn break_lease_frees_a_held_key() {
+    let azurite = support::start_azurite();
+    let (a, b) = (store(&azurite).await, store(&azurite).await);
+    let held = a.acquire(KEY, Duration::from_secs(60), LONG).await.unwrap();
+    b.break_lease(KEY).await.unwrap();
+    let started = Instant::now();
+    let next = b.acquire(KEY, TTL, Duration::from_secs(2)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(next.token() > held.token());
+    // The broken holder can no longer write under its lease.
+    let error = a.set_transitioning(&held, true).await.unwrap_err();
+    assert!(matches!(error, Error::LeaseBackend { .. }), "{error:?}");
+    drop(held); // its release fails quietly; the new holder keeps the key
+    assert!(!b.is_transitioning(&next).await.unwrap());
+    // Breaking a key nobody holds, or that has no blob, is fine.
+    drop(next);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.break_lease(KEY).await.unwrap();
+    b.break_lease("never leased").await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_never_show_the_sas() {
+    let azurite = support::start_azurite();
+    let url = dev_sas_container_url(&azurite.blob_endpoint(), "missing-container");
+    let leases = BlobLeases::new(&url).unwrap();
+    let error = leases.acquire(KEY, TTL, LONG).await.unwrap_err();
+    let shown = error.to_string();
+    assert!(matches!(error, Error::LeaseBackend { .. }), "{shown}");
+    assert!(shown.contains("ContainerNotFound"), "{shown}");
+    assert!(!shown.contains("sig="), "{shown}");
+
+    // Nobody listening: a transport error, still without the query.
+    let port = support::free_port();
+    let url = dev_sas_container_url(&format!("http://127.0.0.1:{port}/devstoreaccount1"), "c");
+    let error = BlobLeases::new(&url)
+        .unwrap()
+        .acquire(KEY, TTL, LONG)
+        .await
+        .unwrap_err();
+    let shown = error.to_string();
+    assert!(matches!(error, Error::LeaseBackend { .. }), "{shown}");
+    assert!(!shown.contains("sig="), "{shown}");
+}
+
+/// The child side of the SIGKILL test: takes the lease, says so, and hangs until killed.
+#[test]
+fn child_hold_lease() {
+    let (Ok(url), Ok(key)) = (std::env::var(CHILD_URL), std::env::var(CHILD_KEY)) else {
+        return; // an ordinary test run: nothing to do
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let leases = BlobLeases::new(&url).unwrap();
+        let lease = leases.acquire(&key, TTL, LONG).await.unwrap();
+        println!("LEASE-HELD {}", lease.token());
+        std::future::pending::<()>().await;
+    });
+}
+
+#[tokio::test]
+async fn a_killed_holder_loses_its_lease_after_the_duration() {
+    let azurite = support::start_azurite();
+    let leases = store(&azurite).await;
+    let (child, token) = support::spawn_child_test(
+        "child_hold_lease",
+        &[
+            (
+                CHILD_URL,
+                dev_sas_container_url(&azurite.blob_endpoint(), "leases"),
+            ),
+            (CHILD_KEY, KEY.to_owned()),
+        ],
+        "LEASE-HELD ",
+        Duration::from_secs(20),
+    );
+    let child_token: u64 = token.trim().parse().unwrap();
+    drop(child); // SIGKILL right after it took the 15 s lease: no release, no renewal
+    let killed = Instant::now();
+    let lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
+    let waited = killed.elapsed();
+    assert!(waited >= Duration::from_secs(12), "got it after {waited:?}");
+    assert!(waited < Duration::from_secs(20), "got it after {waited:?}");
+    assert!(lease.token() > child_token);
+}

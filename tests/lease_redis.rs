@@ -1,0 +1,226 @@
+//! `RedisLeases` against a real `redis-server` started per test (see `support`).
+
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use reqwest_conflict::{Error, LeaseStore, lease::RedisLeases};
+
+const KEY: &str = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/virtualNetworks/v";
+const TTL: Duration = Duration::from_secs(10);
+const LONG: Duration = Duration::from_secs(20);
+
+/// The environment variables of the child process in the SIGKILL test.
+const CHILD_URL: &str = "LEASE_REDIS_CHILD_URL";
+const CHILD_KEY: &str = "LEASE_REDIS_CHILD_KEY";
+
+async fn store(redis: &support::Redis) -> RedisLeases {
+    RedisLeases::new(&redis.url(), "test:").await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_writer_at_a_time_under_contention() {
+    let redis = support::start_redis();
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        // A store per task: as many clients as writers, as across processes.
+        let (leases, counter) = (store(&redis).await, counter.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let _lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
+                let seen = counter.load(Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                counter.store(seen + 1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(counter.load(Ordering::Relaxed), 80);
+}
+
+#[tokio::test]
+async fn tokens_strictly_increase() {
+    let redis = support::start_redis();
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    let mut last = 0;
+    for i in 0..6 {
+        let leases = if i % 2 == 0 { &a } else { &b };
+        let lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
+        assert!(lease.token() > last, "{} after {last}", lease.token());
+        last = lease.token();
+    }
+}
+
+#[tokio::test]
+async fn waiting_for_a_held_key_times_out() {
+    let redis = support::start_redis();
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    let _held = a.acquire(KEY, TTL, LONG).await.unwrap();
+    let started = Instant::now();
+    let error = b
+        .acquire(KEY, TTL, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::LeaseTimeout { key, waited } if key == KEY && *waited >= Duration::from_millis(300)),
+        "{error:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn renewal_keeps_a_lease_past_its_ttl() {
+    let redis = support::start_redis();
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    let ttl = Duration::from_millis(300);
+    let held = a.acquire(KEY, ttl, LONG).await.unwrap();
+    // Held for over three TTLs: another acquirer must not get it meanwhile.
+    let error = b
+        .acquire(KEY, ttl, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::LeaseTimeout { .. }), "{error:?}");
+    let token = held.token();
+    drop(held);
+    let next = b.acquire(KEY, ttl, Duration::from_secs(2)).await.unwrap();
+    assert!(next.token() > token);
+}
+
+#[tokio::test]
+async fn dropping_a_lease_lets_the_next_one_in_promptly() {
+    let redis = support::start_redis();
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    // A TTL far longer than the test: only the release can free the key in time.
+    let ttl = Duration::from_secs(60);
+    let held = a.acquire(KEY, ttl, LONG).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let lease = b.acquire(KEY, ttl, LONG).await.unwrap();
+        (Instant::now(), lease.token())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let released = Instant::now();
+    let token = held.token();
+    drop(held);
+    let (acquired, next) = waiter.await.unwrap();
+    let delay = acquired.duration_since(released);
+    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+    assert!(next > token);
+}
+
+#[tokio::test]
+async fn transitioning_flag_round_trip() {
+    let redis = support::start_redis();
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    let lease = a.acquire(KEY, TTL, LONG).await.unwrap();
+    assert!(!a.is_transitioning(&lease).await.unwrap());
+    a.set_transitioning(&lease, true).await.unwrap();
+    assert!(a.is_transitioning(&lease).await.unwrap());
+    drop(lease);
+
+    // Another process sees what the previous holder left.
+    let lease = b.acquire(KEY, TTL, LONG).await.unwrap();
+    assert!(b.is_transitioning(&lease).await.unwrap());
+    b.set_transitioning(&lease, false).await.unwrap();
+    assert!(!b.is_transitioning(&lease).await.unwrap());
+    drop(lease);
+
+    // A lease this store did not hand out is refused.
+    let foreign = b.acquire("other", TTL, LONG).await.unwrap();
+    assert!(matches!(
+        a.set_transitioning(&foreign, true).await,
+        Err(Error::LeaseBackend { .. })
+    ));
+}
+
+#[tokio::test]
+async fn writes_under_a_lost_lease_are_refused() {
+    let redis = support::start_redis();
+    let leases = store(&redis).await;
+    let lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
+    // Someone else's lease replaced ours (as after an expiry).
+    let client = std::net::TcpStream::connect(("127.0.0.1", redis.port())).unwrap();
+    redis_command(client, &format!("SET test:lease:{KEY} intruder"));
+    let error = leases.set_transitioning(&lease, true).await.unwrap_err();
+    assert!(matches!(error, Error::LeaseBackend { .. }), "{error:?}");
+}
+
+/// Sends one inline command and waits for its answer.
+fn redis_command(mut stream: std::net::TcpStream, command: &str) {
+    use std::io::{Read, Write};
+    stream
+        .write_all(format!("{command}\r\n").as_bytes())
+        .unwrap();
+    let mut answer = [0u8; 5];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"+OK\r\n");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_backend_error_without_credentials() {
+    let port = support::free_port();
+    let url = format!("redis://:hunter2secret@127.0.0.1:{port}/");
+    let error = RedisLeases::new(&url, "test:").await.unwrap_err();
+    let shown = error.to_string();
+    assert!(matches!(error, Error::LeaseBackend { .. }), "{shown}");
+    assert!(!shown.contains("hunter2secret"), "{shown}");
+}
+
+/// The child side of the SIGKILL test: takes the lease, says so, and hangs until killed.
+#[test]
+fn child_hold_lease() {
+    let (Ok(url), Ok(key)) = (std::env::var(CHILD_URL), std::env::var(CHILD_KEY)) else {
+        return; // an ordinary test run: nothing to do
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let leases = RedisLeases::new(&url, "test:").await.unwrap();
+        let lease = leases
+            .acquire(&key, Duration::from_secs(1), LONG)
+            .await
+            .unwrap();
+        println!("LEASE-HELD {}", lease.token());
+        std::future::pending::<()>().await;
+    });
+}
+
+#[tokio::test]
+async fn a_killed_holder_loses_its_lease_after_the_ttl() {
+    let redis = support::start_redis();
+    let (child, token) = support::spawn_child_test(
+        "child_hold_lease",
+        &[(CHILD_URL, redis.url()), (CHILD_KEY, KEY.to_owned())],
+        "LEASE-HELD ",
+        Duration::from_secs(20),
+    );
+    let child_token: u64 = token.trim().parse().unwrap();
+    let leases = store(&redis).await;
+    // Alive (and renewing), the child keeps the key.
+    let error = leases
+        .acquire(KEY, TTL, Duration::from_millis(1500))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::LeaseTimeout { .. }), "{error:?}");
+
+    drop(child); // SIGKILL: no release, no more renewals
+    let killed = Instant::now();
+    let lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
+    let waited = killed.elapsed();
+    // It was renewed at most ttl/3 before the kill, so at least 2/3 of the 1 s TTL remained.
+    assert!(
+        waited >= Duration::from_millis(600),
+        "got it after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "got it after {waited:?}");
+    assert!(lease.token() > child_token);
+}
