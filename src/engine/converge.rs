@@ -36,25 +36,35 @@ impl Trail for ConflictReport {
     }
 }
 
-/// The trail of a wait that is not part of a conflict report (the state guard): only the last
-/// state matters, for the error.
+/// The trail of a wait that is not part of a conflict report (the state guard): when each poll
+/// was answered and whether it was terminal, for the clock, and the last state, for the error.
 #[derive(Default)]
-pub(super) struct LastState(pub Option<String>);
+pub(super) struct Observations {
+    pub polls: Vec<(Instant, bool)>,
+    pub last: Option<String>,
+}
 
-impl Trail for LastState {
+impl Trail for Observations {
     fn observe(&mut self, state: &str) {
-        self.0 = Some(state.to_owned());
+        let terminal = is_terminal(state) || state == "NotFound";
+        if self.polls.len() < 64 {
+            self.polls.push((Instant::now(), terminal));
+        }
+        self.last = Some(state.to_owned());
     }
     fn note(&mut self, note: String) {
         tracing::debug!(%note, "state guard");
     }
 }
 
-/// What to poll, and how long to wait before the first poll.
+/// What to poll, and when.
 pub(super) struct Watch {
     pub target: Url,
     pub source: Source,
+    /// The wait before the first poll, when no plan says otherwise; `None`: the schedule's first.
     pub first_delay: Option<Duration>,
+    /// Times to poll at first, in order (see `clock`); the schedule takes over after them.
+    pub planned: Vec<Instant>,
 }
 
 impl Engine {
@@ -99,10 +109,15 @@ impl Engine {
             mut target,
             mut source,
             first_delay,
+            planned,
         } = watch;
         let headers = fetch_headers(original.headers);
         let mut schedule = policy.poll.backoff();
-        let mut delay = first_delay.unwrap_or_else(|| self.next_delay(None, &mut schedule));
+        let mut planned = planned.into_iter();
+        let mut delay = match planned.next() {
+            Some(at) => at.saturating_duration_since(Instant::now()),
+            None => first_delay.unwrap_or_else(|| self.next_delay(None, &mut schedule)),
+        };
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             sleep(delay.min(remaining)).await;
@@ -147,7 +162,10 @@ impl Engine {
             if is_terminal(&state) || state == "NotFound" {
                 return true;
             }
-            delay = self.next_delay(hint, &mut schedule);
+            delay = match planned.next() {
+                Some(at) => at.saturating_duration_since(Instant::now()),
+                None => self.next_delay(hint, &mut schedule),
+            };
         }
     }
 
@@ -183,6 +201,7 @@ impl Engine {
             target,
             source,
             first_delay,
+            planned: Vec::new(),
         }
     }
 

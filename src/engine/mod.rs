@@ -8,6 +8,7 @@
 //! within the attempt budget and the deadline. It never sees a successful first answer, so the
 //! happy path costs nothing but a status check.
 
+mod clock;
 mod converge;
 mod precondition;
 
@@ -143,6 +144,8 @@ pub(crate) struct Engine {
     journal: Journal,
     /// Merge bases, when the policy merges.
     remembered: Option<Arc<precondition::Remembered>>,
+    /// When transitions started, and how long they take, to time the state guard's polls.
+    clock: Arc<clock::Clock>,
 }
 
 /// Whether a method only reads: such requests are neither leased nor resolved.
@@ -218,6 +221,7 @@ impl Engine {
                 _ => None,
             },
             policy: Arc::new(policy),
+            clock: Arc::default(),
         }
     }
 
@@ -278,6 +282,7 @@ impl Engine {
 
         if let (Some(lease), Ok((response, _))) = (own, &result) {
             if leaves_transition(T::status(response), T::headers(response)) {
+                self.clock.started(original.resource.key(), Instant::now());
                 if let Err(error) = self.leases.set_transitioning(lease, true).await {
                     tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
                 }
@@ -298,21 +303,25 @@ impl Engine {
         if !self.leases.is_transitioning(lease).await? {
             return Ok(());
         }
+        let key = original.resource.key();
+        let kind = original.resource.resource_type().unwrap_or_default();
         let watch = converge::Watch {
             target: original.resource.fetch_url(original.url),
             source: state::Source::Resource,
-            first_delay: Some(std::time::Duration::ZERO),
+            first_delay: None,
+            planned: self.clock.plan(key, kind),
         };
-        let mut last = converge::LastState::default();
+        let mut seen = converge::Observations::default();
         let waiting = Instant::now();
-        if !self
-            .poll(transport, original, watch, deadline, &mut last)
-            .await
-        {
+        let converged = self
+            .poll(transport, original, watch, deadline, &mut seen)
+            .await;
+        self.clock.learn(key, kind, &seen.polls);
+        if !converged {
             return Err(Error::NotConverged {
-                resource: original.resource.key().to_owned(),
+                resource: key.to_owned(),
                 classification: None,
-                last_state: last.0,
+                last_state: seen.last,
                 attempts: 0,
                 waited: waiting.elapsed(),
             });

@@ -195,8 +195,8 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Re-runs this test binary as a child process running only the test `test_name`, with `envs`
-/// set, and waits (at most `within`) for it to print a line starting with `ready_prefix`; returns
-/// the child and the rest of that line.
+/// set, and waits (at most `within`) for it to print `ready_prefix`; returns the child and the
+/// rest of that line.
 pub fn spawn_child_test(
     test_name: &str,
     envs: &[(&str, String)],
@@ -219,7 +219,8 @@ pub fn spawn_child_test(
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
-            if let Some(rest) = line.strip_prefix(&prefix) {
+            // libtest may print "test NAME ... " before the child's own output on the line.
+            if let Some((_, rest)) = line.split_once(&prefix) {
                 let _ = tx.send(rest.to_owned());
             }
         }

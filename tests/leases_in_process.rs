@@ -1,0 +1,193 @@
+//! Single writer per resource in one process: leases, the state guard, the journal, cancellation.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use arm_sim::{Scripted, Sim, SimConfig};
+use common::*;
+use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, LeasePolicy, MemoryLeases};
+use reqwest_middleware::ClientBuilder;
+use serde_json::json;
+
+/// A simulator that *accepts* writes during a transition, so overlapping transitions are recorded
+/// instead of refused: only the client's discipline can keep them apart.
+async fn permissive_sim() -> Sim {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(40),
+        reject_during_transition: false,
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, vm_body("0"));
+    sim
+}
+
+async fn sixteen_writers(sim: &Sim, middleware: ConflictMiddleware) -> usize {
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(middleware)
+        .build();
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let (client, url) = (client.clone(), url(sim, VM));
+            tokio::spawn(async move {
+                client
+                    .put(url)
+                    .json(&vm_body(&i.to_string()))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for w in writers {
+        if w.await.unwrap().is_success() {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_writers_never_overlap_and_never_meet_a_409() {
+    let sim = permissive_sim().await;
+    let middleware = ConflictMiddleware::new(fast_policy());
+    let journal = middleware.journal().clone();
+    assert_eq!(sixteen_writers(&sim, middleware).await, 16);
+    assert_eq!(sim.overlapping_transitions(), 0);
+    assert_eq!(sim.count("PUT", VM, Some(409)), 0);
+    assert_eq!(sim.count("PUT", VM, None), 16);
+    // The journal agrees, and its fencing tokens only grow.
+    assert!(journal.overlaps().is_empty());
+    let tokens: Vec<u64> = journal
+        .for_resource(&VM.to_ascii_lowercase())
+        .iter()
+        .map(|e| e.token.unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 16);
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_leases_the_same_load_overlaps() {
+    // The control: the simulator does record overlaps when nothing prevents them.
+    let sim = permissive_sim().await;
+    let policy = ConflictPolicy {
+        leases: LeasePolicy {
+            enabled: false,
+            ..LeasePolicy::default()
+        },
+        ..fast_policy()
+    };
+    assert_eq!(
+        sixteen_writers(&sim, ConflictMiddleware::new(policy)).await,
+        16
+    );
+    assert!(sim.overlapping_transitions() > 0);
+}
+
+#[tokio::test]
+async fn a_subnet_write_also_leases_its_virtual_network() {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(60),
+        ..SimConfig::default()
+    })
+    .await;
+    let vnet = SUBNET.rsplit_once("/subnets/").unwrap().0;
+    sim.seed(vnet, json!({"location": "westus", "properties": {}}));
+    sim.seed(SUBNET, json!({"properties": {}}));
+    let middleware = ConflictMiddleware::new(fast_policy());
+    let journal = middleware.journal().clone();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(middleware)
+        .build();
+    let (a, b) = tokio::join!(
+        client
+            .put(url(&sim, SUBNET))
+            .json(&json!({"properties": {"addressPrefix": "10.0.0.0/24"}}))
+            .send(),
+        client
+            .put(url(&sim, vnet))
+            .json(&json!({"location": "westus", "properties": {}}))
+            .send(),
+    );
+    assert!(a.unwrap().status().is_success());
+    assert!(b.unwrap().status().is_success());
+    // Serialized by the shared vnet key: one write held its leases only after the other's ended.
+    let entries = journal.entries();
+    assert_eq!(entries.len(), 2);
+    let (a, b) = (&entries[0], &entries[1]);
+    assert!(
+        a.end.unwrap() <= b.start || b.end.unwrap() <= a.start,
+        "the subnet and vnet writes overlapped: {entries:?}"
+    );
+    assert_ne!(a.resource, b.resource);
+}
+
+#[tokio::test]
+async fn dropping_a_request_mid_wait_releases_its_lease() {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(20),
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, vm_body("0"));
+    // The resource is stuck: the first writer will wait on it (holding the lease) for a minute.
+    sim.begin_transition(VM, "Updating", None);
+    sim.script(
+        "PUT",
+        VM,
+        vec![Scripted::json(
+            409,
+            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
+        )],
+    );
+    let leases = MemoryLeases::new();
+    let policy = ConflictPolicy {
+        deadline: Duration::from_secs(60),
+        ..fast_policy()
+    };
+    let middleware = ConflictMiddleware::new(policy).with_shared_leases(Arc::new(leases.clone()));
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(middleware)
+        .build();
+
+    let holder = tokio::spawn({
+        let (client, url) = (client.clone(), url(&sim, VM));
+        async move { client.put(url).json(&vm_body("a")).send().await }
+    });
+    // Wait until the holder is polling, i.e. holds the lease.
+    while sim.count("GET", VM, None) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiter = tokio::spawn({
+        let (client, url) = (client.clone(), url(&sim, VM));
+        async move { client.put(url).json(&vm_body("b")).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the second writer should be queued on the lease"
+    );
+    waiter.abort();
+    holder.abort();
+    let _ = (waiter.await, holder.await);
+    assert!(
+        leases.is_empty(),
+        "a cancelled request left {} key(s) behind",
+        leases.len()
+    );
+
+    // A later writer is not held up by either: it goes as soon as the resource converges.
+    sim.finish_transitions(VM);
+    let later = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.put(url(&sim, VM)).json(&vm_body("c")).send(),
+    )
+    .await
+    .expect("a cancelled request's lease is still held")
+    .unwrap();
+    assert!(later.status().is_success());
+}
