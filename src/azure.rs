@@ -36,8 +36,8 @@ use http_body_util::BodyDataStream;
 use url::Url;
 
 use crate::{
-    ConflictPolicy, ConflictReport, Journal, LeaseStore, MergeBase, PreconditionStrategy,
-    ResourceId, body,
+    ConflictPolicy, ConflictReport, Journal, LeaseStore, MergeBase, PolicyOverride,
+    PreconditionStrategy, ResourceId, body,
     engine::{
         BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe,
     },
@@ -55,8 +55,8 @@ use crate::{
 ///
 /// - **The report**: put a [`ConflictReports`] into the call's [`Context`]; every request of the
 ///   call that met a conflict leaves its [`ConflictReport`] there.
-/// - **Per-call settings**: a [`PreconditionStrategy`] or a [`MergeBase`] in the `Context` overrides
-///   the policy for that call, as they do in a reqwest request's extensions.
+/// - **Per-call settings**: a [`PolicyOverride`], [`PreconditionStrategy`] or [`MergeBase`] in the
+///   `Context` applies to that call, as it does in a reqwest request's extensions.
 /// - **Errors**: the pipeline's own errors pass through untouched. When the engine gives up it
 ///   returns an `azure_core::Error` whose source is the [`crate::Error`] (get it back with
 ///   `downcast_ref`); for [`Error::NotConverged`](crate::Error::NotConverged) after a conflict its
@@ -174,10 +174,7 @@ impl Policy for AzureConflictPolicy {
             resource: ResourceId::from_url(&url),
             url: &url,
             headers: &headers,
-            overrides: Overrides {
-                precondition: ctx.value::<PreconditionStrategy>().copied(),
-                merge_base: ctx.value::<MergeBase>().map(|base| base.0.clone()),
-            },
+            overrides: overrides(ctx),
         };
         let mut transport = AzureTransport {
             ctx,
@@ -277,6 +274,21 @@ impl ConflictReports {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The per-call settings in `ctx`, read as the other adapters read a request's extensions.
+fn overrides(ctx: &Context<'_>) -> Overrides {
+    let mut extensions = http::Extensions::new();
+    if let Some(policy) = ctx.value::<PolicyOverride>() {
+        extensions.insert(policy.clone());
+    }
+    if let Some(strategy) = ctx.value::<PreconditionStrategy>() {
+        extensions.insert(*strategy);
+    }
+    if let Some(base) = ctx.value::<MergeBase>() {
+        extensions.insert(base.clone());
+    }
+    Overrides::from_extensions(&extensions)
 }
 
 /// Sends `request` down the rest of the pipeline.
@@ -418,23 +430,46 @@ impl Transport for AzureTransport<'_, '_> {
         })
     }
 
+    fn call(
+        &mut self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        cap: usize,
+    ) -> Option<BoxFuture<'_, Result<Fetched, azure_core::Error>>> {
+        Some(Box::pin(self.exchange(method, url, headers, cap)))
+    }
+
     fn fetch(
         &mut self,
         url: Url,
         headers: HeaderMap,
         cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, azure_core::Error>> {
-        Box::pin(async move {
-            let mut get = Request::new(url, AzureMethod::Get);
-            *get.headers_mut() = azure_header_map(&headers);
-            let (status, headers, body) =
-                forward(self.ctx, &mut get, self.next).await?.deconstruct();
-            let body = body::read_capped(Frames(body), cap).await?;
-            Ok(Fetched {
-                status: http_status(status),
-                headers: header_map(&headers),
-                body,
-            })
+        Box::pin(self.exchange(Method::GET, url, headers, cap))
+    }
+}
+
+impl AzureTransport<'_, '_> {
+    /// A new bodiless request (a re-fetch, a poll, a prerequisite action) down the rest of the
+    /// pipeline, its answer read up to `cap` bytes.
+    async fn exchange(
+        &mut self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        cap: usize,
+    ) -> Result<Fetched, azure_core::Error> {
+        let mut request = Request::new(url, azure_method(&method)?);
+        *request.headers_mut() = azure_header_map(&headers);
+        let (status, headers, body) = forward(self.ctx, &mut request, self.next)
+            .await?
+            .deconstruct();
+        let body = body::read_capped(Frames(body), cap).await?;
+        Ok(Fetched {
+            status: http_status(status),
+            headers: header_map(&headers),
+            body,
         })
     }
 }
@@ -467,6 +502,18 @@ fn http_method(method: AzureMethod) -> Method {
         // A method azure_core adds later: not known to be safe, so treated as a write.
         other => Method::from_bytes(other.as_str().as_bytes()).unwrap_or(Method::POST),
     }
+}
+
+fn azure_method(method: &Method) -> azure_core::Result<AzureMethod> {
+    Ok(match *method {
+        Method::GET => AzureMethod::Get,
+        Method::HEAD => AzureMethod::Head,
+        Method::PUT => AzureMethod::Put,
+        Method::POST => AzureMethod::Post,
+        Method::PATCH => AzureMethod::Patch,
+        Method::DELETE => AzureMethod::Delete,
+        ref other => other.as_str().parse()?,
+    })
 }
 
 fn http_status(status: AzureStatus) -> StatusCode {

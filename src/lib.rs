@@ -12,6 +12,7 @@ pub mod lease;
 mod merge;
 mod middleware;
 mod policy;
+mod prerequisite;
 mod report;
 mod resource;
 #[cfg(feature = "tower")]
@@ -27,7 +28,10 @@ pub use error::Error;
 pub use journal::{Journal, JournalEntry};
 pub use lease::{Lease, LeaseStore, MemoryLeases};
 pub use middleware::ConflictMiddleware;
-pub use policy::{ConflictPolicy, LeasePolicy, MergeBase, PollSchedule, PreconditionStrategy};
+pub use policy::{
+    ConflictPolicy, LeasePolicy, MergeBase, PolicyOverride, PollSchedule, PreconditionStrategy,
+};
+pub use prerequisite::{Action, Prerequisite, StateCheck};
 pub use report::{ConflictReport, Outcome};
 pub use resource::ResourceId;
 pub use update::{BoxError, UpdateOptions, update, update_as, update_with};

@@ -257,13 +257,36 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
         })
     }
 
+    fn call(
+        &mut self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        cap: usize,
+    ) -> Option<BoxFuture<'_, Result<Fetched, Self::Error>>> {
+        Some(self.exchange(method, url, headers, cap))
+    }
+
     fn fetch(
         &mut self,
         url: Url,
         headers: HeaderMap,
         cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, Self::Error>> {
-        let mut request = Request::new(Method::GET, url);
+        self.exchange(Method::GET, url, headers, cap)
+    }
+}
+
+impl ReqwestTransport<'_, '_, '_> {
+    /// A bodiless request through the rest of the chain, its answer read up to `cap` bytes.
+    fn exchange(
+        &mut self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        cap: usize,
+    ) -> BoxFuture<'_, Result<Fetched, reqwest_middleware::Error>> {
+        let mut request = Request::new(method, url);
         *request.headers_mut() = headers;
         let next = self.next.clone();
         let extensions = &mut *self.extensions;
@@ -271,11 +294,8 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
             let response = next.run(request, extensions).await?;
             let status = response.status();
             let headers = response.headers().clone();
-            let body = body::read_capped(
-                http::Response::<reqwest::Body>::from(response).into_body(),
-                cap,
-            )
-            .await?;
+            let body = http::Response::<reqwest::Body>::from(response).into_body();
+            let body = body::read_capped(body, cap).await?;
             Ok(Fetched {
                 status,
                 headers,

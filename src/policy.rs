@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, classify::Rule};
+use crate::{Error, Prerequisite, classify::Rule};
 
 /// How conflicts are resolved. `ConflictPolicy::default()` is [`ConflictPolicy::azure_arm`].
 ///
@@ -58,6 +60,84 @@ pub struct ConflictPolicy {
     /// How many representations (by resource and ETag) to remember as merge bases, when the
     /// strategy is `merge`. Zero remembers none; callers can still pass a [`MergeBase`].
     pub remember_representations: usize,
+    /// Changes for one resource type (`"Microsoft.Compute/virtualMachines"`, compared ignoring
+    /// ASCII case), applied over everything above.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub resource_types: BTreeMap<String, PolicyOverride>,
+    /// Prerequisite transitions (deallocate before resize, …); none unless configured.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prerequisites: Vec<Prerequisite>,
+    /// Free text for whoever maintains the file; ignored.
+    #[serde(rename = "$comment", skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// Changes to a policy for one resource type, or for one request (insert it into the request's
+/// extensions). Fields left out keep the policy's value.
+///
+/// ```
+/// use std::time::Duration;
+/// use reqwest_conflict::{ConflictPolicy, PolicyOverride};
+///
+/// let policy = ConflictPolicy::from_json(r#"{
+///     "resource_types": { "Microsoft.Compute/virtualMachines": { "deadline": "30m" } }
+/// }"#)?;
+/// let vm = policy.for_resource_type(Some("microsoft.compute/VIRTUALMACHINES"));
+/// assert_eq!(vm.deadline, Duration::from_secs(30 * 60));
+/// assert_eq!(policy.for_resource_type(Some("Microsoft.Network/virtualNetworks")).deadline, policy.deadline);
+/// # Ok::<(), reqwest_conflict::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyOverride {
+    /// See [`ConflictPolicy::max_attempts`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// See [`ConflictPolicy::deadline`].
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Duration>,
+    /// See [`ConflictPolicy::poll`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll: Option<PollSchedule>,
+    /// See [`ConflictPolicy::retry_after_cap`].
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub retry_after_cap: Option<Duration>,
+    /// See [`ConflictPolicy::retry_unknown`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_unknown: Option<bool>,
+    /// See [`ConflictPolicy::precondition`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precondition: Option<PreconditionStrategy>,
+    /// See [`ConflictPolicy::leases`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<LeasePolicy>,
+}
+
+impl PolicyOverride {
+    /// Writes the fields this override sets into `policy`.
+    pub fn apply_to(&self, policy: &mut ConflictPolicy) {
+        if let Some(v) = self.max_attempts {
+            policy.max_attempts = v;
+        }
+        if let Some(v) = self.deadline {
+            policy.deadline = v;
+        }
+        if let Some(v) = &self.poll {
+            policy.poll = v.clone();
+        }
+        if let Some(v) = self.retry_after_cap {
+            policy.retry_after_cap = v;
+        }
+        if let Some(v) = self.retry_unknown {
+            policy.retry_unknown = v;
+        }
+        if let Some(v) = self.precondition {
+            policy.precondition = v;
+        }
+        if let Some(v) = &self.leases {
+            policy.leases = v.clone();
+        }
+    }
 }
 
 /// What to do about a stale precondition: another writer changed the resource since the caller
@@ -208,21 +288,42 @@ impl ConflictPolicy {
             leases: LeasePolicy::default(),
             precondition: PreconditionStrategy::Surface,
             remember_representations: 256,
+            resource_types: BTreeMap::new(),
+            prerequisites: Vec::new(),
+            comment: None,
         }
     }
 
     /// Loads a policy from JSON. Missing fields take their [`azure_arm`](Self::azure_arm) values;
     /// durations are written like `"90s"`, `"10m"`, `"250ms"`. Unknown fields and bad values are
-    /// errors naming the field's path.
+    /// errors naming the field's path, e.g.
+    /// `resource_types."Microsoft.Compute/virtualMachines".deadline`.
     pub fn from_json(json: &str) -> Result<Self, Error> {
         let de = &mut serde_json::Deserializer::from_str(json);
         let policy: Self =
             serde_path_to_error::deserialize(de).map_err(|e| Error::InvalidPolicy {
-                path: e.path().to_string(),
+                path: display_path(e.path()),
                 message: e.inner().to_string(),
             })?;
         policy.validate()?;
         Ok(policy)
+    }
+
+    /// The policy for a resource of `resource_type`: this one with that type's override applied.
+    pub fn for_resource_type(&self, resource_type: Option<&str>) -> ConflictPolicy {
+        let mut policy = self.clone();
+        if let Some(o) = resource_type.and_then(|t| self.override_for(t)) {
+            o.apply_to(&mut policy);
+        }
+        policy
+    }
+
+    /// The override for `resource_type`, if any (type names compare ignoring ASCII case).
+    pub fn override_for(&self, resource_type: &str) -> Option<&PolicyOverride> {
+        self.resource_types
+            .iter()
+            .find(|(t, _)| t.eq_ignore_ascii_case(resource_type))
+            .map(|(_, o)| o)
     }
 
     /// Checks the values no type can: a budget of at least one attempt, a schedule that grows and
@@ -256,6 +357,18 @@ impl ConflictPolicy {
         if self.leases.ttl < Duration::from_secs(1) {
             return bad("leases.ttl", "must be at least 1s");
         }
+        for (resource_type, o) in &self.resource_types {
+            let mut merged = self.clone();
+            merged.resource_types.clear();
+            o.apply_to(&mut merged);
+            merged.validate().map_err(|e| match e {
+                Error::InvalidPolicy { path, message } => Error::InvalidPolicy {
+                    path: format!("resource_types.{}.{path}", quote_key(resource_type)),
+                    message,
+                },
+                other => other,
+            })?;
+        }
         Ok(())
     }
 
@@ -273,6 +386,37 @@ impl ConflictPolicy {
                     }),
                 None => host.eq_ignore_ascii_case(pattern),
             })
+    }
+}
+
+/// A field path as users write it: keys that are not plain identifiers are quoted.
+fn display_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&quote_key(key));
+            }
+            Segment::Unknown => out.push_str(if out.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    if out.is_empty() { ".".to_owned() } else { out }
+}
+
+fn quote_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
     }
 }
 
@@ -300,6 +444,32 @@ mod tests {
         assert!(matches!(&e, Error::InvalidPolicy { path, .. } if path == "max_attempts"));
         let e = ConflictPolicy::from_json(r#"{"poll":{"factor":0.5}}"#).unwrap_err();
         assert!(matches!(&e, Error::InvalidPolicy { path, .. } if path == "poll.factor"));
+    }
+
+    #[test]
+    fn override_errors_name_the_quoted_path() {
+        let e = ConflictPolicy::from_json(
+            r#"{"resource_types":{"Microsoft.Compute/virtualMachines":{"deadline":"later"}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidPolicy { path, .. } if path == r#"resource_types."Microsoft.Compute/virtualMachines".deadline"#),
+            "{e}"
+        );
+        let e = ConflictPolicy::from_json(
+            r#"{"resource_types":{"Microsoft.Web/sites":{"max_attempts":0}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidPolicy { path, .. } if path == r#"resource_types."Microsoft.Web/sites".max_attempts"#),
+            "{e}"
+        );
+        let e =
+            ConflictPolicy::from_json(r#"{"prerequisites":[{"resource_type":"x"}]}"#).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidPolicy { path, .. } if path.starts_with("prerequisites[0]")),
+            "{e}"
+        );
     }
 
     #[test]

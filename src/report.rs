@@ -75,6 +75,8 @@ pub struct ConflictReport {
     pub fresh: Option<serde_json::Value>,
     /// For a merge that could not be made: the JSON Pointers both writers changed.
     pub conflicting_paths: Vec<String>,
+    /// For a prerequisite transition: each step taken, in order (`POST deallocate: 202`, …).
+    pub steps: Vec<String>,
 }
 
 impl ConflictReport {
@@ -99,6 +101,7 @@ impl ConflictReport {
             fresh_etag: None,
             fresh: None,
             conflicting_paths: Vec::new(),
+            steps: Vec::new(),
         }
     }
 
@@ -112,6 +115,12 @@ impl ConflictReport {
             self.states.pop();
         }
         self.states.push(state.to_owned());
+    }
+
+    pub(crate) fn step(&mut self, step: String) {
+        if self.steps.len() < MAX_STATES {
+            self.steps.push(step);
+        }
     }
 
     pub(crate) fn note(&mut self, note: String) {

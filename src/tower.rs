@@ -335,7 +335,8 @@ where
     S::Future: Send,
     B: Send,
 {
-    async fn call(&mut self, request: Request<B>) -> Result<Response<RB>, BoxError> {
+    /// Polls the service ready, then sends `request` through it.
+    async fn dispatch(&mut self, request: Request<B>) -> Result<Response<RB>, BoxError> {
         poll_fn(|cx| self.service.poll_ready(cx))
             .await
             .map_err(Into::into)?;
@@ -384,7 +385,7 @@ where
         });
         Box::pin(async move {
             let request = request.ok_or_else(|| BoxError::from(NotRetryable))?;
-            Ok(self.call(request).await?.map(ConflictBody::new))
+            Ok(self.dispatch(request).await?.map(ConflictBody::new))
         })
     }
 
@@ -412,7 +413,7 @@ where
             request.headers_mut().remove(http::header::CONTENT_LENGTH);
         }
         Some(Box::pin(async move {
-            Ok(self.call(request).await?.map(ConflictBody::new))
+            Ok(self.dispatch(request).await?.map(ConflictBody::new))
         }))
     }
 
@@ -428,25 +429,56 @@ where
         Some(response)
     }
 
+    fn call(
+        &mut self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        cap: usize,
+    ) -> Option<BoxFuture<'_, Result<Fetched, BoxError>>> {
+        Some(Box::pin(self.exchange(method, url, headers, cap)))
+    }
+
     fn fetch(
         &mut self,
         url: Url,
         headers: HeaderMap,
         cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, BoxError>> {
-        Box::pin(async move {
-            let mut request = Request::new(B::from(Bytes::new()));
-            *request.uri_mut() = url.as_str().parse()?;
-            *request.version_mut() = self.head.version;
-            *request.headers_mut() = headers;
-            *request.extensions_mut() = self.head.extensions.clone();
-            let (parts, body) = self.call(request).await?.into_parts();
-            let body = body::read_capped(body, cap).await.map_err(Into::into)?;
-            Ok(Fetched {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            })
+        Box::pin(self.exchange(Method::GET, url, headers, cap))
+    }
+}
+
+impl<S, B, RB> TowerTransport<'_, S, B>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: From<Bytes> + Send,
+    RB: Body<Data = Bytes> + Send + Unpin + 'static,
+    RB::Error: Into<BoxError>,
+{
+    /// A bodiless request (a re-fetch, a poll, a prerequisite action) through the wrapped
+    /// service, its answer read up to `cap` bytes.
+    async fn exchange(
+        &mut self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        cap: usize,
+    ) -> Result<Fetched, BoxError> {
+        let mut request = Request::new(B::from(Bytes::new()));
+        *request.method_mut() = method;
+        *request.uri_mut() = url.as_str().parse()?;
+        *request.version_mut() = self.head.version;
+        *request.headers_mut() = headers;
+        *request.extensions_mut() = self.head.extensions.clone();
+        let (parts, body) = self.dispatch(request).await?.into_parts();
+        let body = body::read_capped(body, cap).await.map_err(Into::into)?;
+        Ok(Fetched {
+            status: parts.status,
+            headers: parts.headers,
+            body,
         })
     }
 }

@@ -210,6 +210,56 @@ mod behaviour {
         assert_eq!(put_statuses(&sim), [412], "not written again");
     }
 
+    pub async fn a_prerequisite_action_goes_through_the_stack<A: Adapter>() {
+        // A resize the VM's cluster cannot host: deallocate, resize, start again.
+        let sim = sim_with_vm(Duration::from_millis(30)).await;
+        let rule = ConflictPolicy::from_json(
+            r#"{"prerequisites": [{
+                "resource_type": "Microsoft.Compute/virtualMachines",
+                "codes": ["OperationNotAllowed"],
+                "message_contains": ["deallocat"],
+                "action": { "method": "POST", "path": "deallocate" },
+                "until": { "path": "instanceView", "pointer": "/statuses", "equals": "PowerState/deallocated" },
+                "restore": { "method": "POST", "path": "start" },
+                "restore_until": { "path": "instanceView", "pointer": "/statuses", "equals": "PowerState/running" }
+            }]}"#,
+        )
+        .unwrap();
+        let policy = ConflictPolicy {
+            prerequisites: rule.prerequisites,
+            ..fast_policy()
+        };
+        let resize = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_E8s_v5"}}});
+        let outcome = A::new(policy)
+            .put(Put::json(url(&sim, VM), &resize))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&outcome.body)
+        );
+        assert_eq!(outcome.report().kind, ConflictKind::PrerequisiteRequired);
+        let posts: Vec<_> = sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .map(|r| (r.path.rsplit('/').next().unwrap().to_owned(), r.status))
+            .collect();
+        assert_eq!(posts.len(), 2, "{posts:?}");
+        assert!(
+            posts[0].0 == "deallocate" && posts[1].0 == "start",
+            "{posts:?}"
+        );
+        assert_eq!(put_statuses(&sim), [409, 200]);
+        let vm = sim.resource(VM).unwrap();
+        assert_eq!(
+            vm["properties"]["hardwareProfile"]["vmSize"],
+            "Standard_E8s_v5"
+        );
+    }
+
     pub async fn success_passes_through_without_a_report<A: Adapter>() {
         let sim = sim_with_vm(Duration::from_millis(10)).await;
         let outcome = A::new(fast_policy())
@@ -293,6 +343,7 @@ macro_rules! matrix {
                     stale_if_match_is_surfaced_by_default,
                     a_per_request_overwrite_resends_with_the_fresh_etag,
                     a_write_already_applied_is_answered_with_the_fresh_representation,
+                    a_prerequisite_action_goes_through_the_stack,
                     success_passes_through_without_a_report,
                     a_state_that_never_converges_fails_with_not_converged,
                     a_body_that_cannot_be_copied_is_sent_once,

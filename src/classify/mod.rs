@@ -21,10 +21,11 @@ use serde::{Deserialize, Serialize};
 
 pub use parse::{ErrorBody, parse};
 pub use retry_after::retry_after;
+pub(crate) use rules::code_matches;
 pub use rules::{RequestCondition, Rule};
 
 /// What a 409 or 412 means, and therefore what can be done about it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictKind {
     /// The resource or a dependency is mid-transition; waiting for a terminal state fixes it.
@@ -38,6 +39,7 @@ pub enum ConflictKind {
     /// Nothing time fixes: locks, immutable properties, quota, missing registration.
     Permanent,
     /// No rule matched.
+    #[default]
     Unknown,
 }
 
@@ -62,7 +64,7 @@ impl std::fmt::Display for ConflictKind {
 }
 
 /// Everything the classifier learned from one 409/412 response.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Classification {
     /// The verdict.
     pub kind: ConflictKind,

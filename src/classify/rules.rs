@@ -149,7 +149,7 @@ impl<'a> Facts<'a> {
 }
 
 /// `pattern` against `code`, ignoring ASCII case; `*` at either end is a wildcard.
-fn code_matches(pattern: &str, code: &str) -> bool {
+pub(crate) fn code_matches(pattern: &str, code: &str) -> bool {
     let (any_prefix, rest) = match pattern.strip_prefix('*') {
         Some(rest) => (true, rest),
         None => (false, pattern),

@@ -17,18 +17,18 @@ use super::{
     Engine, Original, Transport, fetch_headers,
     state::{Source, is_terminal, read_state},
 };
-use crate::{Classification, ConflictReport, Error, ResourceId, classify::retry_after};
+use crate::{Classification, ConflictReport, Error, ResourceId, StateCheck, classify::retry_after};
 
 /// Where a poll loop writes down what it saw.
 pub(super) trait Trail {
-    /// A state a poll observed.
-    fn observe(&mut self, state: &str);
+    /// A state a poll observed, and whether it ends the wait.
+    fn observe(&mut self, state: &str, done: bool);
     /// Something the classification suggested but was not done.
     fn note(&mut self, note: String);
 }
 
 impl Trail for ConflictReport {
-    fn observe(&mut self, state: &str) {
+    fn observe(&mut self, state: &str, _done: bool) {
         ConflictReport::observe(self, state);
     }
     fn note(&mut self, note: String) {
@@ -45,10 +45,9 @@ pub(super) struct Observations {
 }
 
 impl Trail for Observations {
-    fn observe(&mut self, state: &str) {
-        let terminal = is_terminal(state) || state == "NotFound";
+    fn observe(&mut self, state: &str, done: bool) {
         if self.polls.len() < 64 {
-            self.polls.push((Instant::now(), terminal));
+            self.polls.push((Instant::now(), done));
         }
         self.last = Some(state.to_owned());
     }
@@ -65,6 +64,21 @@ pub(super) struct Watch {
     pub first_delay: Option<Duration>,
     /// Times to poll at first, in order (see `clock`); the schedule takes over after them.
     pub planned: Vec<Instant>,
+    /// Wait for this condition instead of a terminal state (prerequisite transitions).
+    pub until: Option<StateCheck>,
+}
+
+impl Watch {
+    /// Polls of `target`'s own state, on the schedule.
+    pub(super) fn state(target: Url, source: Source) -> Self {
+        Self {
+            target,
+            source,
+            first_delay: None,
+            planned: Vec::new(),
+            until: None,
+        }
+    }
 }
 
 impl Engine {
@@ -110,6 +124,7 @@ impl Engine {
             mut source,
             first_delay,
             planned,
+            until,
         } = watch;
         let headers = fetch_headers(original.headers);
         let mut schedule = policy.poll.backoff();
@@ -127,6 +142,7 @@ impl Engine {
             }
             let fetch = transport.fetch(target.clone(), headers.clone(), policy.max_fetch_body);
             let mut hint = None;
+            let mut done = None;
             let state = match timeout(remaining, fetch).await {
                 // Cut off by the deadline: nothing was observed, so the last state stays the last one seen.
                 Err(_) => return false,
@@ -137,10 +153,18 @@ impl Engine {
                 Ok(Ok(fetched)) => {
                     hint = retry_after(&fetched.headers);
                     match fetched.status {
+                        s if s.is_success() && until.is_some() => {
+                            let (satisfied, seen) = until
+                                .as_ref()
+                                .map(|c| c.evaluate(&fetched.body))
+                                .unwrap_or_default();
+                            done = Some(satisfied);
+                            seen.unwrap_or_else(|| "unreadable".to_owned())
+                        }
                         s if s.is_success() => read_state(source, &fetched.body)
                             .unwrap_or_else(|| "unreadable".to_owned()),
                         // A resource that is gone is not in transition any more.
-                        StatusCode::NOT_FOUND if source == Source::Resource => {
+                        StatusCode::NOT_FOUND if source == Source::Resource && until.is_none() => {
                             "NotFound".to_owned()
                         }
                         StatusCode::NOT_FOUND => {
@@ -150,7 +174,7 @@ impl Engine {
                             target = original.resource.fetch_url(original.url);
                             source = Source::Resource;
                             delay = Duration::ZERO;
-                            trail.observe("operation not found");
+                            trail.observe("operation not found", false);
                             continue;
                         }
                         s => format!("HTTP {}", s.as_u16()),
@@ -158,8 +182,9 @@ impl Engine {
                 }
             };
             tracing::debug!(state = %state, url = %target, "polled");
-            trail.observe(&state);
-            if is_terminal(&state) || state == "NotFound" {
+            let done = done.unwrap_or_else(|| is_terminal(&state) || state == "NotFound");
+            trail.observe(&state, done);
+            if done {
                 return true;
             }
             delay = match planned.next() {
@@ -198,10 +223,8 @@ impl Engine {
             report.note(note);
         }
         Watch {
-            target,
-            source,
             first_delay,
-            planned: Vec::new(),
+            ..Watch::state(target, source)
         }
     }
 

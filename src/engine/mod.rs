@@ -11,11 +11,12 @@
 mod clock;
 mod converge;
 mod precondition;
+mod prerequisite;
 
 pub(crate) use precondition::Remembered;
 pub(crate) mod state;
 
-use std::{fmt::Display, future::Future, pin::Pin, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, fmt::Display, future::Future, pin::Pin, sync::Arc};
 
 use precondition::Stale;
 
@@ -27,7 +28,8 @@ use url::Url;
 
 use crate::{
     Classifier, ConflictKind, ConflictPolicy, ConflictReport, Error, Journal, Lease, LeaseStore,
-    MemoryLeases, MergeBase, PreconditionStrategy, ResourceId, lease, report::Outcome,
+    MemoryLeases, MergeBase, PolicyOverride, PreconditionStrategy, Prerequisite, ResourceId, lease,
+    report::Outcome,
 };
 
 /// A boxed, sendable future, as the adapters' own stacks use.
@@ -83,6 +85,19 @@ pub(crate) trait Transport: Send {
         let _ = (status, headers, body);
         None
     }
+    /// Sends `method url` with `headers` and no body through the rest of the stack, reading at
+    /// most `cap` bytes of the answer — the prerequisite actions. `None` when this stack cannot
+    /// (prerequisite rules then surface the conflict).
+    fn call(
+        &mut self,
+        method: http::Method,
+        url: Url,
+        headers: HeaderMap,
+        cap: usize,
+    ) -> Option<BoxFuture<'_, Result<Fetched, Self::Error>>> {
+        let _ = (method, url, headers, cap);
+        None
+    }
     /// GETs `url` through the rest of the stack with `headers`, reading at most `cap` bytes.
     fn fetch(
         &mut self,
@@ -112,15 +127,22 @@ pub(crate) struct Original<'a> {
 /// What a single request may change of the policy, through its extensions.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Overrides {
-    pub precondition: Option<PreconditionStrategy>,
+    pub policy: Option<PolicyOverride>,
     pub merge_base: Option<serde_json::Value>,
 }
 
 impl Overrides {
-    /// Reads [`PreconditionStrategy`] and [`MergeBase`] from a request's extensions.
+    /// Reads [`PolicyOverride`], [`PreconditionStrategy`] (a shorthand for an override of just
+    /// that) and [`MergeBase`] from a request's extensions.
     pub(crate) fn from_extensions(extensions: &http::Extensions) -> Self {
+        let mut policy = extensions.get::<PolicyOverride>().cloned();
+        if let Some(strategy) = extensions.get::<PreconditionStrategy>() {
+            policy
+                .get_or_insert_with(PolicyOverride::default)
+                .precondition = Some(*strategy);
+        }
         Self {
-            precondition: extensions.get::<PreconditionStrategy>().copied(),
+            policy,
             merge_base: extensions.get::<MergeBase>().map(|b| b.0.clone()),
         }
     }
@@ -146,6 +168,25 @@ pub(crate) struct Engine {
     remembered: Option<Arc<precondition::Remembered>>,
     /// When transitions started, and how long they take, to time the state guard's polls.
     clock: Arc<clock::Clock>,
+    /// The policy for each resource type with an override, by lowercased type.
+    by_type: Arc<HashMap<String, Arc<ConflictPolicy>>>,
+}
+
+/// Clamps what a type cannot rule out, so a hand-built policy can never make the engine spin or
+/// skip its first attempt.
+fn sanitize(mut policy: ConflictPolicy) -> ConflictPolicy {
+    policy.max_attempts = policy.max_attempts.max(1);
+    policy.poll.min_delay = policy
+        .poll
+        .min_delay
+        .max(std::time::Duration::from_millis(1));
+    policy.poll.max_delay = policy.poll.max_delay.max(policy.poll.min_delay);
+    if !(policy.poll.factor.is_finite() && policy.poll.factor >= 1.0) {
+        policy.poll.factor = 1.0;
+    }
+    policy.max_error_body = policy.max_error_body.clamp(1, 64 * 1024 * 1024);
+    policy.max_fetch_body = policy.max_fetch_body.clamp(1, 64 * 1024 * 1024);
+    policy
 }
 
 /// Whether a method only reads: such requests are neither leased nor resolved.
@@ -197,32 +238,62 @@ pub(crate) fn fetch_headers(original: &HeaderMap) -> HeaderMap {
 impl Engine {
     /// Compiles `policy`. Values a type cannot rule out are clamped to safe ones here, so a
     /// hand-built policy can never make the engine spin or skip its first attempt.
-    pub(crate) fn new(mut policy: ConflictPolicy) -> Self {
-        policy.max_attempts = policy.max_attempts.max(1);
-        policy.poll.min_delay = policy
-            .poll
-            .min_delay
-            .max(std::time::Duration::from_millis(1));
-        policy.poll.max_delay = policy.poll.max_delay.max(policy.poll.min_delay);
-        if !(policy.poll.factor.is_finite() && policy.poll.factor >= 1.0) {
-            policy.poll.factor = 1.0;
-        }
-        policy.max_error_body = policy.max_error_body.clamp(1, 64 * 1024 * 1024);
-        policy.max_fetch_body = policy.max_fetch_body.clamp(1, 64 * 1024 * 1024);
+    pub(crate) fn new(policy: ConflictPolicy) -> Self {
+        let policy = sanitize(policy);
+        let by_type = policy
+            .resource_types
+            .iter()
+            .map(|(resource_type, o)| {
+                let mut typed = policy.clone();
+                o.apply_to(&mut typed);
+                (
+                    resource_type.to_ascii_lowercase(),
+                    Arc::new(sanitize(typed)),
+                )
+            })
+            .collect();
+        let merges = policy.precondition == PreconditionStrategy::Merge
+            || policy
+                .resource_types
+                .values()
+                .any(|o| o.precondition == Some(PreconditionStrategy::Merge));
         let classifier = Classifier::with_rules(policy.rules.iter().cloned());
         Self {
             classifier: Arc::new(classifier),
             leases: Arc::new(MemoryLeases::new()),
             journal: Journal::default(),
-            remembered: match policy.precondition {
-                PreconditionStrategy::Merge => {
-                    precondition::Remembered::new(policy.remember_representations)
-                }
-                _ => None,
+            remembered: if merges {
+                precondition::Remembered::new(policy.remember_representations)
+            } else {
+                None
             },
             policy: Arc::new(policy),
+            by_type: Arc::new(by_type),
             clock: Arc::default(),
         }
+    }
+
+    /// This engine with the policy for `original`: its resource type's override, then the
+    /// request's own. Borrowed (free) when neither exists.
+    fn for_request(&self, original: &Original<'_>) -> Cow<'_, Engine> {
+        let typed = match original.resource.resource_type() {
+            Some(t) if !self.by_type.is_empty() => self.by_type.get(&t.to_ascii_lowercase()),
+            _ => None,
+        };
+        let request = original.overrides.policy.as_ref();
+        if typed.is_none() && request.is_none() {
+            return Cow::Borrowed(self);
+        }
+        let mut engine = self.clone();
+        if let Some(typed) = typed {
+            engine.policy = typed.clone();
+        }
+        if let Some(o) = request {
+            let mut policy = (*engine.policy).clone();
+            o.apply_to(&mut policy);
+            engine.policy = Arc::new(sanitize(policy));
+        }
+        Cow::Owned(engine)
     }
 
     /// Where an adapter records representations it passes to the caller (`None`: not wanted).
@@ -244,6 +315,14 @@ impl Engine {
     /// Runs one request: under its leases (when the policy says so), after the previous holder's
     /// transition converged, resolving any 409/412 it meets.
     pub(crate) async fn execute<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+    ) -> Result<(T::Response, Option<ConflictReport>), Failure<T::Error>> {
+        self.for_request(original).run(transport, original).await
+    }
+
+    async fn run<T: Transport>(
         &self,
         transport: &mut T,
         original: &Original<'_>,
@@ -306,10 +385,11 @@ impl Engine {
         let key = original.resource.key();
         let kind = original.resource.resource_type().unwrap_or_default();
         let watch = converge::Watch {
-            target: original.resource.fetch_url(original.url),
-            source: state::Source::Resource,
-            first_delay: None,
             planned: self.clock.plan(key, kind),
+            ..converge::Watch::state(
+                original.resource.fetch_url(original.url),
+                state::Source::Resource,
+            )
         };
         let mut seen = converge::Observations::default();
         let waiting = Instant::now();
@@ -354,17 +434,40 @@ impl Engine {
             waited_ms = Empty,
             outcome = Empty,
         );
-        self.resolve_in_span(transport, original, first, deadline)
-            .instrument(span)
-            .await
+        async {
+            let mut restore = None;
+            let mut result = self
+                .resolve_loop(transport, original, first, deadline, &mut restore)
+                .await;
+            // A prerequisite action ran: put the resource back, whatever became of the request.
+            if let Some(rule) = restore {
+                let mut scratch = None;
+                let report = match &mut result {
+                    Ok((_, Some(report))) => report,
+                    _ => scratch.insert(ConflictReport::new(
+                        original.resource.key().to_owned(),
+                        original.resource.resource_type().map(str::to_owned),
+                        &crate::Classification::default(),
+                    )),
+                };
+                self.restore(transport, original, &rule, report).await;
+                if let Some(lost) = scratch {
+                    tracing::warn!(steps = ?lost.steps, notes = ?lost.notes, "restored after a failed request");
+                }
+            }
+            result
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn resolve_in_span<T: Transport>(
+    async fn resolve_loop<T: Transport>(
         &self,
         transport: &mut T,
         original: &Original<'_>,
         first: T::Response,
         deadline: Instant,
+        restore: &mut Option<Prerequisite>,
     ) -> Result<(T::Response, Option<ConflictReport>), Failure<T::Error>> {
         let mut report: Option<ConflictReport> = None;
         let mut response = first;
@@ -419,6 +522,40 @@ impl Engine {
                             continue;
                         }
                     }
+                }
+                ConflictKind::PrerequisiteRequired if restore.is_none() => {
+                    let Some(rule) = self.prerequisite_for(original, report) else {
+                        report.outcome = Outcome::Surfaced;
+                        return Ok(finish(response, Some(report.clone())));
+                    };
+                    if let Some(outcome) = self.blocked(transport, report, deadline) {
+                        report.outcome = outcome;
+                        return Ok(finish(response, Some(report.clone())));
+                    }
+                    let prepared = self
+                        .prepare(transport, original, &rule, deadline, report)
+                        .await;
+                    match prepared {
+                        Ok(true) => *restore = Some(rule),
+                        // The action was not accepted: nothing changed, nothing to restore.
+                        Ok(false) => {
+                            report.outcome = Outcome::Surfaced;
+                            return Ok(finish(response, Some(report.clone())));
+                        }
+                        Err(error) => {
+                            *restore = Some(rule);
+                            return Err(Failure::Conflict(error));
+                        }
+                    }
+                    drop(response);
+                    response = transport.send().await.map_err(Failure::Transport)?;
+                    report.attempts += 1;
+                    report.step(format!(
+                        "{} (retry): {}",
+                        original.method,
+                        T::status(&response).as_u16()
+                    ));
+                    continue;
                 }
                 _ => false,
             };

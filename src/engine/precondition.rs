@@ -91,10 +91,7 @@ impl Engine {
             return Ok(Stale::AlreadyApplied(replacement));
         }
 
-        let strategy = original
-            .overrides
-            .precondition
-            .unwrap_or(self.policy.precondition);
+        let strategy = self.policy.precondition;
         let body = match strategy {
             PreconditionStrategy::Surface => return Ok(Stale::Surface(Outcome::Surfaced)),
             PreconditionStrategy::Overwrite => None,

@@ -390,10 +390,8 @@ impl LeaseStore for BlobLeases {
         Box::pin(async move {
             let runtime = remote::runtime(key)?;
             let inner = &self.inner;
-            let started = tokio::time::Instant::now();
-            let deadline = started + wait;
+            let mut patience = remote::Patience::new(wait);
             let seconds = ttl.as_secs().clamp(MIN_LEASE, MAX_LEASE);
-            let mut delays = remote::acquire_backoff();
             let lease_id = loop {
                 match inner.try_acquire(key, seconds).await? {
                     Attempt::Acquired(id) => break id,
@@ -403,15 +401,7 @@ impl LeaseStore for BlobLeases {
                     }
                     Attempt::Taken => {}
                 }
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
-                    return Err(Error::LeaseTimeout {
-                        key: key.to_owned(),
-                        waited: started.elapsed(),
-                    });
-                }
-                let delay = delays.next().unwrap_or(Duration::from_millis(200));
-                tokio::time::sleep(delay.min(left)).await;
+                patience.pause(key).await?;
             };
 
             // From here on the lease is ours: keep it alive, and have it released if this future

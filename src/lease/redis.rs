@@ -178,14 +178,12 @@ impl LeaseStore for RedisLeases {
     ) -> BoxFuture<'a, Result<Lease, Error>> {
         Box::pin(async move {
             let runtime = remote::runtime(key)?;
-            let started = tokio::time::Instant::now();
-            let deadline = started + wait;
+            let mut patience = remote::Patience::new(wait);
             let ttl_ms = millis(ttl);
             let holder = remote::holder_id();
             let lease_key = self.redis_key("lease", key);
             let fence_key = self.redis_key("fence", key);
             let mut conn = self.inner.conn.clone();
-            let mut delays = remote::acquire_backoff();
             let token = loop {
                 let token: u64 = ACQUIRE
                     .key(&lease_key)
@@ -198,15 +196,7 @@ impl LeaseStore for RedisLeases {
                 if token > 0 {
                     break token;
                 }
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
-                    return Err(Error::LeaseTimeout {
-                        key: key.to_owned(),
-                        waited: started.elapsed(),
-                    });
-                }
-                let delay = delays.next().unwrap_or(Duration::from_millis(200));
-                tokio::time::sleep(delay.min(left)).await;
+                patience.pause(key).await?;
             };
 
             let keep = {

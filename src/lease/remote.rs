@@ -19,19 +19,54 @@ use std::{
 };
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, time::Instant};
 
 use crate::Error;
 
-/// The delays between acquire attempts on a taken key: 5 ms doubling to 200 ms, with jitter so
-/// that waiters on one key do not poll in lockstep.
-pub(crate) fn acquire_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(5))
-        .with_max_delay(Duration::from_millis(200))
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// The waiting between acquire attempts on a taken key, within the caller's `wait`.
+pub(crate) struct Patience {
+    started: Instant,
+    /// `None` when `wait` is too long to add to the clock: no deadline.
+    deadline: Option<Instant>,
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
+}
+
+impl Patience {
+    pub(crate) fn new(wait: Duration) -> Self {
+        let started = Instant::now();
+        Self {
+            started,
+            deadline: started.checked_add(wait),
+            // From 5 ms, doubling, never over 200 ms: backon's jitter adds up to 100 % of the
+            // delay, hence the 100 ms cap. Jitter keeps waiters on one key out of lockstep.
+            delays: Box::new(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(5))
+                    .with_max_delay(Duration::from_millis(100))
+                    .with_jitter()
+                    .without_max_times()
+                    .build(),
+            ),
+        }
+    }
+
+    /// Sleeps until the next attempt, or fails with [`Error::LeaseTimeout`] once `wait` is
+    /// spent (right after a last attempt at the deadline).
+    pub(crate) async fn pause(&mut self, key: &str) -> Result<(), Error> {
+        let left = match self.deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        };
+        if left.is_zero() {
+            return Err(Error::LeaseTimeout {
+                key: key.to_owned(),
+                waited: self.started.elapsed(),
+            });
+        }
+        let delay = self.delays.next().unwrap_or(Duration::from_millis(200));
+        tokio::time::sleep(delay.min(left)).await;
+        Ok(())
+    }
 }
 
 /// The runtime the background task will run on, or an error naming `key`.

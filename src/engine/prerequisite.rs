@@ -1,0 +1,179 @@
+//! Running a prerequisite transition: act, wait for the needed state, and afterwards restore.
+
+use http::Method;
+use tokio::time::{Instant, timeout};
+use url::Url;
+
+use super::{
+    Engine, Original, Transport,
+    converge::{Observations, Watch},
+    fetch_headers,
+    state::Source,
+};
+use crate::{Action, ConflictReport, Error, Prerequisite, StateCheck};
+
+impl Engine {
+    /// The configured prerequisite that handles the report's conflict, if any.
+    pub(super) fn prerequisite_for(
+        &self,
+        original: &Original<'_>,
+        report: &ConflictReport,
+    ) -> Option<Prerequisite> {
+        self.policy
+            .prerequisites
+            .iter()
+            .find(|p| p.matches(original.resource.resource_type(), &report.classification))
+            .cloned()
+    }
+
+    /// Runs `rule.action` and waits until `rule.until` holds. `Ok(false)` when the action could
+    /// not be taken (noted in the report; the conflict is then surfaced).
+    pub(super) async fn prepare<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+        rule: &Prerequisite,
+        deadline: Instant,
+        report: &mut ConflictReport,
+    ) -> Result<bool, Error> {
+        if !self
+            .act(transport, original, &rule.action, deadline, report)
+            .await
+        {
+            return Ok(false);
+        }
+        self.wait_until(transport, original, &rule.until, deadline, report)
+            .await?;
+        Ok(true)
+    }
+
+    /// Puts the resource back: waits for the retried write's own transition, runs
+    /// `rule.restore`, then waits for `rule.restore_until`. Given a deadline of its own, since
+    /// leaving a resource deallocated is worse than a late answer; failures are noted.
+    pub(super) async fn restore<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+        rule: &Prerequisite,
+        report: &mut ConflictReport,
+    ) {
+        let Some(action) = &rule.restore else {
+            return;
+        };
+        let deadline = Instant::now() + self.policy.deadline;
+        let resource = Watch::state(original.resource.fetch_url(original.url), Source::Resource);
+        let mut seen = Observations::default();
+        if !self
+            .poll(transport, original, resource, deadline, &mut seen)
+            .await
+        {
+            report.note(format!(
+                "restore `{}` skipped: the resource did not settle",
+                action.path
+            ));
+            return;
+        }
+        if !self
+            .act(transport, original, action, deadline, report)
+            .await
+        {
+            return;
+        }
+        if let Some(check) = &rule.restore_until
+            && let Err(error) = self
+                .wait_until(transport, original, check, deadline, report)
+                .await
+        {
+            report.note(format!("restore `{}` did not finish: {error}", action.path));
+        }
+    }
+
+    /// Sends one action; whether it was accepted (2xx).
+    async fn act<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+        action: &Action,
+        deadline: Instant,
+        report: &mut ConflictReport,
+    ) -> bool {
+        let Ok(method) = Method::from_bytes(action.method.as_bytes()) else {
+            report.note(format!("`{}` is not an HTTP method", action.method));
+            return false;
+        };
+        let url = under(original, &action.path);
+        let headers = fetch_headers(original.headers);
+        let cap = self.policy.max_fetch_body;
+        let Some(call) = transport.call(method.clone(), url, headers, cap) else {
+            report.note("this HTTP stack cannot send prerequisite actions".to_owned());
+            return false;
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match timeout(remaining, call).await {
+            Ok(Ok(answer)) => {
+                report.step(format!(
+                    "{method} {}: {}",
+                    action.path,
+                    answer.status.as_u16()
+                ));
+                answer.status.is_success()
+            }
+            Ok(Err(error)) => {
+                report.note(format!("{method} {} failed: {error}", action.path));
+                false
+            }
+            Err(_) => {
+                report.note(format!("{method} {} cut off by the deadline", action.path));
+                false
+            }
+        }
+    }
+
+    /// Polls until `check` holds, or fails with [`Error::NotConverged`] at `deadline`.
+    async fn wait_until<T: Transport>(
+        &self,
+        transport: &mut T,
+        original: &Original<'_>,
+        check: &StateCheck,
+        deadline: Instant,
+        report: &mut ConflictReport,
+    ) -> Result<(), Error> {
+        let watch = Watch {
+            until: Some(check.clone()),
+            ..Watch::state(under(original, &check.path), Source::Resource)
+        };
+        let waiting = Instant::now();
+        let mut seen = Observations::default();
+        let reached = self
+            .poll(transport, original, watch, deadline, &mut seen)
+            .await;
+        report.waited += waiting.elapsed();
+        report.polls += seen.polls.len() as u32;
+        if reached {
+            report.step(format!(
+                "{}: reached after {} poll(s)",
+                check.equals,
+                seen.polls.len()
+            ));
+            return Ok(());
+        }
+        Err(Error::NotConverged {
+            resource: original.resource.key().to_owned(),
+            classification: Some(Box::new(report.classification.clone())),
+            last_state: seen.last,
+            attempts: report.attempts,
+            waited: report.waited,
+        })
+    }
+}
+
+/// `{resource}/{path}` on the request's origin, with its `api-version`.
+fn under(original: &Original<'_>, path: &str) -> Url {
+    let mut url = original.resource.fetch_url(original.url);
+    let path = path.trim_matches('/');
+    if !path.is_empty() {
+        let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
+        url.set_path(&joined);
+    }
+    url
+}

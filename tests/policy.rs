@@ -1,0 +1,282 @@
+//! Policies as configuration: the shipped examples, errors that name the path, per-type
+//! overrides, and the prerequisite transition (deallocate, resize, start).
+
+mod common;
+
+use std::time::Duration;
+
+use arm_sim::{Scripted, Sim, SimConfig};
+use common::*;
+use reqwest_conflict::{ConflictPolicy, ConflictReport, Error, Outcome, PolicyOverride};
+use serde_json::json;
+
+fn example_policies() -> Vec<(String, String)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/policies");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_example_policy_loads_and_round_trips() {
+    let files = example_policies();
+    assert!(files.len() >= 4, "{files:?}");
+    for (path, text) in files {
+        let policy = ConflictPolicy::from_json(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let again = serde_json::to_string(&policy).unwrap();
+        assert_eq!(ConflictPolicy::from_json(&again).unwrap(), policy, "{path}");
+    }
+}
+
+#[test]
+fn the_written_out_defaults_are_the_defaults() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/policies/azure_arm.json"
+    ))
+    .unwrap();
+    assert_eq!(
+        ConflictPolicy::from_json(&text).unwrap(),
+        ConflictPolicy::default()
+    );
+}
+
+#[test]
+fn a_wrong_field_names_its_path() {
+    let cases = [
+        (
+            r#"{"resource_types": {"Microsoft.Compute/virtualMachines": {"deadline": "soonish"}}}"#,
+            r#"resource_types."Microsoft.Compute/virtualMachines".deadline"#,
+        ),
+        (
+            r#"{"poll": {"min_delay": "5s", "max_dlay": "1m"}}"#,
+            "poll.max_dlay",
+        ),
+        (r#"{"leases": {"ttl": "100ms"}}"#, "leases.ttl"),
+        (r#"{"precondition": "clobber"}"#, "precondition"),
+        (
+            r#"{"rules": [{"kind": "permanent", "codez": ["X"]}]}"#,
+            "rules[0].codez",
+        ),
+    ];
+    for (json, expected) in cases {
+        match ConflictPolicy::from_json(json) {
+            Err(Error::InvalidPolicy { path, .. }) => assert_eq!(path, expected, "{json}"),
+            other => panic!("{json}: expected an error at {expected}, got {other:?}"),
+        }
+    }
+}
+
+fn report(resp: &reqwest::Response) -> ConflictReport {
+    resp.extensions()
+        .get::<ConflictReport>()
+        .cloned()
+        .expect("report attached")
+}
+
+#[tokio::test]
+async fn a_resource_type_override_changes_that_type_only() {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(20),
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, vm_body("0"));
+    sim.seed(NIC, json!({"location": "westus", "properties": {}}));
+    let busy = || {
+        Scripted::json(
+            409,
+            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
+        )
+    };
+    sim.script("PUT", VM, vec![busy()]);
+    sim.script("PUT", NIC, vec![busy()]);
+    let mut policy = fast_policy();
+    policy.resource_types.insert(
+        "microsoft.compute/VIRTUALMACHINES".into(),
+        PolicyOverride {
+            max_attempts: Some(1),
+            ..PolicyOverride::default()
+        },
+    );
+    let client = client(policy);
+
+    let vm = client
+        .put(url(&sim, VM))
+        .json(&vm_body("1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(vm.status(), 409);
+    assert_eq!(report(&vm).outcome, Outcome::Exhausted);
+    assert_eq!(sim.count("PUT", VM, None), 1);
+
+    let nic = client
+        .put(url(&sim, NIC))
+        .json(&json!({"location": "westus", "properties": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nic.status(), 200);
+    assert_eq!(report(&nic).outcome, Outcome::Resolved);
+    assert_eq!(sim.count("PUT", NIC, None), 2);
+}
+
+#[tokio::test]
+async fn a_per_request_override_beats_the_type_override() {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(20),
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, vm_body("0"));
+    sim.script(
+        "PUT",
+        VM,
+        vec![Scripted::json(
+            409,
+            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
+        )],
+    );
+    let mut policy = fast_policy();
+    policy.resource_types.insert(
+        "Microsoft.Compute/virtualMachines".into(),
+        PolicyOverride {
+            max_attempts: Some(1),
+            ..PolicyOverride::default()
+        },
+    );
+    let resp = client(policy)
+        .put(url(&sim, VM))
+        .json(&vm_body("1"))
+        .with_extension(PolicyOverride {
+            max_attempts: Some(3),
+            ..PolicyOverride::default()
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(sim.count("PUT", VM, None), 2);
+}
+
+#[tokio::test]
+async fn resize_of_a_running_vm_deallocates_resizes_and_starts_in_order() {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(40),
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v3"}}}));
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/policies/compute.json"
+    ))
+    .unwrap();
+    let shipped = ConflictPolicy::from_json(&shipped).unwrap();
+    let policy = ConflictPolicy {
+        prerequisites: shipped.prerequisites,
+        ..fast_policy()
+    };
+
+    let resized = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_E8s_v5"}}});
+    let resp = client(policy)
+        .put(url(&sim, VM))
+        .json(&resized)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "{:?}",
+        resp.extensions().get::<ConflictReport>()
+    );
+    let report = report(&resp);
+    assert_eq!(report.outcome, Outcome::Resolved);
+    assert!(
+        report
+            .steps
+            .iter()
+            .any(|s| s.starts_with("POST deallocate")),
+        "{:?}",
+        report.steps
+    );
+    assert!(
+        report.steps.iter().any(|s| s.starts_with("POST start")),
+        "{:?}",
+        report.steps
+    );
+
+    // The simulator's record: refused resize, deallocate, resize, start — in that order.
+    let writes: Vec<(String, String, u16)> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| {
+            (
+                r.method,
+                r.path.rsplit('/').next().unwrap().to_owned(),
+                r.status,
+            )
+        })
+        .collect();
+    let expected = [
+        ("PUT", "vm1", 409),
+        ("POST", "deallocate", 202),
+        ("PUT", "vm1", 200),
+        ("POST", "start", 202),
+    ];
+    let got: Vec<(&str, &str, u16)> = writes
+        .iter()
+        .map(|(m, p, s)| (m.as_str(), p.as_str(), *s))
+        .collect();
+    assert_eq!(got, expected);
+    let vm = sim.resource(VM).unwrap();
+    assert_eq!(
+        vm["properties"]["hardwareProfile"]["vmSize"],
+        "Standard_E8s_v5"
+    );
+    let view = sim.url(&format!("{VM}/instanceView?{API}"));
+    let view: serde_json::Value = reqwest::get(view).await.unwrap().json().await.unwrap();
+    assert!(
+        view.to_string().contains("PowerState/running"),
+        "the VM was not started again: {view}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_prerequisite_rule_the_resize_conflict_is_surfaced() {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(20),
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v3"}}}));
+    let resized = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_E8s_v5"}}});
+    let resp = client(fast_policy())
+        .put(url(&sim, VM))
+        .json(&resized)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    assert_eq!(
+        report(&resp).kind,
+        reqwest_conflict::ConflictKind::PrerequisiteRequired
+    );
+    assert_eq!(
+        sim.requests().iter().filter(|r| r.method != "GET").count(),
+        1
+    );
+}
