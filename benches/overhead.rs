@@ -1,1 +1,367 @@
-fn main() {}
+//! What `ConflictMiddleware` costs when there is no conflict: GET pass-through and uncontended PUT,
+//! against the same reqwest client without it, on the embedded ARM simulator over loopback.
+//!
+//! ```text
+//! cargo bench --bench overhead
+//! ```
+//!
+//! Clients (all four share one `reqwest::Client`, so one connection pool):
+//! - `reqwest`: plain reqwest, no middleware stack at all;
+//! - `bare_middleware`: a `reqwest_middleware::ClientWithMiddleware` with no middleware — the
+//!   baseline the targets are measured against, since that is what a user adds this crate to;
+//! - `conflict`: the same with `ConflictMiddleware::new(ConflictPolicy::azure_arm())` (leases on);
+//! - `conflict_no_leases`: the same with leases off (PUT only), to split the cost of leasing.
+//!
+//! The simulator runs with zero-length transitions. Every PUT creates a resource of its own (a
+//! counter in the name), so no PUT ever meets a 409, nor a lease held by another writer, nor a
+//! transition left by an earlier write to the same resource. Client and server share one
+//! current-thread runtime, so a request's latency is the client's CPU time plus the server's.
+//!
+//! After criterion, unless a filter was given, the bench prints the ratio of criterion's medians
+//! (each client against `bare_middleware`), then a second estimate less exposed to a noisy
+//! machine: rounds of 200 requests per client, interleaved, per-request latencies, medians, ratio.
+//! Last, it times sequential updates of ONE resource (not a criterion bench: see the note there).
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use arm_sim::{Sim, SimConfig};
+use bytes::Bytes;
+use criterion::{Criterion, Throughput};
+use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, LeasePolicy};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, RequestBuilder};
+use tokio::{runtime::Runtime, time::Instant};
+
+const API: &str = "api-version=2024-07-01";
+const PREFIX: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups";
+const GET_TARGET: f64 = 1.03;
+const PUT_TARGET: f64 = 1.05;
+
+/// One client under test.
+enum Client {
+    Reqwest(reqwest::Client),
+    Stack(ClientWithMiddleware),
+}
+
+impl Client {
+    fn get(&self, url: &str) -> Request {
+        match self {
+            Self::Reqwest(c) => Request::Reqwest(c.get(url)),
+            Self::Stack(c) => Request::Stack(c.get(url)),
+        }
+    }
+
+    fn put(&self, url: &str, body: &Bytes) -> Request {
+        match self {
+            Self::Reqwest(c) => Request::Reqwest(
+                c.put(url)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone()),
+            ),
+            Self::Stack(c) => Request::Stack(
+                c.put(url)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone()),
+            ),
+        }
+    }
+}
+
+enum Request {
+    Reqwest(reqwest::RequestBuilder),
+    Stack(RequestBuilder),
+}
+
+impl Request {
+    /// Sends, reads the whole body (as a caller would), and checks the status.
+    async fn run(self, expect: u16) {
+        let response = match self {
+            Self::Reqwest(r) => r.send().await.expect("send"),
+            Self::Stack(r) => r.send().await.expect("send"),
+        };
+        let status = response.status().as_u16();
+        let body = response.bytes().await.expect("body");
+        assert_eq!(status, expect, "{}", String::from_utf8_lossy(&body));
+    }
+}
+
+struct Bench {
+    rt: Runtime,
+    sim: Sim,
+    clients: Vec<(&'static str, Client)>,
+    get_url: String,
+    body: Bytes,
+    /// Names every created resource, so no two PUTs touch the same one.
+    counter: AtomicU64,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let sim = rt.block_on(Sim::start(SimConfig {
+            transition: Duration::ZERO,
+            delete_transition: Duration::ZERO,
+            ..SimConfig::default()
+        }));
+        let nsg = format!("{PREFIX}/read-me");
+        sim.seed(
+            &nsg,
+            serde_json::json!({"location": "westus", "properties": {"securityRules": []}}),
+        );
+        let inner = reqwest::Client::new();
+        let stack = |middleware: Option<ConflictMiddleware>| {
+            let builder = ClientBuilder::new(inner.clone());
+            match middleware {
+                Some(m) => builder.with(m).build(),
+                None => builder.build(),
+            }
+        };
+        let no_leases = ConflictPolicy {
+            leases: LeasePolicy {
+                enabled: false,
+                ..LeasePolicy::default()
+            },
+            ..ConflictPolicy::azure_arm()
+        };
+        let clients = vec![
+            ("reqwest", Client::Reqwest(inner.clone())),
+            ("bare_middleware", Client::Stack(stack(None))),
+            (
+                "conflict",
+                Client::Stack(stack(Some(ConflictMiddleware::new(
+                    ConflictPolicy::azure_arm(),
+                )))),
+            ),
+            (
+                "conflict_no_leases",
+                Client::Stack(stack(Some(ConflictMiddleware::new(no_leases)))),
+            ),
+        ];
+        let body = Bytes::from(
+            serde_json::json!({"location": "westus", "tags": {"bench": "overhead"}, "properties": {"securityRules": []}})
+                .to_string(),
+        );
+        Self {
+            get_url: sim.url(&format!("{nsg}?{API}")),
+            rt,
+            sim,
+            clients,
+            body,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn fresh_url(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.sim.url(&format!("{PREFIX}/nsg{n}?{API}"))
+    }
+
+    /// `iters` requests of one kind through one client, timed as a whole.
+    async fn run(&self, client: &Client, put: bool, iters: u64) -> Duration {
+        // The simulator logs every request; a long bench would grow the log without bound.
+        self.sim.clear_requests();
+        let started = Instant::now();
+        for _ in 0..iters {
+            if put {
+                client.put(&self.fresh_url(), &self.body).run(201).await;
+            } else {
+                client.get(&self.get_url).run(200).await;
+            }
+        }
+        started.elapsed()
+    }
+
+    /// Per-request latencies, `rounds` × `per_round` per client, clients interleaved (in a
+    /// rotating order) so that slow phases of a noisy machine hit every client alike.
+    fn paired(&self, names: &[&str], put: bool, rounds: usize, per_round: usize) -> Vec<f64> {
+        let clients: Vec<&Client> = names
+            .iter()
+            .map(|n| &self.clients.iter().find(|(name, _)| name == n).unwrap().1)
+            .collect();
+        let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds * per_round); names.len()];
+        self.rt.block_on(async {
+            for round in 0..rounds {
+                self.sim.clear_requests();
+                for k in 0..clients.len() {
+                    let i = (round + k) % clients.len();
+                    for _ in 0..per_round {
+                        let started = Instant::now();
+                        if put {
+                            clients[i].put(&self.fresh_url(), &self.body).run(201).await;
+                        } else {
+                            clients[i].get(&self.get_url).run(200).await;
+                        }
+                        samples[i].push(started.elapsed().as_secs_f64());
+                    }
+                }
+            }
+        });
+        samples.into_iter().map(median).collect()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Criterion's median for one bench, from its `estimates.json`.
+fn criterion_median(group: &str, id: &str) -> Option<f64> {
+    let home = std::env::var_os("CRITERION_HOME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            // target/<profile>/deps/overhead-HASH → target/criterion
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.parent()?.join("criterion"))
+        })?;
+    let path = home.join(group).join(id).join("new/estimates.json");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    doc["median"]["point_estimate"].as_f64()
+}
+
+fn verdict(ratio: f64, target: f64) -> &'static str {
+    if ratio <= target { "PASS" } else { "MISS" }
+}
+
+fn main() {
+    let bench = Bench::new();
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+        .configure_from_args();
+
+    for (group_name, put) in [("get_passthrough", false), ("put_uncontended", true)] {
+        let mut group = c.benchmark_group(group_name);
+        group.throughput(Throughput::Elements(1));
+        for (name, client) in &bench.clients {
+            if !put && *name == "conflict_no_leases" {
+                continue; // GET never leases: the same path as `conflict`.
+            }
+            group.bench_function(*name, |b| {
+                b.iter_custom(|iters| bench.rt.block_on(bench.run(client, put, iters)))
+            });
+        }
+        group.finish();
+    }
+    c.final_summary();
+
+    // Only under `cargo bench` with no filter: `cargo test --benches` runs each bench once.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filtered = args.iter().any(|a| !a.starts_with('-'));
+    if !args.iter().any(|a| a == "--bench") || filtered {
+        return;
+    }
+
+    println!("\nratio of criterion medians, against bare_middleware:");
+    for (group, target) in [
+        ("get_passthrough", GET_TARGET),
+        ("put_uncontended", PUT_TARGET),
+    ] {
+        let Some(base) = criterion_median(group, "bare_middleware") else {
+            println!("  {group}: no estimates found (CRITERION_HOME?)");
+            continue;
+        };
+        for (name, _) in &bench.clients {
+            if let Some(m) = criterion_median(group, name) {
+                let ratio = m / base;
+                let check = if *name == "conflict" {
+                    format!("  target ≤ {target:.2}: {}", verdict(ratio, target))
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  {group:<16} {name:<19} median {:>8.1} µs  ratio {ratio:.3}{check}",
+                    m / 1000.0
+                );
+            }
+        }
+    }
+
+    println!("\ninterleaved check (30 rounds × 200 requests per client, per-request medians):");
+    for (label, put, names, target) in [
+        (
+            "get_passthrough",
+            false,
+            &["bare_middleware", "conflict", "reqwest"][..],
+            GET_TARGET,
+        ),
+        (
+            "put_uncontended",
+            true,
+            &[
+                "bare_middleware",
+                "conflict",
+                "conflict_no_leases",
+                "reqwest",
+            ][..],
+            PUT_TARGET,
+        ),
+    ] {
+        let medians = bench.paired(names, put, 30, 200);
+        for (name, m) in names.iter().zip(&medians) {
+            let ratio = m / medians[0];
+            let check = if *name == "conflict" {
+                format!("  target ≤ {target:.2}: {}", verdict(ratio, target))
+            } else {
+                String::new()
+            };
+            println!(
+                "  {label:<16} {name:<19} median {:>8.1} µs  ratio {ratio:.3}{check}",
+                m * 1e6
+            );
+        }
+    }
+
+    same_resource(&bench);
+}
+
+/// Sequential updates of one existing resource — no concurrency, nothing to conflict with. The
+/// simulator answers every accepted write with `Azure-AsyncOperation` (as ARM does for its
+/// long-running writes), even when the transition lasts zero time, so with leases on the engine
+/// marks the resource as left in transition and the next write's state guard polls it first.
+/// Not a criterion bench: with the default ARM poll schedule one such write can take seconds.
+fn same_resource(bench: &Bench) {
+    const UPDATES: usize = 8;
+    let path = format!("{PREFIX}/updated");
+    bench.sim.seed(
+        &path,
+        serde_json::json!({"location": "westus", "properties": {}}),
+    );
+    let url = bench.sim.url(&format!("{path}?{API}"));
+    println!(
+        "\nsequential updates of ONE resource (default azure_arm policy), {UPDATES} in a row, ms each:"
+    );
+    for (name, client) in &bench.clients {
+        let fresh;
+        let client = if *name == "conflict" {
+            // A middleware of its own, so no lease state or estimate is carried over.
+            fresh = Client::Stack(
+                ClientBuilder::new(reqwest::Client::new())
+                    .with(ConflictMiddleware::new(ConflictPolicy::azure_arm()))
+                    .build(),
+            );
+            &fresh
+        } else {
+            client
+        };
+        bench.sim.clear_requests();
+        let times: Vec<String> = bench.rt.block_on(async {
+            let mut times = Vec::new();
+            for _ in 0..UPDATES {
+                let started = Instant::now();
+                client.put(&url, &bench.body).run(200).await;
+                times.push(format!("{:.1}", started.elapsed().as_secs_f64() * 1e3));
+            }
+            times
+        });
+        let requests = bench.sim.requests().len();
+        println!("  {name:<19} {} ({requests} requests)", times.join(" "));
+    }
+}

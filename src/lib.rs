@@ -15,6 +15,7 @@ mod policy;
 mod prerequisite;
 mod report;
 mod resource;
+mod stats;
 #[cfg(feature = "tower")]
 mod tower;
 mod update;
@@ -34,4 +35,5 @@ pub use policy::{
 pub use prerequisite::{Action, Prerequisite, StateCheck};
 pub use report::{ConflictReport, Outcome};
 pub use resource::ResourceId;
+pub use stats::{ConflictCount, ConflictStats, StatsSnapshot};
 pub use update::{BoxError, UpdateOptions, update, update_as, update_with};

@@ -9,7 +9,7 @@ use url::Url;
 use std::sync::Arc;
 
 use crate::{
-    ConflictPolicy, Journal, LeaseStore, ResourceId, body,
+    ConflictPolicy, ConflictStats, Journal, LeaseStore, ResourceId, body,
     engine::{
         BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe,
     },
@@ -63,6 +63,11 @@ impl ConflictMiddleware {
     /// The policy in force (after clamping values that would make the engine spin).
     pub fn policy(&self) -> &ConflictPolicy {
         self.engine.policy()
+    }
+
+    /// Conflict counts by resource type, kind and code, for this middleware and its clones.
+    pub fn stats(&self) -> &ConflictStats {
+        self.engine.stats()
     }
 
     /// The journal of the writes that went through this middleware (and its clones).

@@ -15,7 +15,6 @@
 //! a clone ready before each request it sends.
 
 use std::{
-    fmt,
     future::{Future, poll_fn},
     pin::Pin,
     sync::Arc,
@@ -27,16 +26,20 @@ use bytes::Bytes;
 use http::{
     Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
 use url::Url;
 
+pub use response_body::ConflictBody;
+
 use crate::{
-    ConflictPolicy, Journal, LeaseStore, ResourceId, body,
+    ConflictPolicy, ConflictStats, Journal, LeaseStore, ResourceId, body,
     engine::{
         BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe,
     },
 };
+
+mod response_body;
 
 /// The largest request body kept in memory so that it can be sent again.
 const MAX_RETRY_BODY: usize = 16 * 1024 * 1024;
@@ -112,6 +115,12 @@ impl ConflictLayer {
         self.engine.policy()
     }
 
+    /// Conflict counts by resource type, kind and code, for the services of this layer (and its
+    /// clones).
+    pub fn stats(&self) -> &ConflictStats {
+        self.engine.stats()
+    }
+
     /// The journal of the writes that went through the services of this layer (and its clones).
     pub fn journal(&self) -> &Journal {
         self.engine.journal()
@@ -146,6 +155,11 @@ impl<S> ConflictService<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// Conflict counts, shared with the layer and its other services.
+    pub fn stats(&self) -> &ConflictStats {
+        self.engine.stats()
     }
 
     /// The journal of the writes that went through this service (and its layer's other services).
@@ -207,6 +221,8 @@ where
             return Ok(remember(&engine, resource, response.map(ConflictBody::new)));
         }
     };
+    // The wait for a lease and for convergence may last minutes: give back what `poll_ready`
+    // reserved, and poll a clone ready before each request instead.
     let service = ready.clone();
     drop(ready);
 
@@ -487,82 +503,3 @@ where
 #[derive(Debug, thiserror::Error)]
 #[error("the request body was not kept, so it cannot be sent again")]
 struct NotRetryable;
-
-/// The body of a response from [`ConflictService`]: the wrapped service's body, passed through
-/// untouched — or, when the engine read the start of a 409/412 body to classify it, that body
-/// with the bytes read replayed in front. Either way it yields every byte the server sent.
-pub struct ConflictBody<B: Body<Data = Bytes>> {
-    inner: Inner<B>,
-}
-
-enum Inner<B: Body<Data = Bytes>> {
-    /// A response the engine did not touch: the common case, with no allocation.
-    Passed(B),
-    /// A response whose body was peeked at, tee'd, or made by the engine.
-    Boxed(UnsyncBoxBody<Bytes, B::Error>),
-}
-
-impl<B: Body<Data = Bytes>> ConflictBody<B> {
-    fn new(body: B) -> Self {
-        Self {
-            inner: Inner::Passed(body),
-        }
-    }
-
-    fn boxed(body: impl Body<Data = Bytes, Error = B::Error> + Send + 'static) -> Self {
-        Self {
-            inner: Inner::Boxed(UnsyncBoxBody::new(body)),
-        }
-    }
-
-    fn full(bytes: Bytes) -> Self
-    where
-        B::Error: 'static,
-    {
-        Self::boxed(Full::new(bytes).map_err(|never| match never {}))
-    }
-}
-
-impl<B> Body for ConflictBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match &mut self.get_mut().inner {
-            Inner::Passed(body) => Pin::new(body).poll_frame(cx),
-            Inner::Boxed(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Passed(body) => body.is_end_stream(),
-            Inner::Boxed(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Passed(body) => body.size_hint(),
-            Inner::Boxed(body) => body.size_hint(),
-        }
-    }
-}
-
-impl<B: Body<Data = Bytes>> fmt::Debug for ConflictBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.inner {
-            Inner::Passed(_) => "passed",
-            Inner::Boxed(_) => "replayed",
-        };
-        f.debug_struct("ConflictBody")
-            .field("body", &state)
-            .finish_non_exhaustive()
-    }
-}

@@ -1,7 +1,7 @@
 //! `BlobLeases` against a real Azurite blob service started per test (see `support`).
 //!
-//! Blob leases last at least 15 s, so the two tests about expiry and renewal wait that long; they
-//! run in parallel with the others.
+//! Blob leases last at least 15 s, so expiry and renewal are tested together, in the one test
+//! that waits that long.
 
 #![cfg(feature = "azure-blob")]
 
@@ -114,21 +114,6 @@ async fn dropping_a_lease_lets_the_next_one_in_promptly() {
 }
 
 #[tokio::test]
-async fn renewal_keeps_a_lease_past_its_duration() {
-    let azurite = support::start_azurite();
-    let (a, b) = (store(&azurite).await, store(&azurite).await);
-    let held = a.acquire(KEY, TTL, LONG).await.unwrap();
-    // Held for 17 s on a 15 s lease: renewals must keep the other acquirer out.
-    let error = b
-        .acquire(KEY, TTL, Duration::from_secs(17))
-        .await
-        .unwrap_err();
-    assert!(matches!(error, Error::LeaseTimeout { .. }), "{error:?}");
-    // Still ours: writes under it go through.
-    a.set_transitioning(&held, false).await.unwrap();
-}
-
-#[tokio::test]
 async fn transitioning_flag_round_trip() {
     let azurite = support::start_azurite();
     let (a, b) = (store(&azurite).await, store(&azurite).await);
@@ -213,10 +198,17 @@ fn child_hold_lease() {
     });
 }
 
+/// Blob leases last at least 15 s, so this one test covers both sides of expiry with one wait:
+/// a holder killed with SIGKILL loses its lease once the duration passes, while a live holder
+/// that took its own lease even earlier keeps it through renewals.
 #[tokio::test]
-async fn a_killed_holder_loses_its_lease_after_the_duration() {
+async fn killed_holders_lose_their_lease_live_ones_keep_it() {
     let azurite = support::start_azurite();
-    let leases = store(&azurite).await;
+    let (leases, other) = (store(&azurite).await, store(&azurite).await);
+    let live_key = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/disks/d";
+    let live = leases.acquire(live_key, TTL, LONG).await.unwrap();
+    let live_since = Instant::now();
+
     let (child, token) = support::spawn_child_test(
         "child_hold_lease",
         &[
@@ -230,11 +222,20 @@ async fn a_killed_holder_loses_its_lease_after_the_duration() {
         Duration::from_secs(20),
     );
     let child_token: u64 = token.trim().parse().unwrap();
-    drop(child); // SIGKILL right after it took the 15 s lease: no release, no renewal
+    drop(child); // SIGKILL right after it took its 15 s lease: no release, no renewal
     let killed = Instant::now();
     let lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
     let waited = killed.elapsed();
     assert!(waited >= Duration::from_secs(12), "got it after {waited:?}");
     assert!(waited < Duration::from_secs(20), "got it after {waited:?}");
     assert!(lease.token() > child_token);
+
+    // Meanwhile the live holder's lease, older than the dead one's, was renewed past 15 s.
+    assert!(live_since.elapsed() > TTL);
+    let error = other
+        .acquire(live_key, TTL, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::LeaseTimeout { .. }), "{error:?}");
+    leases.set_transitioning(&live, false).await.unwrap();
 }

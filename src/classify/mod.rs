@@ -25,7 +25,9 @@ pub(crate) use rules::code_matches;
 pub use rules::{RequestCondition, Rule};
 
 /// What a 409 or 412 means, and therefore what can be done about it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictKind {
     /// The resource or a dependency is mid-transition; waiting for a terminal state fixes it.

@@ -27,9 +27,9 @@ use tracing::{Instrument, field::Empty};
 use url::Url;
 
 use crate::{
-    Classifier, ConflictKind, ConflictPolicy, ConflictReport, Error, Journal, Lease, LeaseStore,
-    MemoryLeases, MergeBase, PolicyOverride, PreconditionStrategy, Prerequisite, ResourceId, lease,
-    report::Outcome,
+    Classifier, ConflictKind, ConflictPolicy, ConflictReport, ConflictStats, Error, Journal, Lease,
+    LeaseStore, MemoryLeases, MergeBase, PolicyOverride, PreconditionStrategy, Prerequisite,
+    ResourceId, lease, report::Outcome,
 };
 
 /// A boxed, sendable future, as the adapters' own stacks use.
@@ -170,6 +170,8 @@ pub(crate) struct Engine {
     clock: Arc<clock::Clock>,
     /// The policy for each resource type with an override, by lowercased type.
     by_type: Arc<HashMap<String, Arc<ConflictPolicy>>>,
+    /// Conflict counts, shared by every clone.
+    stats: ConflictStats,
 }
 
 /// Clamps what a type cannot rule out, so a hand-built policy can never make the engine spin or
@@ -270,6 +272,7 @@ impl Engine {
             policy: Arc::new(policy),
             by_type: Arc::new(by_type),
             clock: Arc::default(),
+            stats: ConflictStats::default(),
         }
     }
 
@@ -310,6 +313,11 @@ impl Engine {
     /// The journal of mutating requests.
     pub(crate) fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// The conflict statistics.
+    pub(crate) fn stats(&self) -> &ConflictStats {
+        &self.stats
     }
 
     /// Runs one request: under its leases (when the policy says so), after the previous holder's
@@ -455,6 +463,24 @@ impl Engine {
                     tracing::warn!(steps = ?lost.steps, notes = ?lost.notes, "restored after a failed request");
                 }
             }
+            let resource_type = original.resource.resource_type();
+            match &result {
+                Ok((_, Some(report))) => self.stats.resolution(resource_type, report),
+                Ok((_, None)) | Err(Failure::Transport(_)) => {}
+                Err(Failure::Conflict(Error::NotConverged {
+                    classification,
+                    attempts,
+                    waited,
+                    ..
+                })) => self.stats.failure(
+                    resource_type,
+                    classification.as_ref().map(|c| c.kind).unwrap_or_default(),
+                    "not_converged",
+                    *attempts,
+                    *waited,
+                ),
+                Err(Failure::Conflict(_)) => {}
+            }
             result
         }
         .instrument(span)
@@ -494,6 +520,8 @@ impl Engine {
                 )
             });
             report.conflicts += 1;
+            self.stats
+                .conflict(original.resource.resource_type(), &classification);
             tracing::debug!(
                 kind = %classification.kind,
                 code = classification.code.as_deref().unwrap_or(""),
