@@ -35,7 +35,9 @@ const RESOURCES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
 const PAGE: u64 = 4096;
 
 fn path(i: usize) -> String {
-    format!("/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.Network/networkSecurityGroups/nsg{i}")
+    format!(
+        "/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.Network/networkSecurityGroups/nsg{i}"
+    )
 }
 
 /// Resident set size in bytes.
@@ -164,7 +166,18 @@ fn main() {
             "child failed: {line}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let [r, ops, secs, requests, conflicts, failed, before, after, keys] = f[..] else {
+        let [
+            r,
+            ops,
+            secs,
+            requests,
+            conflicts,
+            failed,
+            before,
+            after,
+            keys,
+        ] = f[..]
+        else {
             unreachable!()
         };
         let mib = |b: f64| b / (1024.0 * 1024.0);

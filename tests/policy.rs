@@ -280,3 +280,26 @@ async fn without_a_prerequisite_rule_the_resize_conflict_is_surfaced() {
         1
     );
 }
+
+#[test]
+fn the_readme_policy_loads() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Configure")
+        .nth(1)
+        .expect("a Configure section");
+    let json = section
+        .split("```json")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a JSON policy in the Configure section");
+    let policy = ConflictPolicy::from_json(json).unwrap();
+    assert_eq!(policy.prerequisites.len(), 1);
+    assert_eq!(
+        policy
+            .for_resource_type(Some("Microsoft.Compute/virtualMachines"))
+            .deadline,
+        Duration::from_secs(45 * 60)
+    );
+}

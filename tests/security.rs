@@ -1,1 +1,964 @@
+//! What the crate promises a caller about hosts, credentials, buffers and waits, checked against
+//! hostile servers: a foreign simulator and bare TCP servers stand for hosts outside the trusted
+//! set, so "nothing reached them" is an observation, not an assumption.
+//!
+//! Tracing: every test installs (once, for the whole binary) a global subscriber at TRACE that
+//! writes everything into memory. A global default, not `set_default`: tracing caches each
+//! callsite's interest process-wide, so a scoped subscriber is flaky with tests running in
+//! parallel. Each test that greps the capture for secrets uses secrets of its own.
 
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use arm_sim::{Faults, Scripted, Sim, SimConfig};
+use reqwest_conflict::{
+    ConflictKind, ConflictMiddleware, ConflictPolicy, ConflictReport, Error, Outcome, PollSchedule,
+    PreconditionStrategy,
+};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+const API: &str = "api-version=2024-07-01";
+
+fn vm(i: usize) -> String {
+    format!(
+        "/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/vm{i}"
+    )
+}
+
+fn policy() -> ConflictPolicy {
+    ConflictPolicy {
+        max_attempts: 5,
+        deadline: Duration::from_millis(1500),
+        poll: PollSchedule {
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(40),
+            factor: 2.0,
+            jitter: true,
+        },
+        retry_after_cap: Duration::from_millis(50),
+        ..ConflictPolicy::azure_arm()
+    }
+}
+
+fn client_with(http: reqwest::Client, policy: ConflictPolicy) -> ClientWithMiddleware {
+    ClientBuilder::new(http)
+        .with(ConflictMiddleware::new(policy))
+        .build()
+}
+
+fn client(policy: ConflictPolicy) -> ClientWithMiddleware {
+    client_with(reqwest::Client::new(), policy)
+}
+
+/// How long any call may take before the test calls it a hang: a detector, not a timing check.
+fn hang_limit(policy: &ConflictPolicy) -> Duration {
+    policy.deadline * 3 + Duration::from_secs(5)
+}
+
+fn report(resp: &reqwest::Response) -> ConflictReport {
+    resp.extensions()
+        .get::<ConflictReport>()
+        .cloned()
+        .expect("a response that met a conflict carries a report")
+}
+
+fn engine_error(err: &reqwest_middleware::Error) -> &Error {
+    match err {
+        reqwest_middleware::Error::Middleware(e) => e
+            .downcast_ref::<Error>()
+            .unwrap_or_else(|| panic!("an untyped middleware error: {e:#}")),
+        other => panic!("expected an engine error, got {other:?}"),
+    }
+}
+
+fn in_progress(message: &str) -> Scripted {
+    Scripted::json(
+        409,
+        json!({"error": {"code": "AnotherOperationInProgress", "message": message}}),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capturing tracing output
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The binary's one subscriber: everything, at TRACE, spans with their fields on every event
+/// and on open and close.
+fn capture() -> &'static Captured {
+    static CAPTURED: OnceLock<Captured> = OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
+            .with_ansi(false)
+            .with_target(true)
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("only this binary's capture() sets the global subscriber");
+        captured
+    })
+}
+
+fn assert_no_secret(haystack: &str, secrets: &[&str], what: &str) {
+    for secret in secrets {
+        if let Some(at) = haystack.find(secret) {
+            let line_start = haystack[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = haystack[at..].find('\n').map_or(haystack.len(), |i| at + i);
+            panic!(
+                "{secret} leaked into {what}: {}",
+                &haystack[line_start..line_end]
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A bare TCP server, for what the simulator will not do: record raw request heads from any host
+// name, or stall in the middle of an answer.
+
+enum RawReply {
+    /// Write these bytes (a whole HTTP/1.1 response).
+    Send(Vec<u8>),
+    /// Write these bytes, then never another one, keeping the connection open.
+    Stall(Vec<u8>),
+}
+
+struct Raw {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn not_found() -> RawReply {
+    RawReply::Send(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec())
+}
+
+fn http_response(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl Raw {
+    async fn start(reply: impl Fn(&str) -> RawReply + Send + Sync + 'static) -> Raw {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let reply = Arc::new(reply);
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (log, reply) = (log.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request: its head, then as many body bytes as it announces.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 8192];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                        let length = head
+                            .lines()
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + length {
+                            let mut chunk = [0u8; 8192];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let request: Vec<u8> = buf.drain(..head_end + length).collect();
+                        log.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&request).into_owned());
+                        match reply(&head) {
+                            RawReply::Send(bytes) => {
+                                if socket.write_all(&bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                            RawReply::Stall(bytes) => {
+                                let _ = socket.write_all(&bytes).await;
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Raw { addr, seen, task }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) Polls and re-fetches go only to the request's own origin or an allow-listed https host.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operation_uris_off_the_trusted_hosts_are_never_polled() {
+    capture();
+    let foreign = Sim::start(SimConfig::default()).await;
+    let honeypot = Raw::start(|_| not_found()).await;
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(40),
+        ..SimConfig::default()
+    })
+    .await;
+    let own_port = sim.base_url().rsplit(':').next().unwrap().to_owned();
+    let fport = foreign.base_url().rsplit(':').next().unwrap().to_owned();
+    let foreign_addr: SocketAddr = foreign.base_url()["http://".len()..].parse().unwrap();
+    // Names of trusted hosts, and look-alikes, all resolve to the foreign simulator: if the engine
+    // polled any of them, the foreign simulator would see it.
+    let http = reqwest::Client::builder()
+        .resolve("management.azure.com", foreign_addr)
+        .resolve("eastus.management.azure.com", foreign_addr)
+        .resolve("management.azure.com.evil.example", foreign_addr)
+        .resolve("evilmanagement.azure.com", foreign_addr)
+        .build()
+        .unwrap();
+    let client = client_with(http.clone(), policy());
+
+    let op = "/subscriptions/sub1/providers/Microsoft.Sim/locations/westus/operations/00000001-0000-4000-a000-000000000001";
+    let hostile = [
+        // Another origin (another port on the same loopback address).
+        format!("{}{op}?{API}", foreign.base_url()),
+        format!("HTTP://127.0.0.1:{fport}{op}?{API}"),
+        // http:// variants of allow-listed hosts.
+        format!("http://management.azure.com:{fport}{op}?{API}"),
+        format!("http://eastus.management.azure.com:{fport}{op}?{API}"),
+        // Userinfo: credentials in the URI, or userinfo that spells the trusted origin.
+        format!("http://user:pw@127.0.0.1:{fport}{op}?{API}"),
+        format!("http://127.0.0.1:{own_port}@127.0.0.1:{fport}{op}?{API}"),
+        format!("https://management.azure.com@management.azure.com.evil.example:{fport}{op}"),
+        // Look-alike hosts.
+        format!("https://management.azure.com.evil.example:{fport}{op}?{API}"),
+        format!("http://management.azure.com.evil.example:{fport}{op}?{API}"),
+        format!("https://evilmanagement.azure.com:{fport}{op}?{API}"),
+        // Other spellings of the loopback address on the foreign port.
+        format!("http://2130706433:{fport}{op}?{API}"),
+        format!("http://%31%32%37.0.0.1:{fport}{op}?{API}"),
+        format!("http://[::ffff:127.0.0.1]:{fport}{op}?{API}"),
+        // The own host over another scheme is another origin.
+        format!("https://127.0.0.1:{own_port}{op}?{API}"),
+        // The bare TCP server.
+        format!("{}{op}?{API}", honeypot.base()),
+    ];
+    for (i, uri) in hostile.iter().enumerate() {
+        let path = vm(i);
+        sim.seed(&path, json!({"location": "westus"}));
+        sim.begin_transition(&path, "Updating", Some(Duration::from_millis(60)));
+        sim.script(
+            "PUT",
+            &path,
+            vec![in_progress(&format!(
+                "Another operation is in progress. To retrieve status of the operation use uri: {uri}."
+            ))],
+        );
+        let resp = tokio::time::timeout(
+            hang_limit(&policy()),
+            client
+                .put(sim.url(&format!("{path}?{API}")))
+                .json(&json!({"location": "westus"}))
+                .send(),
+        )
+        .await
+        .expect("hang")
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{uri}");
+        let report = report(&resp);
+        assert_eq!(report.outcome, Outcome::Resolved, "{uri}");
+        assert!(
+            report.classification.operation_uri.is_some(),
+            "{uri} was not even extracted: the case proves nothing"
+        );
+        assert!(
+            report.notes.iter().any(|n| n.contains("not allowed")),
+            "{uri}: {:?}",
+            report.notes
+        );
+        // The resource, on the request's own origin, was polled instead.
+        assert!(sim.count("GET", &path, None) >= 1, "{uri}");
+    }
+    assert!(
+        foreign.requests().is_empty(),
+        "the foreign host was contacted: {:?}",
+        foreign.requests()
+    );
+    assert!(honeypot.seen().is_empty(), "{:?}", honeypot.seen());
+
+    // The control: this client does reach the foreign simulator under a trusted name, so the
+    // silence above is the engine's refusal, not a broken set-up.
+    let direct = http
+        .get(format!("http://management.azure.com:{fport}{op}?{API}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 404);
+    assert_eq!(foreign.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referenced_resource_is_fetched_from_the_requests_own_origin() {
+    capture();
+    let foreign = Sim::start(SimConfig::default()).await;
+    let sim = Sim::start(SimConfig::default()).await;
+    let nic =
+        "/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.Network/networkInterfaces/nic1";
+    let subnet = "/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.Network/virtualNetworks/v/subnets/s";
+    sim.seed(nic, json!({"location": "westus"}));
+    sim.begin_transition(subnet, "Updating", Some(Duration::from_millis(60)));
+    // The message spells the referenced resource as a full URL on the foreign host.
+    let message = format!(
+        "Resource {}{subnet} referenced by resource {nic} was not found or is not in Succeeded state.",
+        foreign.base_url()
+    );
+    sim.script(
+        "PUT",
+        nic,
+        vec![Scripted::json(
+            409,
+            json!({"error": {"code": "RetryableError", "message": "A retryable error occurred.",
+                "details": [{"code": "ReferencedResourceNotProvisioned", "message": message}]}}),
+        )],
+    );
+    let resp = client(policy())
+        .put(sim.url(&format!("{nic}?{API}")))
+        .json(&json!({"location": "westus"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(report(&resp).outcome, Outcome::Resolved);
+    assert!(sim.count("GET", subnet, None) >= 1);
+    assert!(foreign.requests().is_empty(), "{:?}", foreign.requests());
+}
+
+/// A poll of the resource is answered with a redirect to the honeypot.
+async fn redirected_poll(http: reqwest::Client) -> (Raw, ClientWithMiddleware, Sim) {
+    let honeypot = Raw::start(|_| not_found()).await;
+    let sim = Sim::start(SimConfig::default()).await;
+    let path = vm(0);
+    sim.seed(&path, json!({"location": "westus"}));
+    sim.begin_transition(&path, "Updating", Some(Duration::from_millis(60)));
+    sim.script(
+        "PUT",
+        &path,
+        vec![in_progress("Another operation is in progress.")],
+    );
+    sim.script(
+        "GET",
+        &path,
+        vec![
+            Scripted::raw(302, "")
+                .header("location", &format!("{}/collect?{API}", honeypot.base())),
+        ],
+    );
+    (honeypot, client_with(http, policy()), sim)
+}
+
+async fn put_with_secrets(client: &ClientWithMiddleware, url: &str) -> reqwest::Response {
+    tokio::time::timeout(
+        hang_limit(&policy()),
+        client
+            .put(url)
+            .bearer_auth("SECRET-TOKEN-REDIRECT")
+            .header("x-ms-client-secret", "SECRET-HEADER-REDIRECT")
+            .json(&json!({"location": "westus"}))
+            .send(),
+    )
+    .await
+    .expect("hang")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: polls follow HTTP redirects off the trusted hosts (with x-ms-* headers and Referer)"]
+async fn a_poll_redirected_off_the_trusted_hosts_is_not_followed() {
+    capture();
+    // A client as a caller builds it by default: reqwest follows up to 10 redirects.
+    let (honeypot, client, sim) = redirected_poll(reqwest::Client::new()).await;
+    let resp = put_with_secrets(&client, &sim.url(&format!("{}?{API}", vm(0)))).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        honeypot.seen().is_empty(),
+        "a poll was redirected to a host outside the trusted set:\n{}",
+        honeypot.seen().join("\n---\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redirects_off_a_redirected_poll_is_just_a_state_that_is_not_terminal() {
+    capture();
+    // The mitigation SECURITY.md asks for: a client that does not follow redirects.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (honeypot, client, sim) = redirected_poll(http).await;
+    let resp = put_with_secrets(&client, &sim.url(&format!("{}?{API}", vm(0)))).await;
+    assert_eq!(resp.status(), 200);
+    let report = report(&resp);
+    assert_eq!(report.outcome, Outcome::Resolved);
+    assert!(report.states.iter().any(|s| s == "HTTP 302"), "{report:?}");
+    assert!(honeypot.seen().is_empty(), "{:?}", honeypot.seen());
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) Credentials are never sent outside the trusted set, and never written to tracing output.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_never_sent_to_an_untrusted_host() {
+    capture();
+    let honeypot = Raw::start(|_| not_found()).await;
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(40),
+        // Every operation URI the simulator hands out names the honeypot.
+        operation_base: Some(honeypot.base()),
+        ..SimConfig::default()
+    })
+    .await;
+    let path = vm(0);
+    sim.seed(&path, json!({"location": "westus"}));
+    let client = client(policy());
+    let url = sim.url(&format!(
+        "{path}?{API}&sv=2024-08-04&sig=SECRETSIG-UNTRUSTED"
+    ));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                client
+                    .put(&url)
+                    .bearer_auth("SECRET-TOKEN-UNTRUSTED")
+                    .header("x-ms-client-secret", "SECRET-HEADER-UNTRUSTED")
+                    .json(&json!({"location": "westus"}))
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    // Another writer outside the middleware keeps the resource busy, so the middleware's writes
+    // meet 409s naming the honeypot.
+    sim.begin_transition(&path, "Updating", Some(Duration::from_millis(80)));
+    for writer in writers {
+        let status = tokio::time::timeout(hang_limit(&policy()), writer)
+            .await
+            .expect("hang")
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    assert!(
+        honeypot.seen().is_empty(),
+        "the untrusted host received:\n{}",
+        honeypot.seen().join("\n---\n")
+    );
+    // And every request that reached the trusted host carried the caller's own credentials.
+    assert!(
+        sim.requests()
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some("Bearer SECRET-TOKEN-UNTRUSTED"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_reach_the_tracing_output() {
+    let captured = capture();
+    const TOKEN: &str = "SECRET-TOKEN-ARM-7f3a";
+    const HEADER: &str = "SECRET-HEADER-ARM-91c2";
+    const SIG: &str = "SECRETSIG-ARM-5e0d";
+    let secrets = [TOKEN, HEADER, SIG];
+    let foreign = Sim::start(SimConfig::default()).await;
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(40),
+        ..SimConfig::default()
+    })
+    .await;
+    let send = |client: ClientWithMiddleware, path: String, if_match: Option<String>| {
+        let url = sim.url(&format!(
+            "{path}?{API}&sv=2024-08-04&se=2030-01-01&sig={SIG}"
+        ));
+        async move {
+            let mut request = client
+                .put(url)
+                .bearer_auth(TOKEN)
+                .header("x-ms-client-secret", HEADER)
+                .json(&json!({"location": "westus", "tags": {"t": "1"}}));
+            if let Some(etag) = if_match {
+                request = request.header("if-match", etag);
+            }
+            tokio::time::timeout(hang_limit(&policy()), request.send())
+                .await
+                .expect("hang")
+        }
+    };
+    let mut reports = Vec::new();
+
+    // 409 naming an operation URI on the own host: the operation is polled.
+    sim.seed(&vm(0), json!({"location": "westus"}));
+    sim.begin_transition(&vm(0), "Updating", Some(Duration::from_millis(60)));
+    let resp = send(client(policy()), vm(0), None).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    reports.push(report(&resp));
+
+    // 409 naming nothing, and polls that meet a 500, a reset and a 404-less body: the resource
+    // is polled and some polls fail in transport.
+    sim.seed(&vm(1), json!({"location": "westus"}));
+    sim.begin_transition(&vm(1), "Updating", Some(Duration::from_millis(60)));
+    sim.script("PUT", &vm(1), vec![in_progress("busy")]);
+    sim.script(
+        "GET",
+        &vm(1),
+        vec![
+            Scripted::raw(500, "oops"),
+            Scripted::raw(0, ""),
+            Scripted::raw(200, "not json"),
+        ],
+    );
+    let resp = send(client(policy()), vm(1), None).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let polled = report(&resp);
+    assert!(
+        polled.states.iter().any(|s| s == "transport error"),
+        "{polled:?}"
+    );
+    reports.push(polled);
+
+    // 409 naming an operation URI on a foreign host: refused, noted.
+    sim.seed(&vm(2), json!({"location": "westus"}));
+    sim.script(
+        "PUT",
+        &vm(2),
+        vec![in_progress(&format!(
+            "To retrieve status of the operation use uri: {}/subscriptions/sub1/providers/Microsoft.Sim/locations/westus/operations/x?{API}",
+            foreign.base_url()
+        ))],
+    );
+    let resp = send(client(policy()), vm(2), None).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    reports.push(report(&resp));
+
+    // 412 with a re-fetch, under every strategy.
+    for (i, strategy) in [
+        PreconditionStrategy::Surface,
+        PreconditionStrategy::Overwrite,
+        PreconditionStrategy::Merge,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = vm(10 + i);
+        sim.seed(&path, json!({"location": "westus", "tags": {"t": "0"}}));
+        let policy = ConflictPolicy {
+            precondition: strategy,
+            ..policy()
+        };
+        let resp = send(client(policy), path, Some("\"stale\"".to_owned()))
+            .await
+            .unwrap();
+        let report = report(&resp);
+        assert_eq!(report.kind, ConflictKind::StalePrecondition);
+        assert!(report.fresh_etag.is_some(), "{report:?}");
+        reports.push(report);
+    }
+
+    // A state that never converges: the engine's error.
+    sim.seed(&vm(3), json!({"location": "westus"}));
+    sim.begin_transition(&vm(3), "Updating", None);
+    let short = ConflictPolicy {
+        deadline: Duration::from_millis(300),
+        ..policy()
+    };
+    let err = send(client(short), vm(3), None).await.unwrap_err();
+    assert!(matches!(engine_error(&err), Error::NotConverged { .. }));
+    assert_no_secret(&format!("{err} {err:?}"), &secrets, "the error");
+
+    for report in &reports {
+        assert_no_secret(&format!("{report:?}"), &secrets, "a report");
+    }
+    let text = captured.text();
+    assert!(
+        text.contains("conflict_resolution") && text.contains("polled"),
+        "the capture saw nothing; the check would prove nothing:\n{text}"
+    );
+    assert_no_secret(&text, &secrets, "the tracing output");
+    // The simulator did get them: they were sent, just never written down.
+    assert!(
+        sim.requests()
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(&*format!("Bearer {TOKEN}")))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: non-ARM poll URLs (SAS sig=…) are logged by converge.rs and quoted in report notes"]
+async fn sas_signatures_of_non_arm_urls_never_reach_the_tracing_output() {
+    let captured = capture();
+    const SIG: &str = "SECRETSIG-BLOB-c41b";
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(40),
+        ..SimConfig::default()
+    })
+    .await;
+    // A storage-like URL: not an ARM resource, so the engine polls the request URL itself — with
+    // its SAS, which it needs for authorization, but must not write down.
+    let blob = "/devstoreaccount1/container1/blob1";
+    let url = sim.url(&format!("{blob}?sv=2024-08-04&sr=b&sp=rw&sig={SIG}"));
+    sim.script("PUT", blob, vec![in_progress("busy")]);
+    sim.script(
+        "GET",
+        blob,
+        vec![Scripted::raw(0, ""), Scripted::raw(500, "oops")],
+    );
+    let resp = tokio::time::timeout(
+        hang_limit(&policy()),
+        client(policy()).put(&url).json(&json!({"a": 1})).send(),
+    )
+    .await
+    .expect("hang")
+    .unwrap();
+    let report = report(&resp);
+    assert!(report.polls >= 2, "{report:?}");
+    assert!(
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .all(|r| r.query.as_deref().is_some_and(|q| q.contains(SIG))),
+        "the polls need the SAS to be authorized"
+    );
+    assert_no_secret(&format!("{report:?}"), &[SIG], "the report");
+    assert_no_secret(&captured.text(), &[SIG], "the tracing output");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) Bounded buffers.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_max_error_body_of_a_409_is_read() {
+    capture();
+    // The code comes after 200 KiB of padding: past the default 64 KiB cap, so the engine, which
+    // reads only the cap, cannot see it; with a larger cap it can.
+    let body = format!(
+        r#"{{"padding":"{}","error":{{"code":"ScopeLocked","message":"locked"}}}}"#,
+        "x".repeat(200 * 1024)
+    );
+    for (cap, expected) in [
+        (None, (None, ConflictKind::Unknown)),
+        (
+            Some(1024 * 1024),
+            (Some("ScopeLocked"), ConflictKind::Permanent),
+        ),
+    ] {
+        let sim = Sim::start(SimConfig::default()).await;
+        let path = vm(0);
+        sim.seed(&path, json!({"location": "westus"}));
+        sim.script("PUT", &path, vec![Scripted::raw(409, body.clone())]);
+        let mut policy = policy();
+        if let Some(cap) = cap {
+            policy.max_error_body = cap;
+        }
+        let resp = client(policy)
+            .put(sim.url(&format!("{path}?{API}")))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 409);
+        let report = report(&resp);
+        assert_eq!(
+            (report.code.as_deref(), report.kind),
+            expected,
+            "cap {cap:?}"
+        );
+        assert_eq!(report.outcome, Outcome::Surfaced);
+        // Whatever was read, the caller gets every byte.
+        assert_eq!(resp.bytes().await.unwrap(), body.as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mib_409_reaches_the_caller_whole() {
+    capture();
+    const SIZE: usize = 50 * 1024 * 1024;
+    let head = br#"{"error":{"code":"ScopeLocked","message":"The scope is locked.","padding":""#;
+    let tail = br#""}}"#;
+    let mut body = Vec::with_capacity(SIZE);
+    body.extend_from_slice(head);
+    body.resize(SIZE - tail.len(), b'x');
+    body.extend_from_slice(tail);
+    let sim = Sim::start(SimConfig::default()).await;
+    let path = vm(0);
+    sim.seed(&path, json!({"location": "westus"}));
+    sim.script("PUT", &path, vec![Scripted::raw(409, body.clone())]);
+    let resp = tokio::time::timeout(
+        hang_limit(&policy()),
+        client(policy())
+            .put(sim.url(&format!("{path}?{API}")))
+            .json(&json!({}))
+            .send(),
+    )
+    .await
+    .expect("hang")
+    .unwrap();
+    assert_eq!(resp.status(), 409);
+    let report = report(&resp);
+    // Classified from the first 64 KiB, which hold the code.
+    assert_eq!(report.code.as_deref(), Some("ScopeLocked"));
+    assert_eq!(report.kind, ConflictKind::Permanent);
+    let received = resp.bytes().await.unwrap();
+    assert_eq!(received.len(), SIZE);
+    assert!(received == body, "the body was altered on its way through");
+}
+
+/// A PUT with a stale `If-Match` whose re-fetch is answered with `fetched` (JSON, with an ETag).
+async fn stale_put_refetching(
+    fetched: serde_json::Value,
+    strategy: PreconditionStrategy,
+    max_fetch_body: usize,
+) -> (u16, ConflictReport, Sim) {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::ZERO,
+        ..SimConfig::default()
+    })
+    .await;
+    let path = vm(0);
+    sim.seed(&path, json!({"location": "westus", "tags": {"a": "1"}}));
+    let etag = sim.resource(&path).unwrap()["etag"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sim.script(
+        "GET",
+        &path,
+        vec![Scripted::json(200, fetched).header("etag", &etag)],
+    );
+    let policy = ConflictPolicy {
+        precondition: strategy,
+        max_fetch_body,
+        ..policy()
+    };
+    let resp = client(policy)
+        .put(sim.url(&format!("{path}?{API}")))
+        .header("if-match", "\"stale\"")
+        .json(&json!({"location": "westus", "tags": {"a": "2"}}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let report = report(&resp);
+    (status, report, sim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refetch_is_not_buffered_beyond_max_fetch_body() {
+    capture();
+    const CAP: usize = 16 * 1024;
+    let huge = json!({"location": "westus", "tags": {"a": "1"}, "properties": {"blob": "x".repeat(2 * 1024 * 1024)}});
+    let small = json!({"location": "westus", "tags": {"a": "1"}, "properties": {"blob": "x"}});
+
+    // Over the cap: only the cap is read, which is not a JSON document, so no representation is
+    // reported; the ETag still comes from the header.
+    let (status, report, _sim) =
+        stale_put_refetching(huge.clone(), PreconditionStrategy::Surface, CAP).await;
+    assert_eq!(status, 412);
+    assert_eq!(report.kind, ConflictKind::StalePrecondition);
+    assert_eq!(report.outcome, Outcome::Surfaced);
+    assert_eq!(report.fresh, None, "more than max_fetch_body was kept");
+    assert!(report.fresh_etag.is_some());
+    assert_eq!(report.polls, 1);
+
+    // Within the cap: the representation is reported (the control).
+    let (status, report, _sim) =
+        stale_put_refetching(small, PreconditionStrategy::Surface, CAP).await;
+    assert_eq!(status, 412);
+    assert!(report.fresh.is_some(), "{report:?}");
+
+    // Over the cap, a merge has nothing to merge with and surfaces; an overwrite only needs the
+    // ETag, so it goes ahead.
+    let (status, report, _sim) =
+        stale_put_refetching(huge.clone(), PreconditionStrategy::Merge, CAP).await;
+    assert_eq!((status, report.outcome), (412, Outcome::Surfaced));
+    let (status, report, sim) =
+        stale_put_refetching(huge, PreconditionStrategy::Overwrite, CAP).await;
+    assert_eq!(
+        (status, report.outcome),
+        (200, Outcome::Resolved),
+        "{report:?}"
+    );
+    assert_eq!(sim.count("PUT", &vm(0), None), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d) A hostile server cannot make the client wait without bound.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_999999_on_every_answer_and_no_convergence_ends_by_the_deadline() {
+    capture();
+    let sim = Sim::start(SimConfig {
+        retry_after_secs: Some(999_999),
+        ..SimConfig::default()
+    })
+    .await;
+    sim.set_faults(Faults {
+        never_converge: true,
+        ..Faults::default()
+    });
+    // The cap is the ARM profile's minute, longer than the deadline: the deadline must win.
+    let policy = ConflictPolicy {
+        deadline: Duration::from_millis(800),
+        retry_after_cap: Duration::from_secs(60),
+        ..policy()
+    };
+    let client = client(policy.clone());
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let path = vm(i);
+            sim.seed(&path, json!({"location": "westus"}));
+            sim.begin_transition(&path, "Updating", None);
+            let (client, url) = (client.clone(), sim.url(&format!("{path}?{API}")));
+            let hang = hang_limit(&policy);
+            tokio::spawn(async move {
+                tokio::time::timeout(hang, client.put(url).json(&json!({})).send())
+                    .await
+                    .expect("a hostile Retry-After made the call wait past the deadline")
+            })
+        })
+        .collect();
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        match engine_error(&err) {
+            Error::NotConverged { last_state, .. } => {
+                assert_eq!(last_state.as_deref(), Some("InProgress"))
+            }
+            other => panic!("expected NotConverged, got {other}"),
+        }
+    }
+    assert_eq!(
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.status != 409)
+            .count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_that_is_never_answered_ends_by_the_deadline() {
+    capture();
+    let conflict = r#"{"error":{"code":"AnotherOperationInProgress","message":"busy"}}"#;
+    let server = Raw::start(move |head| {
+        if head.starts_with("PUT") {
+            RawReply::Send(http_response("409 Conflict", conflict))
+        } else {
+            RawReply::Stall(Vec::new())
+        }
+    })
+    .await;
+    let policy = ConflictPolicy {
+        deadline: Duration::from_millis(500),
+        ..policy()
+    };
+    let err = tokio::time::timeout(
+        hang_limit(&policy),
+        client(policy.clone())
+            .put(format!("{}{}?{API}", server.base(), vm(0)))
+            .json(&json!({}))
+            .send(),
+    )
+    .await
+    .expect("a poll that is never answered held the call past the deadline")
+    .unwrap_err();
+    assert!(matches!(
+        engine_error(&err),
+        Error::NotConverged {
+            last_state: None,
+            ..
+        }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: the 409/412 body peek has no deadline; a body that stalls holds the call forever"]
+async fn a_409_body_that_stalls_ends_by_the_deadline() {
+    capture();
+    // The head announces 1000 bytes; 20 come, then nothing, with the connection kept open.
+    let server = Raw::start(|_| {
+        let mut bytes = b"HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n".to_vec();
+        bytes.extend_from_slice(br#"{"error":{"code":"An"#);
+        RawReply::Stall(bytes)
+    })
+    .await;
+    let policy = ConflictPolicy {
+        deadline: Duration::from_millis(500),
+        ..policy()
+    };
+    let result = tokio::time::timeout(
+        hang_limit(&policy),
+        client(policy.clone())
+            .put(format!("{}{}?{API}", server.base(), vm(0)))
+            .json(&json!({}))
+            .send(),
+    )
+    .await
+    .expect("a stalled 409 body held the call past the deadline");
+    // Either answer is acceptable: the 409 (whose body will stall for whoever reads it, as it
+    // would without the middleware), or an error.
+    if let Ok(resp) = result {
+        assert_eq!(resp.status(), 409);
+    }
+}
