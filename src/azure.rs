@@ -35,10 +35,11 @@ use url::Url;
 use convert::{Frames, azure_header_map, azure_method, header_map, http_method, http_status};
 
 use crate::{
-    ConflictPolicy, ConflictReport, ConflictStats, Journal, LeaseStore, MergeBase, PolicyOverride,
-    PreconditionStrategy, ResourceId, body,
+    ConflictPolicy, ConflictReport, MergeBase, PolicyOverride, PreconditionStrategy, ResourceId,
+    body,
     engine::{
-        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe,
+        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport,
+        engine_accessors, is_safe,
     },
 };
 
@@ -98,33 +99,7 @@ impl AzureConflictPolicy {
         }
     }
 
-    /// The same policy with another lease store, e.g. `BlobLeases` to serialize writers across
-    /// processes. The default is a [`MemoryLeases`](crate::MemoryLeases) of its own.
-    pub fn with_leases(mut self, store: impl LeaseStore) -> Self {
-        self.engine = self.engine.with_leases(Arc::new(store));
-        self
-    }
-
-    /// The same policy sharing `store` with others (several clients in one process).
-    pub fn with_shared_leases(mut self, store: Arc<dyn LeaseStore>) -> Self {
-        self.engine = self.engine.with_leases(store);
-        self
-    }
-
-    /// The policy in force (after clamping values that would make the engine spin).
-    pub fn policy(&self) -> &ConflictPolicy {
-        self.engine.policy()
-    }
-
-    /// Conflict counts by resource type, kind and code, for this policy and its clones.
-    pub fn stats(&self) -> &ConflictStats {
-        self.engine.stats()
-    }
-
-    /// The journal of the writes that went through this policy (and its clones).
-    pub fn journal(&self) -> &Journal {
-        self.engine.journal()
-    }
+    engine_accessors!("policy");
 
     /// When the policy merges stale writes, copies a successful representation with an ETag as it
     /// streams to the caller, to serve as a later merge base. Otherwise returns `response` untouched.
@@ -133,19 +108,13 @@ impl AzureConflictPolicy {
         resource: Option<ResourceId>,
         response: AsyncRawResponse,
     ) -> AsyncRawResponse {
-        let (Some(remembered), Some(resource)) = (self.engine.remembered(), resource) else {
-            return response;
-        };
         let etag = response.headers().get_optional_str(&azure_headers::ETAG);
-        let success = http_status(response.status()).is_success();
-        let (Some(etag), true) = (etag, success) else {
+        let status = http_status(response.status());
+        let Some((cap, sink)) = self.engine.merge_base_sink(resource, status, etag) else {
             return response;
         };
-        let (remembered, etag) = (remembered.clone(), etag.to_owned());
         let (status, headers, body) = response.deconstruct();
-        let tee = body::Tee::new(Frames(body), self.policy().max_fetch_body, move |bytes| {
-            remembered.put(resource.key(), &etag, bytes);
-        });
+        let tee = body::Tee::new(Frames(body), cap, sink);
         AsyncRawResponse::new(status, headers, Box::pin(BodyDataStream::new(tee)))
     }
 }
@@ -166,7 +135,7 @@ impl Policy for AzureConflictPolicy {
     ) -> PolicyResult {
         let method = http_method(request.method());
         if is_safe(&method) {
-            let resource = (method == Method::GET && self.engine.remembered().is_some())
+            let resource = (method == Method::GET && self.engine.remembers())
                 .then(|| ResourceId::from_url(request.url()));
             let response = forward(ctx, request, next).await?;
             return Ok(self.remember(resource, response));

@@ -6,12 +6,11 @@ use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Middleware, Next};
 use url::Url;
 
-use std::sync::Arc;
-
 use crate::{
-    ConflictPolicy, ConflictStats, Journal, LeaseStore, ResourceId, body,
+    ConflictPolicy, ResourceId, body,
     engine::{
-        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe,
+        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport,
+        engine_accessors, is_safe,
     },
 };
 
@@ -47,54 +46,25 @@ impl ConflictMiddleware {
         }
     }
 
-    /// The same middleware with another lease store, e.g. `RedisLeases` to serialize writers
-    /// across processes. The default is a [`MemoryLeases`](crate::MemoryLeases) of its own.
-    pub fn with_leases(mut self, store: impl LeaseStore) -> Self {
-        self.engine = self.engine.with_leases(Arc::new(store));
-        self
-    }
-
-    /// The same middleware sharing `store` with others (several clients in one process).
-    pub fn with_shared_leases(mut self, store: Arc<dyn LeaseStore>) -> Self {
-        self.engine = self.engine.with_leases(store);
-        self
-    }
-
-    /// The policy in force (after clamping values that would make the engine spin).
-    pub fn policy(&self) -> &ConflictPolicy {
-        self.engine.policy()
-    }
-
-    /// Conflict counts by resource type, kind and code, for this middleware and its clones.
-    pub fn stats(&self) -> &ConflictStats {
-        self.engine.stats()
-    }
-
-    /// The journal of the writes that went through this middleware (and its clones).
-    pub fn journal(&self) -> &Journal {
-        self.engine.journal()
-    }
+    engine_accessors!("middleware");
 
     /// When the policy merges stale writes, copies a successful JSON representation with an ETag
     /// as it streams to the caller, to serve as a later merge base. Otherwise returns `response`
     /// untouched.
     fn remember(&self, resource: Option<ResourceId>, response: Response) -> Response {
-        let (Some(remembered), Some(resource)) = (self.engine.remembered(), resource) else {
-            return response;
-        };
         let etag = response
             .headers()
             .get(http::header::ETAG)
             .and_then(|v| v.to_str().ok());
-        let (Some(etag), true) = (etag, response.status().is_success()) else {
+        let Some((cap, sink)) = self
+            .engine
+            .merge_base_sink(resource, response.status(), etag)
+        else {
             return response;
         };
-        let (remembered, etag) = (remembered.clone(), etag.to_owned());
         let url = response.url().clone();
         let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
-        let tee = body::Tee::new(body, self.policy().max_fetch_body, move |bytes| {
-            remembered.put(resource.key(), &etag, bytes);
-        });
+        let tee = body::Tee::new(body, cap, sink);
         rebuild(parts, reqwest::Body::wrap(tee), url)
     }
 }

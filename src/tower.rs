@@ -17,7 +17,6 @@
 use std::{
     future::{Future, poll_fn},
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -33,9 +32,10 @@ use url::Url;
 pub use response_body::ConflictBody;
 
 use crate::{
-    ConflictPolicy, ConflictStats, Journal, LeaseStore, ResourceId, body,
+    ConflictPolicy, ConflictStats, Journal, ResourceId, body,
     engine::{
-        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport, is_safe,
+        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport,
+        engine_accessors, is_safe,
     },
 };
 
@@ -97,34 +97,7 @@ impl ConflictLayer {
         }
     }
 
-    /// The same layer with another lease store, e.g. `RedisLeases` to serialize writers across
-    /// processes. The default is a [`MemoryLeases`](crate::MemoryLeases) of its own.
-    pub fn with_leases(mut self, store: impl LeaseStore) -> Self {
-        self.engine = self.engine.with_leases(Arc::new(store));
-        self
-    }
-
-    /// The same layer sharing `store` with others (several clients in one process).
-    pub fn with_shared_leases(mut self, store: Arc<dyn LeaseStore>) -> Self {
-        self.engine = self.engine.with_leases(store);
-        self
-    }
-
-    /// The policy in force (after clamping values that would make the engine spin).
-    pub fn policy(&self) -> &ConflictPolicy {
-        self.engine.policy()
-    }
-
-    /// Conflict counts by resource type, kind and code, for the services of this layer (and its
-    /// clones).
-    pub fn stats(&self) -> &ConflictStats {
-        self.engine.stats()
-    }
-
-    /// The journal of the writes that went through the services of this layer (and its clones).
-    pub fn journal(&self) -> &Journal {
-        self.engine.journal()
-    }
+    engine_accessors!("layer");
 }
 
 impl Default for ConflictLayer {
@@ -295,21 +268,15 @@ fn remember<RB>(
 where
     RB: Body<Data = Bytes> + Send + Unpin + 'static,
 {
-    let (Some(remembered), Some(resource)) = (engine.remembered(), resource) else {
-        return response;
-    };
     let etag = response
         .headers()
         .get(http::header::ETAG)
         .and_then(|v| v.to_str().ok());
-    let (Some(etag), true) = (etag, response.status().is_success()) else {
+    let Some((cap, sink)) = engine.merge_base_sink(resource, response.status(), etag) else {
         return response;
     };
-    let (remembered, etag) = (remembered.clone(), etag.to_owned());
     let (parts, body) = response.into_parts();
-    let tee = body::Tee::new(body, engine.policy().max_fetch_body, move |bytes| {
-        remembered.put(resource.key(), &etag, bytes);
-    });
+    let tee = body::Tee::new(body, cap, sink);
     Response::from_parts(parts, ConflictBody::boxed(tee))
 }
 

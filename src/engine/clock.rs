@@ -78,40 +78,32 @@ impl Clock {
         let Some(start) = inner.started.pop(key) else {
             return;
         };
-        let mut estimate = inner.estimates.get(kind).copied();
+        let known = inner.estimates.get(kind).copied();
+        let mut lo = known.map_or(Duration::ZERO, |e| e.lo);
+        let mut hi = known.map(|e| e.hi);
+        let mut last_end = None;
         for &(at, terminal) in observations {
             let elapsed = at.saturating_duration_since(start);
-            estimate = Some(match (estimate, terminal) {
-                (None, true) => Estimate {
-                    lo: Duration::ZERO,
-                    hi: elapsed,
-                },
-                (None, false) => continue,
-                (Some(e), true) => Estimate {
-                    hi: e.hi.min(elapsed),
-                    ..e
-                },
-                (Some(e), false) => Estimate {
-                    lo: e.lo.max(elapsed),
-                    ..e
-                },
-            });
-        }
-        if let Some(mut e) = estimate {
-            // Durations changed (or vary): the bounds crossed. Start over from the latest end.
-            if e.lo >= e.hi {
-                let last_end = observations
-                    .iter()
-                    .rev()
-                    .find(|(_, terminal)| *terminal)
-                    .map(|(at, _)| at.saturating_duration_since(start));
-                e = Estimate {
-                    lo: Duration::ZERO,
-                    hi: last_end.unwrap_or(e.lo + e.lo / 10),
-                };
+            if terminal {
+                hi = Some(hi.map_or(elapsed, |h| h.min(elapsed)));
+                last_end = Some(elapsed);
+            } else {
+                lo = lo.max(elapsed);
             }
-            inner.estimates.put(kind.to_owned(), e);
         }
+        let Some(hi) = hi else {
+            return;
+        };
+        // The bounds crossed: durations changed (or vary). Start over from the latest end seen.
+        let estimate = if lo >= hi {
+            Estimate {
+                lo: Duration::ZERO,
+                hi: last_end.unwrap_or(lo + lo / 10),
+            }
+        } else {
+            Estimate { lo, hi }
+        };
+        inner.estimates.put(kind.to_owned(), estimate);
     }
 }
 

@@ -13,7 +13,6 @@ mod converge;
 mod precondition;
 mod prerequisite;
 
-pub(crate) use precondition::Remembered;
 pub(crate) mod state;
 
 use std::{borrow::Cow, collections::HashMap, fmt::Display, future::Future, pin::Pin, sync::Arc};
@@ -191,6 +190,40 @@ fn sanitize(mut policy: ConflictPolicy) -> ConflictPolicy {
     policy
 }
 
+/// The builder and accessor methods every adapter shares, delegating to its `engine` field.
+macro_rules! engine_accessors {
+    ($adapter:literal) => {
+        #[doc = concat!("The same ", $adapter, " with another lease store, e.g. `RedisLeases` to serialize writers")]
+        /// across processes. The default is a [`MemoryLeases`](crate::MemoryLeases) of its own.
+        pub fn with_leases(mut self, store: impl crate::LeaseStore) -> Self {
+            self.engine = self.engine.with_leases(std::sync::Arc::new(store));
+            self
+        }
+
+        #[doc = concat!("The same ", $adapter, " sharing `store` with others (several clients in one process).")]
+        pub fn with_shared_leases(mut self, store: std::sync::Arc<dyn crate::LeaseStore>) -> Self {
+            self.engine = self.engine.with_leases(store);
+            self
+        }
+
+        /// The policy in force (after clamping values that would make the engine spin).
+        pub fn policy(&self) -> &crate::ConflictPolicy {
+            self.engine.policy()
+        }
+
+        #[doc = concat!("Conflict counts by resource type, kind and code, for this ", $adapter, " and its clones.")]
+        pub fn stats(&self) -> &crate::ConflictStats {
+            self.engine.stats()
+        }
+
+        #[doc = concat!("The journal of the writes that went through this ", $adapter, " and its clones.")]
+        pub fn journal(&self) -> &crate::Journal {
+            self.engine.journal()
+        }
+    };
+}
+pub(crate) use engine_accessors;
+
 /// Whether a method only reads: such requests are neither leased nor resolved.
 pub(crate) fn is_safe(method: &http::Method) -> bool {
     use http::Method;
@@ -299,9 +332,31 @@ impl Engine {
         Cow::Owned(engine)
     }
 
-    /// Where an adapter records representations it passes to the caller (`None`: not wanted).
-    pub(crate) fn remembered(&self) -> Option<&Arc<Remembered>> {
-        self.remembered.as_ref()
+    /// Whether successful bodies are wanted as merge bases (the policy merges).
+    pub(crate) fn remembers(&self) -> bool {
+        self.remembered.is_some()
+    }
+
+    /// Where an adapter should copy a response body it passes to the caller, as a future merge
+    /// base: `Some((cap, sink))` for a successful answer with an ETag when the policy merges —
+    /// the adapter tees the body (see `body::Tee`) and hands the copy to `sink` — else `None`.
+    pub(crate) fn merge_base_sink(
+        &self,
+        resource: Option<ResourceId>,
+        status: StatusCode,
+        etag: Option<&str>,
+    ) -> Option<(usize, impl FnOnce(Bytes) + Send + Sync + 'static)> {
+        let (Some(remembered), Some(resource), Some(etag)) =
+            (self.remembered.clone(), resource, etag)
+        else {
+            return None;
+        };
+        if !status.is_success() {
+            return None;
+        }
+        let etag = etag.to_owned();
+        let sink = move |bytes| remembered.put(resource.key(), &etag, bytes);
+        Some((self.policy.max_fetch_body, sink))
     }
 
     /// The same engine with another lease store.
@@ -367,12 +422,12 @@ impl Engine {
         let status = result.as_ref().ok().map(|(r, _)| T::status(r).as_u16());
         self.journal.end(seq, status);
 
-        if let (Some(lease), Ok((response, _))) = (own, &result) {
-            if leaves_transition(T::status(response), T::headers(response)) {
-                self.clock.started(original.resource.key(), Instant::now());
-                if let Err(error) = self.leases.set_transitioning(lease, true).await {
-                    tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
-                }
+        if let (Some(lease), Ok((response, _))) = (own, &result)
+            && leaves_transition(T::status(response), T::headers(response))
+        {
+            self.clock.started(original.resource.key(), Instant::now());
+            if let Err(error) = self.leases.set_transitioning(lease, true).await {
+                tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
             }
         }
         result

@@ -392,14 +392,17 @@ impl LeaseStore for BlobLeases {
             let inner = &self.inner;
             let mut patience = remote::Patience::new(wait);
             let seconds = ttl.as_secs().clamp(MIN_LEASE, MAX_LEASE);
+            let mut created = false;
             let lease_id = loop {
                 match inner.try_acquire(key, seconds).await? {
                     Attempt::Acquired(id) => break id,
-                    Attempt::NoBlob => {
+                    // The first lease on a key creates its blob, then tries again at once.
+                    Attempt::NoBlob if !created => {
                         inner.create_blob(key).await?;
+                        created = true;
                         continue;
                     }
-                    Attempt::Taken => {}
+                    Attempt::NoBlob | Attempt::Taken => {}
                 }
                 patience.pause(key).await?;
             };

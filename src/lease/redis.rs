@@ -20,8 +20,12 @@
 
 use std::{
     fmt,
-    sync::{Arc, LazyLock},
-    time::Duration,
+    hash::BuildHasher,
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
 };
 
 use ::redis::{Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
@@ -86,8 +90,9 @@ return 1",
 /// server and prefix.
 ///
 /// A lease expires `ttl` after it was last renewed; it is renewed every `ttl / 3` while its
-/// [`Lease`] lives, and released when the `Lease` is dropped. Needs a Tokio runtime. Cloning
-/// gives another handle to the same connection.
+/// [`Lease`] lives, and released when the `Lease` is dropped. A transitioning flag expires after
+/// ten times the TTL of the lease that set it, so a writer that vanished cannot leave it set
+/// forever. Needs a Tokio runtime. Cloning gives another handle to the same connection.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -164,6 +169,21 @@ fn backend(key: &str, what: &str, e: ::redis::RedisError) -> Error {
     }
 }
 
+/// A holder ID that no other holder, in this process or another, will pick.
+fn holder_id() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    // `RandomState` is seeded from the OS's randomness; hashing the process, time and a
+    // counter with two fresh states gives 128 bits no other holder shares.
+    let seed = (
+        std::process::id(),
+        SystemTime::now(),
+        SEQ.fetch_add(1, Ordering::Relaxed),
+    );
+    let a = std::collections::hash_map::RandomState::new().hash_one(seed);
+    let b = std::collections::hash_map::RandomState::new().hash_one((seed, a));
+    format!("{a:016x}{b:016x}")
+}
+
 /// A TTL in whole milliseconds, at least 1 (Redis rejects `PX 0`).
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -180,7 +200,7 @@ impl LeaseStore for RedisLeases {
             let runtime = remote::runtime(key)?;
             let mut patience = remote::Patience::new(wait);
             let ttl_ms = millis(ttl);
-            let holder = remote::holder_id();
+            let holder = holder_id();
             let lease_key = self.redis_key("lease", key);
             let fence_key = self.redis_key("fence", key);
             let mut conn = self.inner.conn.clone();

@@ -1,5 +1,5 @@
-//! What the cross-process stores share: the acquire backoff, the background task that renews a
-//! lease and releases it when the [`Lease`](super::Lease) is dropped, and holder IDs.
+//! What the cross-process stores share: the acquire backoff, and the background task that renews
+//! a lease and releases it when the [`Lease`](super::Lease) is dropped.
 //!
 //! Why a task per lease: a remote lease expires unless renewed, and it must be released even when
 //! it is dropped outside async code. The [`KeepAlive`] handle inside the `Lease` is only the
@@ -7,16 +7,7 @@
 //! task notices, stops renewing and releases. If the runtime is already gone, nothing is released
 //! and the store's TTL frees the key instead.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    hash::BuildHasher,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, SystemTime},
-};
+use std::{collections::HashMap, future::Future, sync::Mutex, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::{sync::oneshot, time::Instant};
@@ -75,21 +66,6 @@ pub(crate) fn runtime(key: &str) -> Result<tokio::runtime::Handle, Error> {
         key: key.to_owned(),
         message: "remote leases need a Tokio runtime".to_owned(),
     })
-}
-
-/// A holder ID that no other holder, in this process or another, will pick.
-pub(crate) fn holder_id() -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    // `RandomState` is seeded from the OS's randomness; hashing the process, time and a
-    // counter with two fresh states gives 128 bits no other holder shares.
-    let seed = (
-        std::process::id(),
-        SystemTime::now(),
-        SEQ.fetch_add(1, Ordering::Relaxed),
-    );
-    let a = std::collections::hash_map::RandomState::new().hash_one(seed);
-    let b = std::collections::hash_map::RandomState::new().hash_one((seed, a));
-    format!("{a:016x}{b:016x}")
 }
 
 /// What a renewal found.

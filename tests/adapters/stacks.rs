@@ -166,12 +166,6 @@ pub struct TowerStack {
     streaming: ConflictService<Client<HttpConnector, reqwest::Body>>,
 }
 
-impl TowerStack {
-    pub fn layer(policy: ConflictPolicy) -> ConflictLayer {
-        ConflictLayer::new(policy)
-    }
-}
-
 fn tower_request<B>(put: &Put, body: B) -> http::Request<B> {
     let mut builder = http::Request::put(&put.url);
     for (name, value) in json_headers() {
@@ -217,7 +211,7 @@ where
 
 impl Adapter for TowerStack {
     fn new(policy: ConflictPolicy) -> Self {
-        let layer = Self::layer(policy);
+        let layer = ConflictLayer::new(policy);
         let builder = Client::builder(TokioExecutor::new());
         Self {
             full: layer.layer(builder.build_http()),
