@@ -214,7 +214,7 @@ fn print_header() {
 
 fn print_cell(c: &Cell) {
     println!(
-        "{:>3} {:>4}ms  {:<20} {:>7} {:>6} {:>7} {:>7}ms {:>10.2} {:>9.0} {:>9.0}",
+        "{:>3} {:>4}ms  {:<20} {:>7} {:>6} {:>7} {:>7}ms {:>10.2} {:>9.1} {:>9.1}",
         c.writers,
         c.transition.as_millis(),
         c.kind.name(),

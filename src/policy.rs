@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Prerequisite, classify::Rule};
 
+/// The longest deadline a policy may set: a week (longer ones are clamped to it).
+pub(crate) const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How conflicts are resolved. `ConflictPolicy::default()` is [`ConflictPolicy::azure_arm`].
 ///
 /// ```
@@ -337,6 +340,9 @@ impl ConflictPolicy {
         };
         if self.max_attempts == 0 {
             return bad("max_attempts", "must be at least 1");
+        }
+        if self.deadline.is_zero() || self.deadline > MAX_DEADLINE {
+            return bad("deadline", "must be more than 0 and at most 7 days");
         }
         if self.poll.min_delay < Duration::from_millis(1) {
             return bad("poll.min_delay", "must be at least 1ms");

@@ -348,6 +348,25 @@ async fn answers_slower_than_the_poll_schedule_are_cut_by_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_at_once() {
+    let sim = sim(config(Duration::from_millis(40))).await;
+    busy(&sim, Duration::from_millis(100));
+    sim.set_faults(Faults {
+        latency: Duration::from_millis(15),
+        error_rate: 0.10,
+        reset_rate: 0.05,
+        malformed_rate: 0.5,
+        never_converge: false,
+    });
+    let outcomes = run(&sim, policy(Duration::from_millis(2000))).await;
+    for outcome in &outcomes {
+        if let Ended::Response { status, .. } = outcome {
+            assert!(matches!(status, 200 | 409 | 500), "{outcome:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_truncated_409_bodies() {
     let sim = sim(config(Duration::from_millis(40))).await;
     busy(&sim, Duration::from_millis(100));

@@ -293,3 +293,27 @@ async fn acquire_all_releases_what_it_took_on_timeout() {
     assert_eq!(leases.len(), 1);
     drop(leases.acquire("a", TTL, Duration::ZERO).await.unwrap());
 }
+
+#[tokio::test]
+async fn flags_left_behind_by_a_million_one_off_writes_stay_bounded() {
+    // Each key is written once and left "in transition": the flags must not pile up forever.
+    let store = MemoryLeases::new();
+    for i in 0..200_000u32 {
+        let key = format!("/subscriptions/s/resourceGroups/g/providers/P/t/{i}");
+        let lease = store
+            .acquire(&key, Duration::from_secs(30), Duration::from_secs(1))
+            .await
+            .unwrap();
+        store.set_transitioning(&lease, true).await.unwrap();
+    }
+    let kept = store.len();
+    assert!(kept > 0, "recent flags are kept");
+    assert!(kept <= 64 * 1024, "{kept} idle keys kept");
+    // The newest flag is among those kept.
+    let last = "/subscriptions/s/resourceGroups/g/providers/P/t/199999";
+    let lease = store
+        .acquire(last, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(store.is_transitioning(&lease).await.unwrap());
+}

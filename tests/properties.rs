@@ -6,20 +6,16 @@
 //! Case counts are set per property so the whole file runs well within CI time in a debug build
 //! (see `CASES` below); failures are not persisted to files, the seed is printed instead.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::LazyLock,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use proptest::{collection::vec, option, prelude::*, sample::select};
 use reqwest_conflict::{Classification, Classifier, ResourceId, classify::retry_after};
 use serde_json::{Value, json};
 use url::Url;
-
-/// Cases per property, by weight: the cheap ones run the most.
-mod cases {
-    pub const HEAVY: u32 = 3_000;
-    pub const MEDIUM: u32 = 6_000;
-    pub const LIGHT: u32 = 12_000;
-}
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -188,7 +184,7 @@ fn check_id_invariants(id: &ResourceId) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config(cases::LIGHT))]
+    #![proptest_config(config(15_000))]
 
     #[test]
     fn resource_ids_from_any_string_never_panic(input in any::<String>()) {
@@ -196,6 +192,10 @@ proptest! {
             check_id_invariants(&id)?;
         }
     }
+}
+
+proptest! {
+    #![proptest_config(config(4_000))]
 
     #[test]
     fn resource_ids_from_path_like_strings(
@@ -217,7 +217,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(cases::MEDIUM))]
+    #![proptest_config(config(3_000))]
 
     #[test]
     fn structured_arm_ids_parse_to_their_parts(
@@ -270,7 +270,9 @@ fn flip_case_at(spelled: &str, action: &str) -> String {
 // Error bodies
 
 fn classify(status: u16, request: &HeaderMap, response: &HeaderMap, body: &[u8]) -> Classification {
-    Classifier::azure().classify(
+    // One classifier for every case: building it copies the rule table.
+    static AZURE: LazyLock<Classifier> = LazyLock::new(Classifier::azure);
+    AZURE.classify(
         StatusCode::from_u16(status).unwrap(),
         request,
         response,
@@ -342,6 +344,38 @@ fn check_classification(
         prop_assert!(id.to_ascii_lowercase().starts_with("/subscriptions/"));
     }
     Ok(())
+}
+
+/// Fragments of JSON error bodies in any order: mostly not JSON, sometimes almost.
+fn json_like() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        3 => select(vec![
+            "{", "}", "[", "]", ":", ",", " ", "\"", "\"code\"", "\"Code\"", "\"message\"",
+            "\"error\"", "\"details\"", "\"innererror\"", "\"odata.error\"", "\"value\"",
+            "\"target\"", "true", "null", "1e5", "-0.5", "42", "\\", "\\\"", "\\n", "\\ud800",
+            "\\u00e9", "\u{feff}",
+        ])
+        .prop_map(str::to_owned),
+        1 => "\"[A-Za-z /:.?=-]{0,12}\"",
+        1 => "\\\\u[0-9a-fA-F]{0,4}",
+    ];
+    (select(vec!["{", "["]), vec(token, 0..40))
+        .prop_map(|(first, rest)| format!("{first}{}", rest.concat()))
+}
+
+/// Fragments of Storage's XML error bodies in any order.
+fn xml_like() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        3 => select(vec![
+            "<Error>", "</Error>", "<Code>", "</Code>", "<Message>", "</Message>", "<Detail>",
+            "</Detail>", "<Code/>", "<?xml version=\"1.0\" encoding=\"utf-8\"?>", "<![CDATA[",
+            "]]>", "<!-- c -->", "&amp;", "&lt;", "&#65;", "&#x1F600;", "&#1114112;", "&#xD800;",
+            "&bogus;", "&", "<", ">", "</", "\r\n", " ", "<a:Code xmlns:a=\"x\">",
+        ])
+        .prop_map(str::to_owned),
+        1 => "[A-Za-z0-9 ]{0,8}",
+    ];
+    vec(token, 0..24).prop_map(|tokens| tokens.concat())
 }
 
 /// An ARM error tree: a code, a message, nested `details[]` and `innererror`.
@@ -456,7 +490,7 @@ enum Wrapper {
 }
 
 proptest! {
-    #![proptest_config(config(cases::LIGHT))]
+    #![proptest_config(config(15_000))]
 
     #[test]
     fn any_bytes_classify_without_panicking(
@@ -472,21 +506,29 @@ proptest! {
         let c = classify(status, &request, &response, &body);
         check_classification(&c, status, &String::from_utf8_lossy(&body), header_code.as_deref())?;
     }
+}
+
+proptest! {
+    #![proptest_config(config(5_000))]
 
     #[test]
     fn json_like_bytes_classify_without_panicking(
         status in select(vec![409u16, 412]),
         request in request_headers(),
-        body in r#"[\[{]([{}\[\]:, "]|"(code|message|Code|error|details|innererror|odata\.error|value|target)"|"[A-Za-z /:.?=-]{0,30}"|[0-9eE.+-]{1,6}|\\u[0-9a-fA-F]{0,4}|\\.|true|null){0,40}"#,
+        body in json_like(),
     ) {
         let c = classify(status, &request, &HeaderMap::new(), body.as_bytes());
         check_classification(&c, status, &body, None)?;
     }
+}
+
+proptest! {
+    #![proptest_config(config(6_000))]
 
     #[test]
     fn xml_like_bytes_classify_without_panicking(
         status in select(vec![409u16, 412]),
-        body in r#"(<\??/?(Error|Code|Message|Detail|xml|!\[CDATA\[)[ a-z="0-9.]{0,8}>|&(amp|lt|gt|#[0-9]{1,7}|#x[0-9a-f]{1,6}|bogus);?|[A-Za-z0-9 \r\n]{0,12}|\]\]>){0,24}"#,
+        body in xml_like(),
     ) {
         let c = classify(status, &HeaderMap::new(), &HeaderMap::new(), body.as_bytes());
         check_classification(&c, status, &body, None)?;
@@ -494,7 +536,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(cases::HEAVY))]
+    #![proptest_config(config(1_500))]
 
     #[test]
     fn structured_json_errors_yield_their_codes(
@@ -525,6 +567,10 @@ proptest! {
             prop_assert!(prefix.contains(code.as_str()));
         }
     }
+}
+
+proptest! {
+    #![proptest_config(config(500))]
 
     #[test]
     fn deployment_errors_embedding_documents_in_messages(
@@ -542,6 +588,10 @@ proptest! {
         check_classification(&c, 409, &text, None)?;
         prop_assert_eq!(&c.code, &outer.code);
     }
+}
+
+proptest! {
+    #![proptest_config(config(2_000))]
 
     #[test]
     fn xml_errors_yield_their_code_and_message(
@@ -566,6 +616,10 @@ proptest! {
         let c = classify(409, &HeaderMap::new(), &HeaderMap::new(), prefix.as_bytes());
         check_classification(&c, 409, prefix, None)?;
     }
+}
+
+proptest! {
+    #![proptest_config(config(2_000))]
 
     #[test]
     fn odata_errors_yield_their_code_and_message(
@@ -578,6 +632,10 @@ proptest! {
         prop_assert_eq!(c.code.as_deref(), Some(code.as_str()));
         prop_assert_eq!(c.message.as_deref(), Some(message.trim()));
     }
+}
+
+proptest! {
+    #![proptest_config(config(5_000))]
 
     #[test]
     fn the_error_code_header_fills_in_a_missing_code(
@@ -632,7 +690,7 @@ fn http_date(at: SystemTime) -> String {
 }
 
 proptest! {
-    #![proptest_config(config(cases::LIGHT))]
+    #![proptest_config(config(20_000))]
 
     #[test]
     fn any_retry_after_value_never_panics(
@@ -643,6 +701,10 @@ proptest! {
             let _ = retry_after(&one_header(name, value));
         }
     }
+}
+
+proptest! {
+    #![proptest_config(config(10_000))]
 
     #[test]
     fn delay_seconds_are_read_and_saturate(
@@ -663,6 +725,10 @@ proptest! {
         let ms = retry_after(&one_header("x-ms-retry-after-ms", HeaderValue::from_str(&value).unwrap()));
         prop_assert_eq!(ms, valid.then(|| Duration::from_millis(n)), "{:?}", value);
     }
+}
+
+proptest! {
+    #![proptest_config(config(10_000))]
 
     #[test]
     fn millisecond_headers_win_when_valid(secs in 0u64..100_000, ms in 0u64..100_000, valid_ms in any::<bool>()) {
@@ -675,7 +741,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(cases::MEDIUM))]
+    #![proptest_config(config(10_000))]
 
     #[test]
     fn http_dates_in_the_past_mean_now_and_in_the_future_the_time_left(
@@ -761,7 +827,7 @@ fn body_with_message(message: &str, in_detail: bool) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(config(cases::MEDIUM))]
+    #![proptest_config(config(2_000))]
 
     #[test]
     fn an_operation_uri_after_its_wording_is_extracted_verbatim(
@@ -777,10 +843,15 @@ proptest! {
         in_detail in any::<bool>(),
     ) {
         let message = format!("{before} {cue}{uri}{after}");
-        let c = classify(409, &HeaderMap::new(), &HeaderMap::new(), &body_with_message(&message, in_detail));
+        let body = body_with_message(&message, in_detail);
+        let c = classify(409, &HeaderMap::new(), &HeaderMap::new(), &body);
         prop_assert_eq!(c.operation_uri.as_deref(), Some(uri.as_str()), "in {:?}", message);
-        check_classification(&c, 409, &message, None)?;
+        check_classification(&c, 409, &String::from_utf8_lossy(&body), None)?;
     }
+}
+
+proptest! {
+    #![proptest_config(config(2_000))]
 
     #[test]
     fn a_referenced_resource_is_extracted_verbatim(
@@ -794,6 +865,10 @@ proptest! {
         prop_assert_eq!(c.referenced_resource.as_deref(), Some(id.as_str()), "in {:?}", message);
         prop_assert!(ResourceId::parse(&id).is_ok());
     }
+}
+
+proptest! {
+    #![proptest_config(config(2_000))]
 
     #[test]
     fn whatever_is_extracted_appears_verbatim_in_a_message(
@@ -810,8 +885,9 @@ proptest! {
         in_detail in any::<bool>(),
     ) {
         let message = parts.concat();
-        let c = classify(409, &HeaderMap::new(), &HeaderMap::new(), &body_with_message(&message, in_detail));
-        check_classification(&c, 409, &message, None)?;
+        let body = body_with_message(&message, in_detail);
+        let c = classify(409, &HeaderMap::new(), &HeaderMap::new(), &body);
+        check_classification(&c, 409, &String::from_utf8_lossy(&body), None)?;
         if let Some(uri) = &c.operation_uri {
             prop_assert!(message.contains(uri.as_str()), "{:?} not in {:?}", uri, message);
         }

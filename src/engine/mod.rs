@@ -177,6 +177,8 @@ pub(crate) struct Engine {
 /// skip its first attempt.
 fn sanitize(mut policy: ConflictPolicy) -> ConflictPolicy {
     policy.max_attempts = policy.max_attempts.max(1);
+    // A deadline is added to `Instant::now()`; an absurd one must not overflow it.
+    policy.deadline = policy.deadline.min(crate::policy::MAX_DEADLINE);
     policy.poll.min_delay = policy
         .poll
         .min_delay

@@ -20,14 +20,8 @@
 //! URL: no second HTTP stack, and every header (lease action, duration, conditions) is spelled out
 //! where it is sent. The SAS query string is a credential: it never appears in errors or logs.
 
-use std::{
-    fmt,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt, sync::Arc, time::Duration};
 
-use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
-use hmac::{Hmac, KeyInit, Mac};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -39,24 +33,18 @@ use super::{
 use crate::{Error, engine::BoxFuture};
 
 /// The Blob REST API version spoken (and signed into dev SAS tokens).
-const API_VERSION: &str = "2021-08-06";
+pub(super) const API_VERSION: &str = "2021-08-06";
 /// How long one REST call may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Azure's bounds on a (non-infinite) lease.
 const MIN_LEASE: u64 = 15;
 const MAX_LEASE: u64 = 60;
 
-/// The Azurite emulator's well-known development account and key (published by Microsoft; not a
-/// secret). Only for [`dev_sas_container_url`].
-const DEV_ACCOUNT: &str = "devstoreaccount1";
-const DEV_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
 /// Leases on Azure Blob Storage (feature `azure-blob`): one writer per key across every process
 /// that uses the same container.
 ///
 /// Authenticated by a SAS token in the container URL (it needs read, write and create
-/// permissions on blobs; add container-create to use [`create_container`](Self::create_container)).
+/// permissions on blobs; add container-create to use [`create_container`](Self::create_container)). For Azurite, [`dev_sas_container_url`](super::dev_sas_container_url) makes one.
 /// A lease lasts `ttl` clamped to 15–60 s, renewed every third of that while its [`Lease`] lives,
 /// released when it is dropped. Needs a Tokio runtime. Cloning gives another handle to the same
 /// store.
@@ -485,81 +473,9 @@ impl fmt::Debug for BlobLeases {
     }
 }
 
-/// **For local testing with Azurite only.** The URL of `container` under `blob_endpoint`
-/// (Azurite's is `http://127.0.0.1:10000/devstoreaccount1`) with an account SAS signed by the
-/// emulator's published development key, valid for 24 hours, allowing everything
-/// [`BlobLeases`] does, including [`create_container`](BlobLeases::create_container).
-///
-/// ```
-/// let url = reqwest_conflict::lease::dev_sas_container_url(
-///     "http://127.0.0.1:10000/devstoreaccount1",
-///     "leases",
-/// );
-/// assert!(url.starts_with("http://127.0.0.1:10000/devstoreaccount1/leases?sv="));
-/// ```
-pub fn dev_sas_container_url(blob_endpoint: &str, container: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let expiry = iso8601(now + 24 * 3600);
-    let (permissions, services, resource_types) = ("rwdlac", "b", "sco");
-    // Account SAS string-to-sign for versions 2020-12-06 and later: account, permissions,
-    // services, resource types, start, expiry, IP, protocol, version, encryption scope, and a
-    // final newline.
-    let string_to_sign = format!(
-        "{DEV_ACCOUNT}\n{permissions}\n{services}\n{resource_types}\n\n{expiry}\n\n\n{API_VERSION}\n\n"
-    );
-    let key = BASE64.decode(DEV_KEY).expect("the dev key is valid base64");
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
-    mac.update(string_to_sign.as_bytes());
-    let signature = BASE64.encode(mac.finalize().into_bytes());
-    let query = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("sv", API_VERSION)
-        .append_pair("ss", services)
-        .append_pair("srt", resource_types)
-        .append_pair("sp", permissions)
-        .append_pair("se", &expiry)
-        .append_pair("sig", &signature)
-        .finish();
-    format!(
-        "{}/{container}?{query}",
-        blob_endpoint.trim_end_matches('/')
-    )
-}
-
-/// `secs` since the Unix epoch as `YYYY-MM-DDThh:mm:ssZ` (UTC), the form SAS tokens use.
-fn iso8601(secs: u64) -> String {
-    // Howard Hinnant's days-to-civil algorithm.
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn iso8601_formats_utc() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(iso8601(1_767_225_599), "2025-12-31T23:59:59Z");
-    }
 
     #[test]
     fn blob_names_are_hex_sha256() {

@@ -14,7 +14,9 @@
 //!   futures still waiting. The last user to leave removes the entry, so the map holds only keys
 //!   in use, however many distinct keys pass through. The one exception is a key whose
 //!   transitioning flag is set: the flag must outlive its holder (that is its purpose), so the
-//!   entry stays until a later holder clears the flag, and then goes like any other.
+//!   entry stays until a later holder clears the flag, the flag expires (30 minutes: no transition
+//!   lasts longer, and a forgotten flag costs at most a 409 the engine resolves), or the shard
+//!   holds more than 1,024 idle keys, when the oldest flags go first.
 //! - **No TTL.** Within one process a holder cannot vanish without its [`Lease`] being dropped —
 //!   dropping a task or a future drops the lease it owns — so the `ttl` argument is ignored and
 //!   nothing needs renewing.
@@ -29,7 +31,7 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use super::{Lease, LeaseStore};
@@ -80,8 +82,45 @@ struct Entry {
     users: usize,
     /// The current (or last) holder's token, to tell a live lease from a stale or foreign one.
     holder: u64,
-    /// Whether the last holder left the resource in transition.
-    transitioning: bool,
+    /// When the last holder left the resource in transition, if it did.
+    transitioning: Option<Instant>,
+}
+
+impl Entry {
+    /// Whether the flag is set and still worth honouring: no ARM transition outlives
+    /// [`FLAG_TTL`], and forgetting a flag costs at most a 409 the engine then resolves.
+    fn in_transition(&self) -> bool {
+        self.transitioning
+            .is_some_and(|since| since.elapsed() < FLAG_TTL)
+    }
+}
+
+/// How long a transitioning flag is honoured.
+const FLAG_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// Idle keys kept per shard for their flags; past this the oldest flags are forgotten, so memory
+/// stays bounded (64 × 1,024 keys) however many resources are written once and never again.
+const MAX_IDLE_PER_SHARD: usize = 1024;
+
+/// Forgets idle keys whose flags expired, then the oldest flagged ones, until the shard holds
+/// three quarters of [`MAX_IDLE_PER_SHARD`] keys (keys in use are never touched) — leaving room,
+/// so the sort below runs once per few hundred writes, not on every one.
+fn prune(map: &mut HashMap<Box<str>, Entry>) {
+    const TARGET: usize = MAX_IDLE_PER_SHARD * 3 / 4;
+    map.retain(|_, e| e.users > 0 || e.in_transition());
+    if map.len() <= TARGET {
+        return;
+    }
+    let mut idle: Vec<(Instant, Box<str>)> = map
+        .iter()
+        .filter(|(_, e)| e.users == 0)
+        .filter_map(|(k, e)| Some((e.transitioning?, k.clone())))
+        .collect();
+    idle.sort_unstable();
+    let excess = map.len() - TARGET;
+    for (_, key) in idle.into_iter().take(excess) {
+        map.remove(&key);
+    }
 }
 
 impl Default for Inner {
@@ -137,7 +176,7 @@ impl Inner {
                         lock: lock.clone(),
                         users: 1,
                         holder: 0,
-                        transitioning: false,
+                        transitioning: None,
                     },
                 );
                 lock
@@ -188,8 +227,14 @@ impl Drop for User {
         let mut map = lock(&self.store.shards[self.shard]);
         if let Some(entry) = map.get_mut(&*self.key) {
             entry.users -= 1;
-            if entry.users == 0 && !entry.transitioning {
-                map.remove(&*self.key);
+            if entry.users == 0 {
+                if entry.in_transition() {
+                    if map.len() > MAX_IDLE_PER_SHARD {
+                        prune(&mut map);
+                    }
+                } else {
+                    map.remove(&*self.key);
+                }
             }
         }
     }
@@ -238,13 +283,14 @@ impl LeaseStore for MemoryLeases {
         transitioning: bool,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            self.inner
-                .with_holder(lease, |entry| entry.transitioning = transitioning)
+            self.inner.with_holder(lease, |entry| {
+                entry.transitioning = transitioning.then(Instant::now);
+            })
         })
     }
 
     fn is_transitioning<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(async move { self.inner.with_holder(lease, |entry| entry.transitioning) })
+        Box::pin(async move { self.inner.with_holder(lease, |entry| entry.in_transition()) })
     }
 }
 

@@ -22,14 +22,18 @@ mod memory;
 mod redis;
 #[cfg(any(feature = "redis", feature = "azure-blob"))]
 mod remote;
+#[cfg(feature = "azure-blob")]
+mod sas;
 
 use std::{fmt, time::Duration};
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisLeases;
 #[cfg(feature = "azure-blob")]
-pub use blob::{BlobLeases, dev_sas_container_url};
+pub use blob::BlobLeases;
 pub use memory::MemoryLeases;
+#[cfg(feature = "azure-blob")]
+pub use sas::dev_sas_container_url;
 
 use crate::{Error, engine::BoxFuture};
 
@@ -125,10 +129,11 @@ pub async fn acquire_all(
     let mut sorted: Vec<&str> = keys.iter().map(String::as_str).collect();
     sorted.sort_unstable();
     sorted.dedup();
-    let deadline = tokio::time::Instant::now() + wait;
+    // `wait` may be huge (`Duration::MAX`): an unrepresentable deadline means no deadline.
+    let deadline = tokio::time::Instant::now().checked_add(wait);
     let mut held = Vec::with_capacity(sorted.len());
     for key in sorted {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let left = deadline.map_or(wait, |d| d.saturating_duration_since(tokio::time::Instant::now()));
         held.push(store.acquire(key, ttl, left).await?);
     }
     Ok(held)
