@@ -27,11 +27,11 @@ pub use azure::{AzureConflictPolicy, ConflictReports};
 pub use classify::{Classification, Classifier, ConflictKind};
 pub use error::Error;
 pub use journal::{Journal, JournalEntry};
-pub use lease::{Lease, LeaseStore, MemoryLeases};
 #[cfg(feature = "azure-blob")]
 pub use lease::BlobLeases;
 #[cfg(feature = "redis")]
 pub use lease::RedisLeases;
+pub use lease::{Lease, LeaseStore, MemoryLeases};
 pub use middleware::ConflictMiddleware;
 pub use policy::{
     ConflictPolicy, LeasePolicy, MergeBase, PolicyOverride, PollSchedule, PreconditionStrategy,

@@ -489,6 +489,112 @@ async fn an_operation_uri_that_404s_falls_back_to_polling_the_resource() {
     assert!(resource_polls >= 1, "the resource was never polled instead");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_give_up_mid_resolution_release_their_leases() {
+    // Cancellation: every call is dropped while it waits (in the lease queue or polling a state
+    // that never converges). Dropping the future must release whatever it held.
+    let sim = sim(config(Duration::from_millis(40))).await;
+    sim.set_faults(Faults {
+        never_converge: true,
+        ..Faults::default()
+    });
+    for path in widgets() {
+        sim.begin_transition(&path, "Updating", None);
+    }
+    let leases = MemoryLeases::new();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(
+            ConflictMiddleware::new(policy(Duration::from_secs(60)))
+                .with_shared_leases(Arc::new(leases.clone())),
+        )
+        .build();
+    let calls: Vec<_> = (0..CALLS)
+        .map(|n| {
+            let client = client.clone();
+            let url = sim.url(&format!("{}?{API}&call={n}", widget(n % RESOURCES)));
+            tokio::spawn(async move {
+                let give_up = Duration::from_millis(150 + 20 * n as u64);
+                tokio::time::timeout(give_up, client.put(&url).json(&json!({})).send())
+                    .await
+                    .is_err()
+            })
+        })
+        .collect();
+    for call in calls {
+        assert!(
+            call.await.unwrap(),
+            "a call ended although nothing converged"
+        );
+    }
+    // Some calls were cut off while holding a lease and polling.
+    assert!(
+        sim.requests().iter().any(|r| r.method == "GET"),
+        "no call was cut off while polling"
+    );
+    check_no_lease_held(&leases).await;
+}
+
+/// A lease store that cannot be reached.
+#[derive(Debug)]
+struct Unreachable;
+
+fn unreachable(key: &str) -> Error {
+    Error::LeaseBackend {
+        key: key.to_owned(),
+        message: "connection refused".to_owned(),
+    }
+}
+
+type StoreFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Error>> + Send + 'a>>;
+
+impl LeaseStore for Unreachable {
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        _ttl: Duration,
+        _wait: Duration,
+    ) -> StoreFuture<'a, reqwest_conflict::Lease> {
+        Box::pin(async move { Err(unreachable(key)) })
+    }
+    fn set_transitioning<'a>(
+        &'a self,
+        lease: &'a reqwest_conflict::Lease,
+        _transitioning: bool,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move { Err(unreachable(lease.key())) })
+    }
+    fn is_transitioning<'a>(&'a self, lease: &'a reqwest_conflict::Lease) -> StoreFuture<'a, bool> {
+        Box::pin(async move { Err(unreachable(lease.key())) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_lease_store_fails_writes_before_they_are_sent() {
+    let sim = sim(config(Duration::from_millis(40))).await;
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(ConflictMiddleware::new(policy(Duration::from_millis(1000))).with_leases(Unreachable))
+        .build();
+    let url = sim.url(&format!("{}?{API}", widget(0)));
+    let err = client.put(&url).json(&json!({})).send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(err) = err else {
+        panic!("expected the engine's error, got {err:?}");
+    };
+    assert!(
+        matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::LeaseBackend { .. })
+        ),
+        "{err:#}"
+    );
+    assert!(
+        sim.requests().is_empty(),
+        "a write was sent without its lease"
+    );
+    // Reads take no lease, so they are not affected.
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+}
+
 /// An RFC 9110 `IMF-fixdate`.
 fn http_date(at: SystemTime) -> String {
     let secs = at.duration_since(UNIX_EPOCH).unwrap().as_secs();

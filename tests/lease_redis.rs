@@ -76,7 +76,10 @@ async fn waiting_for_a_held_key_times_out() {
         matches!(&error, Error::LeaseTimeout { key, waited } if key == KEY && *waited >= Duration::from_millis(300)),
         "{error:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        started.elapsed() < TTL / 2,
+        "the wait bound was not respected"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +117,8 @@ async fn dropping_a_lease_lets_the_next_one_in_promptly() {
     drop(held);
     let (acquired, next) = waiter.await.unwrap();
     let delay = acquired.duration_since(released);
-    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+    // Without the release it would take the whole TTL; half of it is a generous bound.
+    assert!(delay < TTL / 2, "took {delay:?}");
     assert!(next > token);
 }
 
@@ -221,6 +225,5 @@ async fn a_killed_holder_loses_its_lease_after_the_ttl() {
         waited >= Duration::from_millis(600),
         "got it after {waited:?}"
     );
-    assert!(waited < Duration::from_secs(3), "got it after {waited:?}");
     assert!(lease.token() > child_token);
 }

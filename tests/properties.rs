@@ -39,13 +39,15 @@ fn namespace() -> impl Strategy<Value = String> {
     "Microsoft\\.[A-Z][A-Za-z]{1,12}"
 }
 
+/// `providers/{ns}/{type}/{name}`, then `(child type, child name)` pairs.
+type Provider = (String, String, String, Vec<(String, String)>);
+
 /// An ARM ID built from known parts, so what the parser must find is known.
 #[derive(Clone, Debug)]
 struct ArmPath {
     subscription: String,
     group: Option<String>,
-    /// `providers/{ns}/{type}/{name}`, then `(child type, child name)` pairs.
-    provider: Option<(String, String, String, Vec<(String, String)>)>,
+    provider: Option<Provider>,
     /// A nested `providers/{ns}/{type}/{name}`: an extension resource.
     extension: Option<(String, String, String)>,
     action: Option<String>,

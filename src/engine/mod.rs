@@ -432,6 +432,11 @@ impl Engine {
                 tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
             }
         }
+        // Released explicitly, so a remote store has them back before the caller goes on (a
+        // process that exits right after its write must not leave its lease to expire).
+        for lease in leases {
+            lease.release().await;
+        }
         result
     }
 

@@ -430,10 +430,12 @@ impl LeaseStore for BlobLeases {
 
             inner.held.insert(key, token, lease_id);
             let owned = (inner.clone(), key.to_owned());
-            Ok(Lease::new(key, token, move || {
-                let (inner, key) = owned;
-                inner.held.remove(&key, token);
-                drop(keep);
+            Ok(Lease::new_remote(key, token, move || {
+                Box::pin(async move {
+                    let (inner, key) = owned;
+                    inner.held.remove(&key, token);
+                    keep.release().await;
+                })
             }))
         })
     }

@@ -61,27 +61,52 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
     fn is_transitioning<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Error>>;
 }
 
-/// A held lease. Dropping it releases the key.
+/// A held lease. [`release`](Lease::release) gives it back and waits until the store has it;
+/// dropping it releases too, without waiting (in the background for remote stores — which is
+/// what happens when the future holding it is cancelled).
 pub struct Lease {
     key: String,
     token: u64,
     /// In a mutex only so that `&Lease` can be held across awaits (`Lease: Sync`); it is taken
-    /// once, on drop.
-    release: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// once, on release or drop.
+    release: std::sync::Mutex<Option<Release>>,
+}
+
+/// How a store gets a lease back.
+enum Release {
+    /// Done at once (in-process stores).
+    Now(Box<dyn FnOnce() + Send>),
+    /// A round trip to the store; dropping the lease spawns it.
+    Later(Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>),
 }
 
 impl Lease {
-    /// A lease on `key` with fencing `token`; `release` runs once, when the lease is dropped.
-    /// For store implementations.
+    /// A lease on `key` with fencing `token`; `release` runs once, when the lease is released or
+    /// dropped. For in-process store implementations.
     pub fn new(
         key: impl Into<String>,
         token: u64,
         release: impl FnOnce() + Send + 'static,
     ) -> Self {
+        Self::with(key, token, Release::Now(Box::new(release)))
+    }
+
+    /// A lease whose release is a round trip to a remote store: [`release`](Self::release)
+    /// awaits it; a drop spawns it on the current Tokio runtime (or, with none, leaves the lease
+    /// to expire). For remote store implementations.
+    pub fn new_remote(
+        key: impl Into<String>,
+        token: u64,
+        release: impl FnOnce() -> BoxFuture<'static, ()> + Send + 'static,
+    ) -> Self {
+        Self::with(key, token, Release::Later(Box::new(release)))
+    }
+
+    fn with(key: impl Into<String>, token: u64, release: Release) -> Self {
         Self {
             key: key.into(),
             token,
-            release: std::sync::Mutex::new(Some(Box::new(release))),
+            release: std::sync::Mutex::new(Some(release)),
         }
     }
 
@@ -94,16 +119,35 @@ impl Lease {
     pub fn token(&self) -> u64 {
         self.token
     }
+
+    /// Gives the lease back and waits until the store has it, so the next holder (perhaps in
+    /// another process) can go at once — also when this process exits right after.
+    pub async fn release(mut self) {
+        match self.take() {
+            Some(Release::Now(release)) => release(),
+            Some(Release::Later(release)) => release().await,
+            None => {}
+        }
+    }
+
+    fn take(&mut self) -> Option<Release> {
+        match self.release.get_mut() {
+            Ok(slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let release = match self.release.get_mut() {
-            Ok(slot) => slot.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(release) = release {
-            release();
+        match self.take() {
+            Some(Release::Now(release)) => release(),
+            Some(Release::Later(release)) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(release());
+                }
+            }
+            None => {}
         }
     }
 }
@@ -133,7 +177,9 @@ pub async fn acquire_all(
     let deadline = tokio::time::Instant::now().checked_add(wait);
     let mut held = Vec::with_capacity(sorted.len());
     for key in sorted {
-        let left = deadline.map_or(wait, |d| d.saturating_duration_since(tokio::time::Instant::now()));
+        let left = deadline.map_or(wait, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+        });
         held.push(store.acquire(key, ttl, left).await?);
     }
     Ok(held)

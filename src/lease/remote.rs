@@ -78,9 +78,21 @@ pub(crate) enum Renewal {
     Failed(String),
 }
 
-/// Keeps a lease alive while it lives; dropping it has the lease released in the background.
+/// Keeps a lease alive while it lives; dropping it has the lease released in the background,
+/// [`release`](KeepAlive::release) waits for the release.
 pub(crate) struct KeepAlive {
-    _stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<oneshot::Sender<()>>,
+}
+
+impl KeepAlive {
+    /// Stops renewing, releases the lease, and returns once the store answered (or the task is
+    /// gone).
+    pub(crate) async fn release(self) {
+        let (done, released) = oneshot::channel();
+        if self.stop.send(done).is_ok() {
+            let _ = released.await;
+        }
+    }
 }
 
 /// Spawns the task that calls `renew` every `every` and, once the returned handle is dropped,
@@ -98,30 +110,36 @@ where
     L: FnOnce() -> LF + Send + 'static,
     LF: Future<Output = Result<(), String>> + Send,
 {
-    let (stop, mut stopped) = oneshot::channel::<()>();
+    let (stop, mut stopped) = oneshot::channel::<oneshot::Sender<()>>();
     runtime.spawn(async move {
-        // Err(Elapsed) means the period passed with the lease still held; Ok means the handle
-        // was dropped (the sender never sends).
-        while tokio::time::timeout(every, &mut stopped).await.is_err() {
-            match renew().await {
-                Renewal::Kept => {}
-                Renewal::Lost => {
-                    tracing::warn!(
-                        key = %key,
-                        "lease lost while held (expired or taken over); writes under it are no longer fenced"
-                    );
-                    return;
-                }
-                Renewal::Failed(error) => {
-                    tracing::warn!(key = %key, %error, "lease renewal failed; retrying");
-                }
+        // Err(Elapsed): the period passed with the lease still held. Ok(Ok(done)): released
+        // explicitly, someone waits on `done`. Ok(Err(_)): the handle was dropped.
+        let done = loop {
+            match tokio::time::timeout(every, &mut stopped).await {
+                Err(_) => match renew().await {
+                    Renewal::Kept => {}
+                    Renewal::Lost => {
+                        tracing::warn!(
+                            key = %key,
+                            "lease lost while held (expired or taken over); writes under it are no longer fenced"
+                        );
+                        return;
+                    }
+                    Renewal::Failed(error) => {
+                        tracing::warn!(key = %key, %error, "lease renewal failed; retrying");
+                    }
+                },
+                Ok(done) => break done.ok(),
             }
-        }
+        };
         if let Err(error) = release().await {
             tracing::warn!(key = %key, %error, "lease release failed; it will expire");
         }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
     });
-    KeepAlive { _stop: stop }
+    KeepAlive { stop }
 }
 
 /// What a store remembers of each lease it handed out, by key and fencing token.

@@ -1,0 +1,112 @@
+//! Single writer per resource across OS processes: three copies of this test binary, each with
+//! its own `ConflictMiddleware`, share one lease through a real Redis (then a real Azurite blob)
+//! and each make 10 writes to one resource on a simulator that *accepts* overlapping writes —
+//! so only the shared lease and state guard keep the transitions apart.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use arm_sim::{Sim, SimConfig};
+use common::*;
+use reqwest_conflict::{
+    BlobLeases, ConflictMiddleware, ConflictPolicy, RedisLeases, lease::dev_sas_container_url,
+};
+use reqwest_middleware::ClientBuilder;
+
+const CHILD_SIM: &str = "MULTI_PROCESS_SIM";
+const CHILD_STORE: &str = "MULTI_PROCESS_STORE";
+const WRITERS: usize = 3;
+const WRITES: usize = 10;
+
+fn policy() -> ConflictPolicy {
+    ConflictPolicy {
+        deadline: Duration::from_secs(60),
+        ..fast_policy()
+    }
+}
+
+/// The child side: ten writes through a middleware whose leases live in the shared store.
+#[test]
+fn child_writer() {
+    let (Ok(sim), Ok(store)) = (std::env::var(CHILD_SIM), std::env::var(CHILD_STORE)) else {
+        return; // an ordinary test run: nothing to do
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let middleware = match store.split_once(':') {
+            Some(("redis", url)) => ConflictMiddleware::new(policy())
+                .with_leases(RedisLeases::new(url, "multi:").await.unwrap()),
+            Some(("blob", url)) => {
+                ConflictMiddleware::new(policy()).with_leases(BlobLeases::new(url).unwrap())
+            }
+            _ => panic!("unknown store {store}"),
+        };
+        let client = ClientBuilder::new(reqwest::Client::new())
+            .with(middleware)
+            .build();
+        let url = format!("{sim}{VM}?{API}");
+        for i in 0..WRITES {
+            let resp = client
+                .put(&url)
+                .json(&vm_body(&i.to_string()))
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success(), "write {i}: {}", resp.status());
+        }
+        println!("WRITER-DONE ok");
+    });
+}
+
+/// Starts the writers and checks what the simulator saw.
+async fn three_writers(store: String) {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(50),
+        reject_during_transition: false,
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, vm_body("seed"));
+    let envs = [(CHILD_SIM, sim.base_url().to_owned()), (CHILD_STORE, store)];
+    let children: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let envs = envs.clone();
+            tokio::task::spawn_blocking(move || {
+                let envs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (*k, v.clone())).collect();
+                support::spawn_child_test(
+                    "child_writer",
+                    &envs,
+                    "WRITER-DONE ",
+                    Duration::from_secs(120),
+                )
+            })
+        })
+        .collect();
+    for child in children {
+        let (_child, said) = child.await.unwrap();
+        assert_eq!(said.trim(), "ok");
+    }
+    assert_eq!(sim.count("PUT", VM, Some(200)), WRITERS * WRITES);
+    assert_eq!(sim.overlapping_transitions(), 0, "{:#?}", sim.transitions());
+    assert_eq!(sim.count("PUT", VM, Some(409)), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_share_a_redis_lease() {
+    let redis = support::start_redis();
+    three_writers(format!("redis:{}", redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_share_a_blob_lease() {
+    let azurite = support::start_azurite();
+    let url = dev_sas_container_url(&azurite.blob_endpoint(), "multi");
+    BlobLeases::new(&url)
+        .unwrap()
+        .create_container()
+        .await
+        .unwrap();
+    three_writers(format!("blob:{url}")).await;
+}
