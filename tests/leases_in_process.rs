@@ -4,7 +4,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use arm_sim::{Scripted, Sim, SimConfig};
+use arm_sim::{Sim, SimConfig};
 use common::*;
 use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, LeasePolicy, MemoryLeases};
 use reqwest_middleware::ClientBuilder;
@@ -136,14 +136,7 @@ async fn dropping_a_request_mid_wait_releases_its_lease() {
     sim.seed(VM, vm_body("0"));
     // The resource is stuck: the first writer will wait on it (holding the lease) for a minute.
     sim.begin_transition(VM, "Updating", None);
-    sim.script(
-        "PUT",
-        VM,
-        vec![Scripted::json(
-            409,
-            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
-        )],
-    );
+    sim.script("PUT", VM, vec![busy()]);
     let leases = MemoryLeases::new();
     let policy = ConflictPolicy {
         deadline: Duration::from_secs(60),

@@ -20,12 +20,6 @@ async fn traffic(middleware: ConflictMiddleware) {
     .await;
     sim.seed(VM, vm_body("0"));
     sim.seed(NIC, json!({"location": "westus", "properties": {}}));
-    let busy = || {
-        Scripted::json(
-            409,
-            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
-        )
-    };
     let locked = Scripted::json(
         409,
         json!({"error": {"code": "ScopeLocked", "message": "locked"}}),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use arm_sim::{Scripted, Sim, SimConfig};
+use arm_sim::{Sim, SimConfig};
 use common::*;
 use reqwest_conflict::{ConflictPolicy, ConflictReport, Error, Outcome, PolicyOverride};
 use serde_json::json;
@@ -77,13 +77,6 @@ fn a_wrong_field_names_its_path() {
     }
 }
 
-fn report(resp: &reqwest::Response) -> ConflictReport {
-    resp.extensions()
-        .get::<ConflictReport>()
-        .cloned()
-        .expect("report attached")
-}
-
 #[tokio::test]
 async fn a_resource_type_override_changes_that_type_only() {
     let sim = Sim::start(SimConfig {
@@ -93,12 +86,6 @@ async fn a_resource_type_override_changes_that_type_only() {
     .await;
     sim.seed(VM, vm_body("0"));
     sim.seed(NIC, json!({"location": "westus", "properties": {}}));
-    let busy = || {
-        Scripted::json(
-            409,
-            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
-        )
-    };
     sim.script("PUT", VM, vec![busy()]);
     sim.script("PUT", NIC, vec![busy()]);
     let mut policy = fast_policy();
@@ -140,14 +127,7 @@ async fn a_per_request_override_beats_the_type_override() {
     })
     .await;
     sim.seed(VM, vm_body("0"));
-    sim.script(
-        "PUT",
-        VM,
-        vec![Scripted::json(
-            409,
-            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
-        )],
-    );
+    sim.script("PUT", VM, vec![busy()]);
     let mut policy = fast_policy();
     policy.resource_types.insert(
         "Microsoft.Compute/virtualMachines".into(),

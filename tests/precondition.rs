@@ -7,8 +7,8 @@ use std::time::Duration;
 use arm_sim::{Sim, SimConfig};
 use common::*;
 use reqwest_conflict::{
-    ConflictKind, ConflictPolicy, ConflictReport, Outcome, PollSchedule, PreconditionStrategy,
-    UpdateOptions, update_with,
+    ConflictKind, ConflictPolicy, Outcome, PollSchedule, PreconditionStrategy, UpdateOptions,
+    update_with,
 };
 use serde_json::{Value, json};
 
@@ -28,13 +28,6 @@ fn policy(strategy: PreconditionStrategy) -> ConflictPolicy {
         precondition: strategy,
         ..fast_policy()
     }
-}
-
-fn report(resp: &reqwest::Response) -> ConflictReport {
-    resp.extensions()
-        .get::<ConflictReport>()
-        .cloned()
-        .expect("report attached")
 }
 
 async fn get(sim: &Sim, client: &reqwest_middleware::ClientWithMiddleware) -> (String, Value) {

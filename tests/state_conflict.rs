@@ -9,23 +9,6 @@ use common::*;
 use reqwest_conflict::{ConflictKind, ConflictReport, Error, Outcome};
 use serde_json::json;
 
-fn report(resp: &reqwest::Response) -> ConflictReport {
-    resp.extensions()
-        .get::<ConflictReport>()
-        .cloned()
-        .expect("a response that met a conflict carries a report")
-}
-
-async fn sim_with_vm(transition: Duration) -> Sim {
-    let sim = Sim::start(SimConfig {
-        transition,
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, vm_body("Standard_D2s_v3"));
-    sim
-}
-
 #[tokio::test]
 async fn retry_is_sent_only_after_the_operation_reached_a_terminal_state() {
     let sim = sim_with_vm(Duration::from_millis(150)).await;
@@ -304,17 +287,7 @@ async fn exhausted_budget_returns_the_last_conflict() {
 #[tokio::test]
 async fn absurd_retry_after_is_capped_by_the_policy() {
     let sim = sim_with_vm(Duration::from_millis(10)).await;
-    sim.script(
-        "PUT",
-        VM,
-        vec![
-            Scripted::json(
-                409,
-                json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
-            )
-            .header("Retry-After", "999999"),
-        ],
-    );
+    sim.script("PUT", VM, vec![busy().header("Retry-After", "999999")]);
     // If the 999999 s were honoured this would hang for 11 days; the outer timeout only catches that.
     let resp = tokio::time::timeout(
         Duration::from_secs(20),
@@ -354,14 +327,7 @@ async fn polls_go_through_the_rest_of_the_chain() {
     }
     let sim = sim_with_vm(Duration::from_millis(60)).await;
     sim.begin_transition(VM, "Updating", Some(Duration::from_millis(60)));
-    sim.script(
-        "PUT",
-        VM,
-        vec![Scripted::json(
-            409,
-            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
-        )],
-    );
+    sim.script("PUT", VM, vec![busy()]);
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(reqwest_conflict::ConflictMiddleware::new(fast_policy()))
         .with(Auth)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arm_sim::{Scripted, Sim, SimConfig};
 use common::*;
-use reqwest_conflict::{ConflictKind, ConflictReport, Outcome};
+use reqwest_conflict::{ConflictKind, Outcome};
 use serde_json::json;
 
 async fn sim() -> Sim {
@@ -17,13 +17,6 @@ async fn sim() -> Sim {
     .await;
     sim.seed(VM, vm_body("Standard_D2s_v3"));
     sim
-}
-
-fn report(resp: &reqwest::Response) -> ConflictReport {
-    resp.extensions()
-        .get::<ConflictReport>()
-        .cloned()
-        .expect("report attached")
 }
 
 #[tokio::test]
@@ -167,14 +160,7 @@ async fn huge_body_is_read_only_up_to_the_cap_and_delivered_whole() {
 async fn a_body_that_cannot_be_cloned_is_sent_once() {
     let sim = sim().await;
     sim.begin_transition(VM, "Updating", Some(Duration::from_millis(50)));
-    sim.script(
-        "PUT",
-        VM,
-        vec![Scripted::json(
-            409,
-            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
-        )],
-    );
+    sim.script("PUT", VM, vec![busy()]);
     let streamed = reqwest::Body::wrap(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")));
     let resp = client(fast_policy())
         .put(url(&sim, VM))

@@ -10,9 +10,8 @@ use std::{
     time::Duration,
 };
 
-use arm_sim::{Scripted, Sim, SimConfig};
+use arm_sim::{Sim, SimConfig};
 use common::*;
-use serde_json::json;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -42,14 +41,7 @@ async fn every_resolution_is_a_span_with_its_fields() {
     let sim = Sim::start(SimConfig::default()).await;
     sim.seed(VM, vm_body("a"));
     sim.begin_transition(VM, "Updating", Some(Duration::from_millis(40)));
-    sim.script(
-        "PUT",
-        VM,
-        vec![Scripted::json(
-            409,
-            json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
-        )],
-    );
+    sim.script("PUT", VM, vec![busy()]);
     let resp = client(fast_policy())
         .put(url(&sim, VM))
         .json(&vm_body("x"))

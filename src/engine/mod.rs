@@ -335,6 +335,7 @@ impl Engine {
     }
 
     /// Whether successful bodies are wanted as merge bases (the policy merges).
+    #[cfg_attr(not(feature = "azure-core"), allow(dead_code))]
     pub(crate) fn remembers(&self) -> bool {
         self.remembered.is_some()
     }

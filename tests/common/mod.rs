@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, PollSchedule};
+use arm_sim::{Scripted, Sim, SimConfig};
+use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, ConflictReport, PollSchedule};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 
 pub const API: &str = "api-version=2024-07-01";
@@ -46,4 +47,31 @@ pub fn vm_body(tag: &str) -> serde_json::Value {
         "tags": { "build": tag },
         "properties": { "hardwareProfile": { "vmSize": "Standard_D2s_v3" } }
     })
+}
+
+/// The report a response that met a conflict carries.
+pub fn report(resp: &reqwest::Response) -> ConflictReport {
+    resp.extensions()
+        .get::<ConflictReport>()
+        .cloned()
+        .expect("a response that met a conflict carries a report")
+}
+
+/// ARM's 409 for a resource mid-transition, with no operation URI to poll.
+pub fn busy() -> Scripted {
+    Scripted::json(
+        409,
+        serde_json::json!({"error": {"code": "AnotherOperationInProgress", "message": "busy"}}),
+    )
+}
+
+/// A simulator whose writes take `transition`, with the VM in place.
+pub async fn sim_with_vm(transition: Duration) -> Sim {
+    let sim = Sim::start(SimConfig {
+        transition,
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, vm_body("seed"));
+    sim
 }
