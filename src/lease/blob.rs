@@ -429,13 +429,9 @@ impl LeaseStore for BlobLeases {
             let token = meta.fence;
 
             inner.held.insert(key, token, lease_id);
-            let owned = (inner.clone(), key.to_owned());
-            Ok(Lease::new_remote(key, token, move || {
-                Box::pin(async move {
-                    let (inner, key) = owned;
-                    inner.held.remove(&key, token);
-                    keep.release().await;
-                })
+            let (inner, owned_key) = (inner.clone(), key.to_owned());
+            Ok(remote::lease(key, token, keep, move || {
+                inner.held.remove(&owned_key, token);
             }))
         })
     }

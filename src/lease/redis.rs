@@ -262,11 +262,8 @@ impl LeaseStore for RedisLeases {
                 .insert(key, token, Holder { id: holder, ttl_ms });
             let inner = self.inner.clone();
             let owned_key = key.to_owned();
-            Ok(Lease::new_remote(key, token, move || {
-                Box::pin(async move {
-                    inner.held.remove(&owned_key, token);
-                    keep.release().await;
-                })
+            Ok(remote::lease(key, token, keep, move || {
+                inner.held.remove(&owned_key, token);
             }))
         })
     }

@@ -142,6 +142,22 @@ where
     KeepAlive { stop }
 }
 
+/// The [`Lease`](super::Lease) of a remote store: releasing it runs `forget` (the store's own
+/// bookkeeping) and then releases on the server, awaited.
+pub(crate) fn lease(
+    key: &str,
+    token: u64,
+    keep: KeepAlive,
+    forget: impl FnOnce() + Send + 'static,
+) -> super::Lease {
+    super::Lease::new_remote(key, token, move || {
+        Box::pin(async move {
+            forget();
+            keep.release().await;
+        })
+    })
+}
+
 /// What a store remembers of each lease it handed out, by key and fencing token.
 pub(crate) struct Held<T> {
     map: Mutex<HashMap<(String, u64), T>>,
