@@ -77,6 +77,10 @@ pub struct ConflictReport {
     pub conflicting_paths: Vec<String>,
     /// For a prerequisite transition: each step taken, in order (`POST deallocate: 202`, …).
     pub steps: Vec<String>,
+    /// The fencing token of the resource's lease the request ran under, when leases are on.
+    pub lease_token: Option<u64>,
+    /// The request's entry in the middleware's [`Journal`](crate::Journal).
+    pub journal_seq: Option<u64>,
 }
 
 impl ConflictReport {
@@ -102,6 +106,8 @@ impl ConflictReport {
             fresh: None,
             conflicting_paths: Vec::new(),
             steps: Vec::new(),
+            lease_token: None,
+            journal_seq: None,
         }
     }
 

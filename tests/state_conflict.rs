@@ -36,6 +36,8 @@ async fn retry_is_sent_only_after_the_operation_reached_a_terminal_state() {
     assert_eq!(report.conflicts, 1);
     assert!(report.polls >= 1);
     assert_eq!(report.last_state(), Some("Succeeded"));
+    assert!(report.lease_token.is_some(), "leases are on by default");
+    assert!(report.journal_seq.is_some());
 
     // Server side: the operations URI was polled, and the retry came after the transition ended.
     let first = &sim.transitions()[0];

@@ -415,13 +415,17 @@ impl Engine {
             original.method.as_str(),
             own.map(Lease::token),
         );
-        let result = match transport.send().await {
+        let mut result = match transport.send().await {
             Ok(first) if is_conflict(T::status(&first)) => {
                 self.resolve(transport, original, first, deadline).await
             }
             Ok(first) => Ok((first, None)),
             Err(error) => Err(Failure::Transport(error)),
         };
+        if let Ok((_, Some(report))) = &mut result {
+            report.lease_token = own.map(Lease::token);
+            report.journal_seq = Some(seq);
+        }
         let status = result.as_ref().ok().map(|(r, _)| T::status(r).as_u16());
         self.journal.end(seq, status);
 
