@@ -319,6 +319,7 @@ impl Transport for AzureTransport<'_, '_> {
     fn peek_body(
         response: Answer,
         cap: usize,
+        deadline: tokio::time::Instant,
     ) -> BoxFuture<'static, Peeked<Answer, azure_core::Error>> {
         Box::pin(async move {
             let Answer {
@@ -327,7 +328,7 @@ impl Transport for AzureTransport<'_, '_> {
                 raw,
             } = response;
             let (raw_status, raw_headers, body) = raw.deconstruct();
-            let (body, peeked) = body::peek(Frames(body), cap).await?;
+            let (body, peeked) = body::peek(Frames(body), cap, deadline).await?;
             let raw =
                 AsyncRawResponse::new(raw_status, raw_headers, Box::pin(BodyDataStream::new(body)));
             Ok((

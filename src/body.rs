@@ -12,16 +12,29 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio::time::{Instant, timeout_at};
 
-/// Reads frames until `cap` bytes or the end. Returns what was read (possibly a little over `cap`,
-/// by at most one frame) and whether the body ended.
-async fn read_up_to<B>(body: &mut B, cap: usize) -> Result<(Bytes, bool), B::Error>
+/// Reads frames until `cap` bytes, the end, or `deadline` (a body that stalls). Returns what was
+/// read (possibly a little over `cap`, by at most one frame) and whether the body ended.
+async fn read_up_to<B>(
+    body: &mut B,
+    cap: usize,
+    deadline: Option<Instant>,
+) -> Result<(Bytes, bool), B::Error>
 where
     B: Body<Data = Bytes> + Unpin,
 {
     let mut buf = BytesMut::new();
     while buf.len() < cap {
-        match body.frame().await {
+        let frame = match deadline {
+            Some(deadline) => match timeout_at(deadline, body.frame()).await {
+                Ok(frame) => frame,
+                // Stalled: what was read is all the classifier gets; the rest stays in the body.
+                Err(_) => return Ok((buf.freeze(), false)),
+            },
+            None => body.frame().await,
+        };
+        match frame {
             None => return Ok((buf.freeze(), true)),
             Some(frame) => {
                 if let Ok(data) = frame?.into_data() {
@@ -38,17 +51,22 @@ pub(crate) async fn read_capped<B>(mut body: B, cap: usize) -> Result<Bytes, B::
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let (mut bytes, _) = read_up_to(&mut body, cap).await?;
+    let (mut bytes, _) = read_up_to(&mut body, cap, None).await?;
     bytes.truncate(cap);
     Ok(bytes)
 }
 
-/// Reads at most `cap` bytes of `body` and returns them with a body that still yields everything.
-pub(crate) async fn peek<B>(mut body: B, cap: usize) -> Result<(Prefixed<B>, Bytes), B::Error>
+/// Reads at most `cap` bytes of `body`, until `deadline` at the latest, and returns them with a
+/// body that still yields everything.
+pub(crate) async fn peek<B>(
+    mut body: B,
+    cap: usize,
+    deadline: Instant,
+) -> Result<(Prefixed<B>, Bytes), B::Error>
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let (read, _) = read_up_to(&mut body, cap).await?;
+    let (read, _) = read_up_to(&mut body, cap, Some(deadline)).await?;
     let peeked = read.slice(..read.len().min(cap));
     let prefix = (!read.is_empty()).then_some(read);
     Ok((Prefixed { prefix, rest: body }, peeked))
@@ -175,9 +193,15 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(frames))
     }
 
+    fn far() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(60)
+    }
+
     #[tokio::test]
     async fn peek_replays_everything() {
-        let (body, peeked) = peek(chunked(&[b"abc", b"def", b"ghi"]), 4).await.unwrap();
+        let (body, peeked) = peek(chunked(&[b"abc", b"def", b"ghi"]), 4, far())
+            .await
+            .unwrap();
         assert_eq!(&peeked[..], b"abcd");
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], b"abcdefghi");
@@ -185,12 +209,12 @@ mod tests {
 
     #[tokio::test]
     async fn peek_of_short_and_empty_bodies() {
-        let (body, peeked) = peek(Full::new(Bytes::from_static(b"xy")), 10)
+        let (body, peeked) = peek(Full::new(Bytes::from_static(b"xy")), 10, far())
             .await
             .unwrap();
         assert_eq!(&peeked[..], b"xy");
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"xy");
-        let (body, peeked) = peek(chunked(&[]), 10).await.unwrap();
+        let (body, peeked) = peek(chunked(&[]), 10, far()).await.unwrap();
         assert!(peeked.is_empty());
         assert!(body.collect().await.unwrap().to_bytes().is_empty());
     }

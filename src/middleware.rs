@@ -171,11 +171,12 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
     fn peek_body(
         response: Response,
         cap: usize,
+        deadline: tokio::time::Instant,
     ) -> BoxFuture<'static, Peeked<Response, Self::Error>> {
         Box::pin(async move {
             let url = response.url().clone();
             let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
-            let (body, peeked) = body::peek(body, cap).await?;
+            let (body, peeked) = body::peek(body, cap, deadline).await?;
             Ok((rebuild(parts, reqwest::Body::wrap(body), url), peeked))
         })
     }
@@ -261,12 +262,18 @@ impl ReqwestTransport<'_, '_, '_> {
         headers: HeaderMap,
         cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, reqwest_middleware::Error>> {
+        let origin = url.origin();
         let mut request = Request::new(method, url);
         *request.headers_mut() = headers;
         let next = self.next.clone();
         let extensions = &mut *self.extensions;
         Box::pin(async move {
             let response = next.run(request, extensions).await?;
+            // The client followed a redirect elsewhere: whatever answered there is not the
+            // resource's state. (Clients should not follow redirects at all; see SECURITY.md.)
+            if response.url().origin() != origin {
+                return Err(reqwest_middleware::Error::middleware(RedirectedAway));
+            }
             let status = response.status();
             let headers = response.headers().clone();
             let body = http::Response::<reqwest::Body>::from(response).into_body();
@@ -289,6 +296,11 @@ fn rebuild(parts: http::response::Parts, body: reqwest::Body, url: Url) -> Respo
     }
     Response::from(response)
 }
+
+/// A re-fetch or poll was redirected to another origin by the client.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer came from another origin (the client follows redirects); it is not trusted")]
+struct RedirectedAway;
 
 /// The engine asked to resend a request that could not be copied; it never does.
 #[derive(Debug, thiserror::Error)]

@@ -47,6 +47,10 @@ pub struct ConflictPolicy {
     /// Hosts other than the request's own that polls may go to (operation-status URIs are often
     /// regional). `*.example.com` matches any subdomain. Such hosts must be reached over https.
     pub allowed_hosts: Vec<String>,
+    /// The headers of the original request that re-fetches, polls and prerequisite actions carry
+    /// (compared ignoring case). Authentication and tracing ids, by default; anything else a
+    /// caller put on a write stays on that write.
+    pub poll_headers: Vec<String>,
     /// Treat `unknown` conflicts like state conflicts (wait for the resource, then retry).
     pub retry_unknown: bool,
     /// How much of a 409/412 body is read to classify it. The caller still gets the whole body.
@@ -281,6 +285,18 @@ impl ConflictPolicy {
                 "*.management.usgovcloudapi.net",
                 "management.chinacloudapi.cn",
                 "*.management.chinacloudapi.cn",
+            ]
+            .map(String::from)
+            .to_vec(),
+            poll_headers: [
+                "authorization",
+                "user-agent",
+                "accept",
+                "accept-language",
+                "x-ms-version",
+                "x-ms-client-request-id",
+                "x-ms-correlation-request-id",
+                "x-ms-return-client-request-id",
             ]
             .map(String::from)
             .to_vec(),

@@ -350,10 +350,11 @@ where
     fn peek_body(
         response: Self::Response,
         cap: usize,
+        deadline: tokio::time::Instant,
     ) -> BoxFuture<'static, Peeked<Self::Response, BoxError>> {
         Box::pin(async move {
             let (parts, body) = response.into_parts();
-            let (body, peeked) = body::peek(body, cap).await.map_err(Into::into)?;
+            let (body, peeked) = body::peek(body, cap, deadline).await.map_err(Into::into)?;
             Ok((
                 Response::from_parts(parts, ConflictBody::boxed(body)),
                 peeked,

@@ -432,18 +432,27 @@ async fn put_with_secrets(client: &ClientWithMiddleware, url: &str) -> reqwest::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: polls follow HTTP redirects off the trusted hosts (with x-ms-* headers and Referer)"]
-async fn a_poll_redirected_off_the_trusted_hosts_is_not_followed() {
+async fn a_poll_redirected_off_the_trusted_hosts_carries_no_secret_and_is_not_trusted() {
     capture();
-    // A client as a caller builds it by default: reqwest follows up to 10 redirects.
+    // A client as a caller builds it by default: reqwest follows up to 10 redirects, and no
+    // middleware can turn that off per request. What the engine guarantees even then: the
+    // poll carries only the policy's `poll_headers` (reqwest itself drops `Authorization` on a
+    // cross-origin hop), and an answer from another origin is never taken for the state.
     let (honeypot, client, sim) = redirected_poll(reqwest::Client::new()).await;
     let resp = put_with_secrets(&client, &sim.url(&format!("{}?{API}", vm(0)))).await;
     assert_eq!(resp.status(), 200);
+    let report = report(&resp);
     assert!(
-        honeypot.seen().is_empty(),
-        "a poll was redirected to a host outside the trusted set:\n{}",
-        honeypot.seen().join("\n---\n")
+        !report.states.iter().any(|s| s == "NotFound"),
+        "the honeypot's 404 was taken for the resource's state: {report:?}"
     );
+    let seen = honeypot.seen().join("\n---\n");
+    for secret in ["SECRET-TOKEN-REDIRECT", "SECRET-HEADER-REDIRECT"] {
+        assert!(
+            !seen.contains(secret),
+            "{secret} reached the honeypot:\n{seen}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -652,7 +661,6 @@ async fn credentials_never_reach_the_tracing_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: non-ARM poll URLs (SAS sig=…) are logged by converge.rs and quoted in report notes"]
 async fn sas_signatures_of_non_arm_urls_never_reach_the_tracing_output() {
     let captured = capture();
     const SIG: &str = "SECRETSIG-BLOB-c41b";
@@ -715,6 +723,40 @@ async fn sas_signatures_of_non_arm_urls_never_reach_the_tracing_output() {
     .flatten()
     .collect();
     assert!(leaks.is_empty(), "{}", leaks.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_text_cannot_forge_tracing_lines() {
+    let captured = capture();
+    const FORGED: &str = "FORGED-LINE-3b9e";
+    let sim = Sim::start(SimConfig::default()).await;
+    let path = vm(0);
+    sim.seed(&path, json!({"location": "westus"}));
+    sim.script(
+        "PUT",
+        &path,
+        vec![in_progress(&format!("busy\n{FORGED} in the message"))],
+    );
+    // A poll answer whose state is two log lines.
+    sim.script(
+        "GET",
+        &path,
+        vec![Scripted::json(
+            200,
+            json!({"properties": {"provisioningState": format!("Updating\n{FORGED} ERROR x")}}),
+        )],
+    );
+    let resp = client(policy())
+        .put(sim.url(&format!("{path}?{API}")))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = captured.text();
+    assert!(text.contains(FORGED), "the state was not logged at all");
+    let forged: Vec<&str> = text.lines().filter(|l| l.starts_with(FORGED)).collect();
+    assert!(forged.is_empty(), "a server forged log lines: {forged:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -982,7 +1024,6 @@ async fn a_poll_that_is_never_answered_ends_by_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the 409/412 body peek has no deadline; a body that stalls holds the call forever"]
 async fn a_409_body_that_stalls_ends_by_the_deadline() {
     capture();
     // The head announces 1000 bytes; 20 come, then nothing, with the connection kept open.

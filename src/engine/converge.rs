@@ -14,7 +14,7 @@ use tokio::time::{Instant, sleep, timeout};
 use url::Url;
 
 use super::{
-    Engine, Original, Transport, fetch_headers,
+    Engine, Original, Transport, redact, scrub,
     state::{Source, is_terminal, read_state},
 };
 use crate::{Classification, ConflictReport, Error, ResourceId, StateCheck, classify::retry_after};
@@ -126,7 +126,7 @@ impl Engine {
             planned,
             until,
         } = watch;
-        let headers = fetch_headers(original.headers);
+        let headers = self.fetch_headers(original.headers);
         let mut schedule = policy.poll.backoff();
         let mut planned = planned.into_iter();
         let mut delay = match planned.next() {
@@ -147,7 +147,7 @@ impl Engine {
                 // Cut off by the deadline: nothing was observed, so the last state stays the last one seen.
                 Err(_) => return false,
                 Ok(Err(error)) => {
-                    tracing::debug!(%error, url = %target, "poll failed");
+                    tracing::debug!(error = %scrub(&error.to_string()), url = %redact(&target), "poll failed");
                     "transport error".to_owned()
                 }
                 Ok(Ok(fetched)) => {
@@ -169,7 +169,8 @@ impl Engine {
                         }
                         StatusCode::NOT_FOUND => {
                             trail.note(format!(
-                                "operation status {target} answered 404; polling the resource instead"
+                                "operation status {} answered 404; polling the resource instead",
+                                redact(&target)
                             ));
                             target = original.resource.fetch_url(original.url);
                             source = Source::Resource;
@@ -181,7 +182,7 @@ impl Engine {
                     }
                 }
             };
-            tracing::debug!(state = %state, url = %target, "polled");
+            tracing::debug!(state = ?state, url = %redact(&target), "polled");
             let done = done.unwrap_or_else(|| is_terminal(&state) || state == "NotFound");
             trail.observe(&state, done);
             if done {

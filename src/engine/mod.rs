@@ -20,7 +20,7 @@ use std::{borrow::Cow, collections::HashMap, fmt::Display, future::Future, pin::
 use precondition::Stale;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::time::Instant;
 use tracing::{Instrument, field::Empty};
 use url::Url;
@@ -48,11 +48,12 @@ pub(crate) trait Transport: Send {
     fn status(response: &Self::Response) -> StatusCode;
     /// The response's headers.
     fn headers(response: &Self::Response) -> &HeaderMap;
-    /// Reads up to `cap` bytes of the body and returns them with the response, whose body still
-    /// yields every byte to the caller.
+    /// Reads up to `cap` bytes of the body — stopping at `deadline` if the body stalls — and
+    /// returns them with the response, whose body still yields every byte to the caller.
     fn peek_body(
         response: Self::Response,
         cap: usize,
+        deadline: tokio::time::Instant,
     ) -> BoxFuture<'static, Peeked<Self::Response, Self::Error>>;
     /// Sends the original request: the first call sends the request itself, later ones a copy.
     /// Called again only while [`can_resend`](Self::can_resend).
@@ -249,27 +250,27 @@ pub(crate) fn is_conflict(status: StatusCode) -> bool {
     status == StatusCode::CONFLICT || status == StatusCode::PRECONDITION_FAILED
 }
 
-/// The headers a re-fetch carries: the original's, minus what describes the original's body or
-/// makes it conditional. Authorization stays, so auth applied before this middleware still works;
-/// the engine only re-fetches from the request's own origin or an allow-listed https host.
-pub(crate) fn fetch_headers(original: &HeaderMap) -> HeaderMap {
-    let mut headers = original.clone();
-    for name in [
-        header::CONTENT_TYPE,
-        header::CONTENT_LENGTH,
-        header::CONTENT_ENCODING,
-        header::TRANSFER_ENCODING,
-        header::EXPECT,
-        header::HOST,
-        header::IF_MATCH,
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_UNMODIFIED_SINCE,
-        header::IF_RANGE,
-    ] {
-        headers.remove(name);
-    }
-    headers
+/// A URL as it may be written down (logs, notes): no userinfo, no query — a storage URL's query
+/// is its SAS signature.
+pub(crate) fn redact(url: &Url) -> String {
+    format!(
+        "{}://{}{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.port().map(|p| format!(":{p}")).unwrap_or_default(),
+        url.path()
+    )
+}
+
+/// `text` (an error message) with the query of every URL in it cut, for the same reason.
+pub(crate) fn scrub(text: &str) -> String {
+    text.split(' ')
+        .map(|word| match (word.find("://"), word.find('?')) {
+            (Some(scheme), Some(query)) if query > scheme => format!("{}?…", &word[..query]),
+            _ => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Engine {
@@ -338,6 +339,23 @@ impl Engine {
     #[cfg_attr(not(feature = "azure-core"), allow(dead_code))]
     pub(crate) fn remembers(&self) -> bool {
         self.remembered.is_some()
+    }
+
+    /// The headers a re-fetch, poll or prerequisite action carries: only the original's headers
+    /// named in the policy's `poll_headers` (authorization, tracing ids, API version). Nothing
+    /// that describes the original's body or makes it conditional, and no other secret a caller
+    /// may have put on the write.
+    pub(crate) fn fetch_headers(&self, original: &HeaderMap) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for name in &self.policy.poll_headers {
+            let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                continue;
+            };
+            for value in original.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers
     }
 
     /// Where an adapter should copy a response body it passes to the caller, as a future merge
@@ -572,7 +590,7 @@ impl Engine {
                 }
                 return Ok(finish(response, report));
             }
-            let (peeked, body) = T::peek_body(response, self.policy.max_error_body)
+            let (peeked, body) = T::peek_body(response, self.policy.max_error_body, deadline)
                 .await
                 .map_err(Failure::Transport)?;
             response = peeked;

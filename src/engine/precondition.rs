@@ -17,7 +17,7 @@ use lru::LruCache;
 use serde_json::Value;
 use tokio::time::{Instant, timeout};
 
-use super::{Engine, Failure, Fetched, Original, Transport, fetch_headers};
+use super::{Engine, Failure, Fetched, Original, Transport, scrub};
 use crate::{ConflictReport, PreconditionStrategy, merge, report::Outcome};
 
 /// Representations the caller has seen, by (resource key, ETag): the bases of three-way merges.
@@ -132,7 +132,7 @@ impl Engine {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let fetch = transport.fetch(
             url,
-            fetch_headers(original.headers),
+            self.fetch_headers(original.headers),
             self.policy.max_fetch_body,
         );
         report.polls += 1;
@@ -143,7 +143,7 @@ impl Engine {
                 None
             }
             Ok(Err(error)) => {
-                report.note(format!("re-fetch failed: {error}"));
+                report.note(format!("re-fetch failed: {}", scrub(&error.to_string())));
                 None
             }
             Err(_) => {

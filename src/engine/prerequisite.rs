@@ -7,7 +7,6 @@ use url::Url;
 use super::{
     Engine, Original, Transport,
     converge::{Observations, Watch},
-    fetch_headers,
     state::Source,
 };
 use crate::{Action, ConflictReport, Error, Prerequisite, StateCheck};
@@ -102,7 +101,7 @@ impl Engine {
             return false;
         };
         let url = under(original, &action.path);
-        let headers = fetch_headers(original.headers);
+        let headers = self.fetch_headers(original.headers);
         let cap = self.policy.max_fetch_body;
         let Some(call) = transport.call(method.clone(), url, headers, cap) else {
             report.note("this HTTP stack cannot send prerequisite actions".to_owned());
@@ -119,7 +118,11 @@ impl Engine {
                 answer.status.is_success()
             }
             Ok(Err(error)) => {
-                report.note(format!("{method} {} failed: {error}", action.path));
+                report.note(format!(
+                    "{method} {} failed: {}",
+                    action.path,
+                    super::scrub(&error.to_string())
+                ));
                 false
             }
             Err(_) => {
