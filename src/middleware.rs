@@ -85,7 +85,9 @@ impl Middleware for ConflictMiddleware {
     ) -> reqwest_middleware::Result<Response> {
         let method = req.method().clone();
         if is_safe(&method) {
-            let resource = (method == Method::GET).then(|| ResourceId::from_url(req.url()));
+            // Only a policy that merges wants reads remembered; the rest pass untouched.
+            let resource = (method == Method::GET && self.engine.remembers())
+                .then(|| ResourceId::from_url(req.url()));
             let response = next.run(req, extensions).await?;
             return Ok(self.remember(resource, response));
         }

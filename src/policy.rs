@@ -213,7 +213,7 @@ impl LeasePolicy {
                 .iter()
                 .any(|listed| listed.eq_ignore_ascii_case(t))
         });
-        if let Some(parent) = resource.parent().filter(|_| lock_parent) {
+        if let Some(parent) = lock_parent.then(|| resource.parent()).flatten() {
             keys.push(parent.key().to_owned());
         }
         keys

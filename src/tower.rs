@@ -188,7 +188,7 @@ where
         Some(url) if !is_safe(&method) => url,
         url => {
             let resource = url
-                .filter(|_| method == Method::GET)
+                .filter(|_| method == Method::GET && engine.remembers())
                 .map(|url| ResourceId::from_url(&url));
             let response = ready.call(request).await.map_err(Into::into)?;
             return Ok(remember(&engine, resource, response.map(ConflictBody::new)));

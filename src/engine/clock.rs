@@ -17,7 +17,11 @@ use lru::LruCache;
 use tokio::time::Instant;
 
 /// Transitions whose start is remembered, and resource types with an estimate.
-const CAPACITY: usize = 4096;
+const CAPACITY: usize = 16 * 1024;
+
+/// Polls planned at `min_delay` spacing while nothing is known yet, before the schedule takes
+/// over: the first transition of a type is found within one `min_delay` of its end.
+const FLAT_POLLS: u32 = 16;
 
 #[derive(Clone, Copy, Debug)]
 struct Estimate {
@@ -56,16 +60,20 @@ impl Clock {
         self.inner().started.put(key.to_owned(), at);
     }
 
-    /// When to poll `key` (of type `kind`) first; empty when nothing is known.
-    pub(crate) fn plan(&self, key: &str, kind: &str) -> Vec<Instant> {
+    /// When to poll `key` (of type `kind`): at once and then every `min_delay` while no estimate
+    /// exists (the previous write may have converged long ago, and the first end seen is the
+    /// first estimate); with one, bisecting towards the end, then at it.
+    pub(crate) fn plan(&self, key: &str, kind: &str, min_delay: Duration) -> Vec<Instant> {
+        let now = Instant::now();
         let mut inner = self.inner();
-        let Some(&start) = inner.started.get(key) else {
-            return Vec::new();
+        let start = inner.started.get(key).copied();
+        let estimate = inner.estimates.get(kind).copied();
+        let (Some(start), Some(Estimate { lo, hi })) = (start, estimate) else {
+            return (0..FLAT_POLLS).map(|i| now + min_delay * i).collect();
         };
-        let Some(&Estimate { lo, hi }) = inner.estimates.get(kind) else {
-            return Vec::new();
-        };
-        if hi.saturating_sub(lo) > hi / 20 {
+        // Narrow until the bounds are within 0.5% (at least 1 ms) of each other.
+        let tolerance = (hi / 200).max(Duration::from_millis(1));
+        if hi.saturating_sub(lo) > tolerance {
             vec![start + (lo + hi) / 2, start + hi]
         } else {
             vec![start + hi]
@@ -118,12 +126,18 @@ mod tests {
         let clock = Clock::default();
         let t0 = Instant::now();
         clock.started("k", t0);
-        assert!(clock.plan("k", "T").is_empty(), "nothing known yet");
+        let flat = clock.plan("k", "T", 10 * MS);
+        assert_eq!(
+            flat.len(),
+            FLAT_POLLS as usize,
+            "nothing known yet: poll at once, then flat"
+        );
+        assert_eq!(flat[1] - flat[0], 10 * MS);
         // First transition: seen running at 95 ms, over at 160 ms.
         clock.learn("k", "T", &[(t0 + 95 * MS, false), (t0 + 160 * MS, true)]);
         clock.started("k", t0);
         assert_eq!(
-            clock.plan("k", "T"),
+            clock.plan("k", "T", MS),
             [t0 + 127 * MS + MS / 2, t0 + 160 * MS]
         );
         // Over at the midpoint: the upper bound comes down.
@@ -132,7 +146,18 @@ mod tests {
         clock.learn("k", "T", &[(t0 + 100 * MS, false), (t0 + 103 * MS, true)]);
         clock.started("k", t0);
         assert_eq!(
-            clock.plan("k", "T"),
+            clock.plan("k", "T", MS),
+            [t0 + 101 * MS + MS / 2, t0 + 103 * MS],
+            "3 ms apart: still narrowing"
+        );
+        clock.learn(
+            "k",
+            "T",
+            &[(t0 + 102 * MS + MS / 2, false), (t0 + 103 * MS, true)],
+        );
+        clock.started("k", t0);
+        assert_eq!(
+            clock.plan("k", "T", MS),
             [t0 + 103 * MS],
             "one poll once the bounds are close"
         );
@@ -148,6 +173,6 @@ mod tests {
         clock.started("k", t0);
         clock.learn("k", "T", &[(t0 + 80 * MS, false), (t0 + 120 * MS, true)]);
         clock.started("k", t0);
-        assert_eq!(clock.plan("k", "T"), [t0 + 60 * MS, t0 + 120 * MS]);
+        assert_eq!(clock.plan("k", "T", MS), [t0 + 60 * MS, t0 + 120 * MS]);
     }
 }

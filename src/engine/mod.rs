@@ -336,7 +336,6 @@ impl Engine {
     }
 
     /// Whether successful bodies are wanted as merge bases (the policy merges).
-    #[cfg_attr(not(feature = "azure-core"), allow(dead_code))]
     pub(crate) fn remembers(&self) -> bool {
         self.remembered.is_some()
     }
@@ -478,7 +477,7 @@ impl Engine {
         let key = original.resource.key();
         let kind = original.resource.resource_type().unwrap_or_default();
         let watch = converge::Watch {
-            planned: self.clock.plan(key, kind),
+            planned: self.clock.plan(key, kind, self.policy.poll.min_delay),
             ..converge::Watch::state(
                 original.resource.fetch_url(original.url),
                 state::Source::Resource,
