@@ -260,7 +260,13 @@ impl LeaseStore for MemoryLeases {
             // `user` lives in this future: if the future is dropped while waiting, the waiter
             // leaves the lock's queue and the key's user count drops with it.
             let (user, lock) = self.inner.enter(key);
-            match tokio::time::timeout(wait, lock.lock_owned()).await {
+            // Uncontended, take it at once: no timer to arm. (A free permit is never one a
+            // queued waiter was promised, so this does not jump the FIFO queue.)
+            let acquired = match lock.clone().try_lock_owned() {
+                Ok(guard) => Ok(guard),
+                Err(_) => tokio::time::timeout(wait, lock.lock_owned()).await,
+            };
+            match acquired {
                 Ok(guard) => {
                     let token = self.inner.grant(&user);
                     Ok(Lease::new(key, token, move || {
