@@ -59,12 +59,28 @@ pub(crate) fn three_way(base: &Value, ours: &Value, theirs: &Value) -> Result<Va
 }
 
 /// Whether `fresh` already holds everything `request` sets: a write whose answer was lost but
-/// which landed.
-pub(crate) fn contains(fresh: &Value, request: &Value) -> bool {
+/// which landed. With PUT, objects are replaced whole, so below the top level and `properties`
+/// (where the server adds read-only fields) an object must match key for key — a PUT of
+/// `{"tags":{}}` is not in place while tags remain. With a JSON merge patch, objects merge, and a
+/// `null` asks for the key to be gone.
+pub(crate) fn contains(fresh: &Value, request: &Value, merge_patch: bool) -> bool {
+    contains_at(fresh, request, merge_patch, 0, "")
+}
+
+fn contains_at(fresh: &Value, request: &Value, patch: bool, depth: usize, key: &str) -> bool {
     match (fresh, request) {
-        (Value::Object(f), Value::Object(r)) => r
-            .iter()
-            .all(|(k, v)| f.get(k).is_some_and(|fv| contains(fv, v))),
+        (Value::Object(f), Value::Object(r)) => {
+            let may_hold_more = patch || depth == 0 || (depth == 1 && key == "properties");
+            if !may_hold_more && f.len() != r.len() {
+                return false;
+            }
+            r.iter().all(|(k, v)| match (f.get(k), v) {
+                (None, Value::Null) => patch,
+                (Some(_), Value::Null) if patch => false,
+                (Some(fv), v) => contains_at(fv, v, patch, depth + 1, k),
+                (None, _) => false,
+            })
+        }
         _ => fresh == request,
     }
 }
@@ -232,12 +248,29 @@ mod tests {
     #[test]
     fn containment() {
         let fresh = base();
-        assert!(contains(
-            &fresh,
-            &json!({"properties": {"size": "S"}, "tags": {"env": "dev"}})
+        let put = |r: Value| contains(&fresh, &r, false);
+        assert!(put(
+            json!({"properties": {"size": "S"}, "tags": {"env": "dev"}})
         ));
-        assert!(!contains(&fresh, &json!({"properties": {"size": "M"}})));
-        assert!(!contains(&fresh, &json!({"location": "westus"})));
-        assert!(contains(&fresh, &json!({})));
+        assert!(!put(json!({"properties": {"size": "M"}})));
+        assert!(!put(json!({"location": "westus"})));
+        assert!(put(json!({})));
+        // A PUT replaces `tags` whole: clearing or shrinking them is not in place yet.
+        assert!(!put(json!({"tags": {}})));
+        let mut more_tags = base();
+        more_tags["tags"]["owner"] = json!("ci");
+        assert!(!contains(
+            &more_tags,
+            &json!({"tags": {"env": "dev"}}),
+            false
+        ));
+        // A merge patch merges, and `null` asks for removal.
+        assert!(contains(&more_tags, &json!({"tags": {"env": "dev"}}), true));
+        assert!(!contains(
+            &more_tags,
+            &json!({"tags": {"owner": null}}),
+            true
+        ));
+        assert!(contains(&fresh, &json!({"tags": {"owner": null}}), true));
     }
 }

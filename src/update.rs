@@ -31,6 +31,8 @@ pub struct UpdateOptions {
     pub method: Method,
     /// The pause after a lost round.
     pub backoff: PollSchedule,
+    /// The largest representation read; a larger one is an error, not a buffer without bound.
+    pub max_body: usize,
 }
 
 impl Default for UpdateOptions {
@@ -45,6 +47,7 @@ impl Default for UpdateOptions {
                 factor: 2.0,
                 jitter: true,
             },
+            max_body: 4 * 1024 * 1024,
         }
     }
 }
@@ -111,9 +114,14 @@ where
         let current = client.get(url).send().await.map_err(Error::Http)?;
         let current = expect_success(current).await?;
         let etag = current.headers().get(header::ETAG).cloned();
-        let mut value: Value = current
-            .json()
-            .await
+        let body = read_body(current, options.max_body.saturating_add(1)).await?;
+        if body.len() > options.max_body {
+            return Err(Error::InvalidBody(format!(
+                "the resource is larger than {} bytes",
+                options.max_body
+            )));
+        }
+        let mut value: Value = serde_json::from_slice(&body)
             .map_err(|e| Error::InvalidBody(format!("the resource is not JSON: {e}")))?;
         let etag = match etag {
             Some(etag) => etag,
@@ -134,7 +142,8 @@ where
             .map_err(Error::Http)?;
         if written.status() != StatusCode::PRECONDITION_FAILED {
             let written = expect_success(written).await?;
-            let answer: Option<Value> = written.json().await.ok();
+            let answer = read_body(written, options.max_body).await?;
+            let answer: Option<Value> = serde_json::from_slice(&answer).ok();
             return Ok(answer.unwrap_or(value));
         }
         tracing::debug!(attempt, url, "update lost the race; re-reading");
@@ -160,7 +169,15 @@ async fn expect_success(response: reqwest::Response) -> Result<reqwest::Response
         return Ok(response);
     }
     let status = response.status().as_u16();
-    let body = response.bytes().await.unwrap_or_default();
-    let body = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+    let body = read_body(response, 4096).await.unwrap_or_default();
+    let body = String::from_utf8_lossy(&body).into_owned();
     Err(Error::Status { status, body })
+}
+
+/// At most `cap` bytes of a response body.
+async fn read_body(response: reqwest::Response, cap: usize) -> Result<bytes::Bytes, Error> {
+    let body = http::Response::<reqwest::Body>::from(response).into_body();
+    crate::body::read_capped(body, cap)
+        .await
+        .map_err(|e| Error::Http(reqwest_middleware::Error::Reqwest(e)))
 }

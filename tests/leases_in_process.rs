@@ -4,7 +4,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use arm_sim::{Sim, SimConfig};
+use arm_sim::{Scripted, Sim, SimConfig};
 use common::*;
 use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, LeasePolicy, MemoryLeases};
 use reqwest_middleware::ClientBuilder;
@@ -183,4 +183,38 @@ async fn dropping_a_request_mid_wait_releases_its_lease() {
     .expect("a cancelled request's lease is still held")
     .unwrap();
     assert!(later.status().is_success());
+}
+
+#[tokio::test]
+async fn a_201_from_an_api_that_is_not_arm_does_not_hold_up_the_next_write() {
+    // `POST /items`-style APIs answer 201 for "created"; nothing is in transition afterwards,
+    // and their collections do not report states, so the next write must go straight through.
+    let sim = Sim::start(SimConfig::default()).await;
+    let things = "/api/things";
+    sim.script(
+        "PUT",
+        things,
+        vec![Scripted::raw(201, "{}"), Scripted::raw(201, "{}")],
+    );
+    sim.script("GET", things, vec![Scripted::raw(200, "[]"); 50]);
+    let policy = ConflictPolicy {
+        deadline: Duration::from_secs(1),
+        ..fast_policy()
+    };
+    let client = client(policy);
+    for _ in 0..2 {
+        let resp = client
+            .put(sim.url(things))
+            .json(&json!({"name": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    assert_eq!(sim.count("PUT", things, None), 2);
+    assert_eq!(
+        sim.count("GET", things, None),
+        0,
+        "no state guard for a non-ARM API"
+    );
 }

@@ -283,3 +283,54 @@ fn the_readme_policy_loads() {
         Duration::from_secs(45 * 60)
     );
 }
+
+#[tokio::test]
+async fn a_prerequisite_check_that_answers_404_is_polled_on_the_schedule_not_in_a_loop() {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::from_millis(20),
+        ..SimConfig::default()
+    })
+    .await;
+    sim.seed(VM, json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v3"}}}));
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/policies/compute.json"
+    ))
+    .unwrap();
+    let mut rule = ConflictPolicy::from_json(&shipped)
+        .unwrap()
+        .prerequisites
+        .remove(0);
+    // A check on a sub-path the server does not have: every poll of it answers 404.
+    rule.until.path = "doesNotExist".into();
+    let policy = ConflictPolicy {
+        prerequisites: vec![rule],
+        deadline: Duration::from_millis(500),
+        ..fast_policy()
+    };
+    let resized = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_E8s_v5"}}});
+    let err = client(policy.clone())
+        .put(url(&sim, VM))
+        .json(&resized)
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(err) = err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::NotConverged { .. })
+        ),
+        "{err:?}"
+    );
+    let polls = sim.count("GET", &format!("{VM}/doesNotExist"), None);
+    let budget = (policy.deadline.as_millis() / policy.poll.min_delay.as_millis()) as usize + 5;
+    assert!(
+        polls >= 1 && polls <= budget,
+        "{polls} polls of a 404 within a {budget}-poll budget"
+    );
+    // The deallocation happened, so the VM was started again.
+    assert_eq!(sim.count("POST", &format!("{VM}/start"), None), 1);
+}

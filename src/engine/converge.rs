@@ -66,6 +66,10 @@ pub(super) struct Watch {
     pub planned: Vec<Instant>,
     /// Wait for this condition instead of a terminal state (prerequisite transitions).
     pub until: Option<StateCheck>,
+    /// End the wait on an answer that cannot tell a state (a body with no readable state, a
+    /// client error): the state guard's wait is a courtesy, and must never block a write for
+    /// the whole deadline on a resource that does not report states the ARM way.
+    pub lenient: bool,
 }
 
 impl Watch {
@@ -77,6 +81,7 @@ impl Watch {
             first_delay: None,
             planned: Vec::new(),
             until: None,
+            lenient: false,
         }
     }
 }
@@ -125,6 +130,7 @@ impl Engine {
             first_delay,
             planned,
             until,
+            lenient,
         } = watch;
         let headers = self.fetch_headers(original.headers);
         let mut schedule = policy.poll.backoff();
@@ -161,13 +167,20 @@ impl Engine {
                             done = Some(satisfied);
                             seen.unwrap_or_else(|| "unreadable".to_owned())
                         }
-                        s if s.is_success() => read_state(source, &fetched.body)
-                            .unwrap_or_else(|| "unreadable".to_owned()),
+                        s if s.is_success() => match read_state(source, &fetched.body) {
+                            Some(state) => state,
+                            None => {
+                                done = lenient.then_some(true);
+                                "unreadable".to_owned()
+                            }
+                        },
                         // A resource that is gone is not in transition any more.
                         StatusCode::NOT_FOUND if source == Source::Resource && until.is_none() => {
                             "NotFound".to_owned()
                         }
-                        StatusCode::NOT_FOUND => {
+                        // An operation that is gone: watch the resource instead. (Only for
+                        // operations: a resource that answers 404 is observed like any status.)
+                        StatusCode::NOT_FOUND if source == Source::Operation => {
                             trail.note(format!(
                                 "operation status {} answered 404; polling the resource instead",
                                 redact(&target)
@@ -178,7 +191,16 @@ impl Engine {
                             trail.observe("operation not found", false);
                             continue;
                         }
-                        s => format!("HTTP {}", s.as_u16()),
+                        s => {
+                            // A client error other than "busy" or "too many" will not change by
+                            // waiting; the guard stops there.
+                            let lasting =
+                                s.is_client_error() && !matches!(s.as_u16(), 408 | 409 | 425 | 429);
+                            if lenient && lasting {
+                                done = Some(true);
+                            }
+                            format!("HTTP {}", s.as_u16())
+                        }
                     }
                 }
             };

@@ -18,6 +18,7 @@ pub(crate) mod state;
 use std::{borrow::Cow, collections::HashMap, fmt::Display, future::Future, pin::Pin, sync::Arc};
 
 use precondition::Stale;
+use prerequisite::Prepared;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -236,13 +237,19 @@ pub(crate) fn is_safe(method: &http::Method) -> bool {
     )
 }
 
-/// Whether a successful write left the resource in transition: ARM answers 201/202 for
+/// Whether a successful write to an ARM resource left it in transition: ARM answers 201/202 for
 /// long-running operations, or names an `Azure-AsyncOperation` to poll. Judged from the head
-/// alone, so successful bodies are never read.
-pub(crate) fn leaves_transition(status: StatusCode, headers: &HeaderMap) -> bool {
-    status == StatusCode::CREATED
-        || status == StatusCode::ACCEPTED
-        || (status.is_success() && headers.contains_key("azure-asyncoperation"))
+/// alone, so successful bodies are never read. Other APIs have no such contract (a 201 from
+/// `POST /items` is just "created"), so they are never marked.
+pub(crate) fn leaves_transition(
+    resource: &ResourceId,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> bool {
+    resource.is_arm()
+        && (status == StatusCode::CREATED
+            || status == StatusCode::ACCEPTED
+            || (status.is_success() && headers.contains_key("azure-asyncoperation")))
 }
 
 /// Whether a status is one this crate resolves.
@@ -447,7 +454,11 @@ impl Engine {
         self.journal.end(seq, status);
 
         if let (Some(lease), Ok((response, _))) = (own, &result)
-            && leaves_transition(T::status(response), T::headers(response))
+            && leaves_transition(
+                &original.resource,
+                T::status(response),
+                T::headers(response),
+            )
         {
             self.clock.started(original.resource.key(), Instant::now());
             if let Err(error) = self.leases.set_transitioning(lease, true).await {
@@ -478,6 +489,7 @@ impl Engine {
         let kind = original.resource.resource_type().unwrap_or_default();
         let watch = converge::Watch {
             planned: self.clock.plan(key, kind, self.policy.poll.min_delay),
+            lenient: true,
             ..converge::Watch::state(
                 original.resource.fetch_url(original.url),
                 state::Source::Resource,
@@ -648,9 +660,13 @@ impl Engine {
                         .prepare(transport, original, &rule, deadline, report)
                         .await;
                     match prepared {
-                        Ok(true) => *restore = Some(rule),
-                        // The action was not accepted: nothing changed, nothing to restore.
-                        Ok(false) => {
+                        Ok(Prepared::Ready) => *restore = Some(rule),
+                        Ok(Prepared::NotTaken) => {
+                            report.outcome = Outcome::Surfaced;
+                            return Ok(finish(response, Some(report.clone())));
+                        }
+                        Ok(Prepared::Unknown) => {
+                            *restore = Some(rule);
                             report.outcome = Outcome::Surfaced;
                             return Ok(finish(response, Some(report.clone())));
                         }

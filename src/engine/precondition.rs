@@ -79,7 +79,7 @@ impl Engine {
             .and_then(|b| serde_json::from_slice(&b).ok());
         if let (Some(fresh_json), Some(ours)) = (&fresh_json, &ours)
             && ours.as_object().is_some_and(|o| !o.is_empty())
-            && merge::contains(fresh_json, ours)
+            && merge::contains(fresh_json, ours, *original.method == http::Method::PATCH)
         {
             let mut headers = HeaderMap::new();
             for name in [header::CONTENT_TYPE, header::ETAG] {

@@ -25,8 +25,7 @@ impl Engine {
             .cloned()
     }
 
-    /// Runs `rule.action` and waits until `rule.until` holds. `Ok(false)` when the action could
-    /// not be taken (noted in the report; the conflict is then surfaced).
+    /// Runs `rule.action` and waits until `rule.until` holds.
     pub(super) async fn prepare<T: Transport>(
         &self,
         transport: &mut T,
@@ -34,16 +33,18 @@ impl Engine {
         rule: &Prerequisite,
         deadline: Instant,
         report: &mut ConflictReport,
-    ) -> Result<bool, Error> {
-        if !self
+    ) -> Result<Prepared, Error> {
+        match self
             .act(transport, original, &rule.action, deadline, report)
             .await
         {
-            return Ok(false);
+            Acted::Accepted => {}
+            Acted::Refused => return Ok(Prepared::NotTaken),
+            Acted::Unknown => return Ok(Prepared::Unknown),
         }
         self.wait_until(transport, original, &rule.until, deadline, report)
             .await?;
-        Ok(true)
+        Ok(Prepared::Ready)
     }
 
     /// Puts the resource back: waits for the retried write's own transition, runs
@@ -72,9 +73,10 @@ impl Engine {
             ));
             return;
         }
-        if !self
+        if self
             .act(transport, original, action, deadline, report)
             .await
+            != Acted::Accepted
         {
             return;
         }
@@ -87,7 +89,7 @@ impl Engine {
         }
     }
 
-    /// Sends one action; whether it was accepted (2xx).
+    /// Sends one action.
     async fn act<T: Transport>(
         &self,
         transport: &mut T,
@@ -95,17 +97,17 @@ impl Engine {
         action: &Action,
         deadline: Instant,
         report: &mut ConflictReport,
-    ) -> bool {
+    ) -> Acted {
         let Ok(method) = Method::from_bytes(action.method.as_bytes()) else {
             report.note(format!("`{}` is not an HTTP method", action.method));
-            return false;
+            return Acted::Refused;
         };
         let url = under(original, &action.path);
         let headers = self.fetch_headers(original.headers);
         let cap = self.policy.max_fetch_body;
         let Some(call) = transport.call(method.clone(), url, headers, cap) else {
             report.note("this HTTP stack cannot send prerequisite actions".to_owned());
-            return false;
+            return Acted::Refused;
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         match timeout(remaining, call).await {
@@ -115,19 +117,24 @@ impl Engine {
                     action.path,
                     answer.status.as_u16()
                 ));
-                answer.status.is_success()
+                if answer.status.is_success() {
+                    Acted::Accepted
+                } else {
+                    Acted::Refused
+                }
             }
+            // The action may have reached the server all the same.
             Ok(Err(error)) => {
                 report.note(format!(
                     "{method} {} failed: {}",
                     action.path,
                     super::scrub(&error.to_string())
                 ));
-                false
+                Acted::Unknown
             }
             Err(_) => {
                 report.note(format!("{method} {} cut off by the deadline", action.path));
-                false
+                Acted::Unknown
             }
         }
     }
@@ -168,6 +175,28 @@ impl Engine {
             waited: report.waited,
         })
     }
+}
+
+/// What became of a prerequisite action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Acted {
+    /// The server accepted it (2xx).
+    Accepted,
+    /// It was not sent, or the server refused it: nothing changed.
+    Refused,
+    /// No answer (transport error, deadline): it may have been applied.
+    Unknown,
+}
+
+/// Whether the resource was put into the needed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Prepared {
+    /// It is there: retry the original request.
+    Ready,
+    /// The action was refused or could not be sent: nothing changed, nothing to restore.
+    NotTaken,
+    /// The action may or may not have been applied: surface the conflict, but restore.
+    Unknown,
 }
 
 /// `{resource}/{path}` on the request's origin, with its `api-version`.
