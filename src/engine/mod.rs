@@ -441,7 +441,8 @@ impl Engine {
         );
         let mut result = match transport.send().await {
             Ok(first) if is_conflict(T::status(&first)) => {
-                self.resolve(transport, original, first, deadline).await
+                // Boxed: the resolution is a large future, and only a conflict pays for it.
+                Box::pin(self.resolve(transport, original, first, deadline)).await
             }
             Ok(first) => Ok((first, None)),
             Err(error) => Err(Failure::Transport(error)),
@@ -497,9 +498,8 @@ impl Engine {
         };
         let mut seen = converge::Observations::default();
         let waiting = Instant::now();
-        let converged = self
-            .poll(transport, original, watch, deadline, &mut seen)
-            .await;
+        // Boxed: a large future that only a write after a transition pays for.
+        let converged = Box::pin(self.poll(transport, original, watch, deadline, &mut seen)).await;
         self.clock.learn(key, kind, &seen.polls);
         if !converged {
             return Err(Error::NotConverged {
