@@ -10,40 +10,49 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::{Instant, timeout_at};
 
-/// Reads frames until `cap` bytes, the end, or `deadline` (a body that stalls). Returns what was
-/// read (possibly a little over `cap`, by at most one frame) and whether the body ended.
+/// What [`read_up_to`] read: data (possibly a little over the cap, by at most one frame), and
+/// the trailers if the body ended with some.
+struct Read {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+/// Reads frames until `cap` bytes, the end, or `deadline` (a body that stalls).
 async fn read_up_to<B>(
     body: &mut B,
     cap: usize,
     deadline: Option<Instant>,
-) -> Result<(Bytes, bool), B::Error>
+) -> Result<Read, B::Error>
 where
     B: Body<Data = Bytes> + Unpin,
 {
     let mut buf = BytesMut::new();
-    while buf.len() < cap {
+    let mut trailers = None;
+    while buf.len() < cap && trailers.is_none() {
         let frame = match deadline {
             Some(deadline) => match timeout_at(deadline, body.frame()).await {
                 Ok(frame) => frame,
                 // Stalled: what was read is all the classifier gets; the rest stays in the body.
-                Err(_) => return Ok((buf.freeze(), false)),
+                Err(_) => break,
             },
             None => body.frame().await,
         };
-        match frame {
-            None => return Ok((buf.freeze(), true)),
-            Some(frame) => {
-                if let Ok(data) = frame?.into_data() {
-                    buf.extend_from_slice(&data);
-                }
-            }
+        let Some(frame) = frame else { break };
+        match frame?.into_data() {
+            Ok(data) => buf.extend_from_slice(&data),
+            // Trailers end a body; they are kept, to be replayed.
+            Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
-    Ok((buf.freeze(), body.is_end_stream()))
+    Ok(Read {
+        data: buf.freeze(),
+        trailers,
+    })
 }
 
 /// Reads at most `cap` bytes of `body` and drops the rest.
@@ -51,7 +60,7 @@ pub(crate) async fn read_capped<B>(mut body: B, cap: usize) -> Result<Bytes, B::
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let (mut bytes, _) = read_up_to(&mut body, cap, None).await?;
+    let mut bytes = read_up_to(&mut body, cap, None).await?.data;
     bytes.truncate(cap);
     Ok(bytes)
 }
@@ -66,15 +75,21 @@ pub(crate) async fn peek<B>(
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let (read, _) = read_up_to(&mut body, cap, Some(deadline)).await?;
-    let peeked = read.slice(..read.len().min(cap));
-    let prefix = (!read.is_empty()).then_some(read);
-    Ok((Prefixed { prefix, rest: body }, peeked))
+    let Read { data, trailers } = read_up_to(&mut body, cap, Some(deadline)).await?;
+    let peeked = data.slice(..data.len().min(cap));
+    let prefix = (!data.is_empty()).then_some(data);
+    let body = Prefixed {
+        prefix,
+        trailers,
+        rest: body,
+    };
+    Ok((body, peeked))
 }
 
-/// A body whose first bytes were already read: replays them, then the rest.
+/// A body whose first frames were already read: replays them, then the rest.
 pub(crate) struct Prefixed<B> {
     prefix: Option<Bytes>,
+    trailers: Option<HeaderMap>,
     rest: B,
 }
 
@@ -92,11 +107,14 @@ where
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
         Pin::new(&mut self.rest).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.rest.is_end_stream()
+        self.prefix.is_none() && self.trailers.is_none() && self.rest.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -239,6 +257,22 @@ mod tests {
             seen.lock().unwrap().is_none(),
             "a body over the cap is not kept"
         );
+    }
+
+    #[tokio::test]
+    async fn peek_replays_trailers_too() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"body"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let (body, peeked) = peek(body, 1024, far()).await.unwrap();
+        assert_eq!(&peeked[..], b"body");
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(&collected.to_bytes()[..], b"body");
     }
 
     #[tokio::test]
