@@ -483,7 +483,11 @@ impl Engine {
         lease: &Lease,
         deadline: Instant,
     ) -> Result<(), Error> {
-        if !self.leases.is_transitioning(lease).await? {
+        let transitioning = match lease.transitioning() {
+            Some(known) => known,
+            None => self.leases.is_transitioning(lease).await?,
+        };
+        if !transitioning {
             return Ok(());
         }
         let key = original.resource.key();

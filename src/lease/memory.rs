@@ -192,14 +192,16 @@ impl Inner {
     }
 
     /// Issues the next token to the user that now holds `key`'s lock.
-    fn grant(&self, user: &User) -> u64 {
+    /// Also says whether the previous holder left the key in transition, read under the same
+    /// shard lock, which saves the holder a second lookup.
+    fn grant(&self, user: &User) -> (u64, bool) {
         let token = self.last_token.fetch_add(1, Ordering::Relaxed) + 1;
         let mut map = lock(&self.shards[user.shard]);
         let entry = map
             .get_mut(&*user.key)
             .expect("a key's entry lives as long as its users");
         entry.holder = token;
-        token
+        (token, entry.in_transition())
     }
 
     /// Runs `f` on the entry of `lease`'s key, if `lease` is its current holder.
@@ -268,12 +270,13 @@ impl LeaseStore for MemoryLeases {
             };
             match acquired {
                 Ok(guard) => {
-                    let token = self.inner.grant(&user);
-                    Ok(Lease::new(key, token, move || {
+                    let (token, transitioning) = self.inner.grant(&user);
+                    let lease = Lease::new(key, token, move || {
                         // Wake the next waiter first, then leave (which may forget the key).
                         drop(guard);
                         drop(user);
-                    }))
+                    });
+                    Ok(lease.with_transitioning(transitioning))
                 }
                 Err(_) => Err(Error::LeaseTimeout {
                     key: key.to_owned(),

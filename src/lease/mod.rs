@@ -67,6 +67,8 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
 pub struct Lease {
     key: String,
     token: u64,
+    /// Whether the previous holder left the key in transition, when the store knew at once.
+    transitioning: Option<bool>,
     /// In a mutex only so that `&Lease` can be held across awaits (`Lease: Sync`); it is taken
     /// once, on release or drop.
     release: std::sync::Mutex<Option<Release>>,
@@ -106,6 +108,7 @@ impl Lease {
         Self {
             key: key.into(),
             token,
+            transitioning: None,
             release: std::sync::Mutex::new(Some(release)),
         }
     }
@@ -118,6 +121,20 @@ impl Lease {
     /// The fencing token: strictly greater than any earlier holder's token for this key.
     pub fn token(&self) -> u64 {
         self.token
+    }
+
+    /// Records what the store saw of the transitioning flag while granting the lease, so that
+    /// [`transitioning`](Self::transitioning) can answer without asking it again. For store
+    /// implementations.
+    pub fn with_transitioning(mut self, transitioning: bool) -> Self {
+        self.transitioning = Some(transitioning);
+        self
+    }
+
+    /// Whether the previous holder left the resource in transition, if the store said so when
+    /// granting the lease; `None` means ask [`LeaseStore::is_transitioning`].
+    pub fn transitioning(&self) -> Option<bool> {
+        self.transitioning
     }
 
     /// Gives the lease back and waits until the store has it, so the next holder (perhaps in
