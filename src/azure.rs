@@ -410,17 +410,8 @@ impl Transport for AzureTransport<'_, '_> {
         url: Url,
         headers: HeaderMap,
         cap: usize,
-    ) -> Option<BoxFuture<'_, Result<Fetched, azure_core::Error>>> {
-        Some(Box::pin(self.exchange(method, url, headers, cap)))
-    }
-
-    fn fetch(
-        &mut self,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, azure_core::Error>> {
-        Box::pin(self.exchange(Method::GET, url, headers, cap))
+        Box::pin(self.exchange(method, url, headers, cap))
     }
 }
 

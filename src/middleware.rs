@@ -241,17 +241,8 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
         url: Url,
         headers: HeaderMap,
         cap: usize,
-    ) -> Option<BoxFuture<'_, Result<Fetched, Self::Error>>> {
-        Some(self.exchange(method, url, headers, cap))
-    }
-
-    fn fetch(
-        &mut self,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, Self::Error>> {
-        self.exchange(Method::GET, url, headers, cap)
+        self.exchange(method, url, headers, cap)
     }
 }
 

@@ -419,17 +419,8 @@ where
         url: Url,
         headers: HeaderMap,
         cap: usize,
-    ) -> Option<BoxFuture<'_, Result<Fetched, BoxError>>> {
-        Some(Box::pin(self.exchange(method, url, headers, cap)))
-    }
-
-    fn fetch(
-        &mut self,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, BoxError>> {
-        Box::pin(self.exchange(Method::GET, url, headers, cap))
+        Box::pin(self.exchange(method, url, headers, cap))
     }
 }
 

@@ -87,25 +87,23 @@ pub(crate) trait Transport: Send {
         None
     }
     /// Sends `method url` with `headers` and no body through the rest of the stack, reading at
-    /// most `cap` bytes of the answer — the prerequisite actions. `None` when this stack cannot
-    /// (prerequisite rules then surface the conflict).
+    /// most `cap` bytes of the answer: re-fetches, polls, prerequisite actions.
     fn call(
         &mut self,
         method: http::Method,
         url: Url,
         headers: HeaderMap,
         cap: usize,
-    ) -> Option<BoxFuture<'_, Result<Fetched, Self::Error>>> {
-        let _ = (method, url, headers, cap);
-        None
-    }
+    ) -> BoxFuture<'_, Result<Fetched, Self::Error>>;
     /// GETs `url` through the rest of the stack with `headers`, reading at most `cap` bytes.
     fn fetch(
         &mut self,
         url: Url,
         headers: HeaderMap,
         cap: usize,
-    ) -> BoxFuture<'_, Result<Fetched, Self::Error>>;
+    ) -> BoxFuture<'_, Result<Fetched, Self::Error>> {
+        self.call(http::Method::GET, url, headers, cap)
+    }
 }
 
 /// A re-fetched resource or operation status.
