@@ -242,19 +242,6 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
         headers: HeaderMap,
         cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, Self::Error>> {
-        self.exchange(method, url, headers, cap)
-    }
-}
-
-impl ReqwestTransport<'_, '_, '_> {
-    /// A bodiless request through the rest of the chain, its answer read up to `cap` bytes.
-    fn exchange(
-        &mut self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
-    ) -> BoxFuture<'_, Result<Fetched, reqwest_middleware::Error>> {
         let origin = url.origin();
         let mut request = Request::new(method, url);
         *request.headers_mut() = headers;
