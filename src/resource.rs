@@ -190,12 +190,16 @@ impl std::str::FromStr for ResourceId {
 }
 
 fn origin_of(url: &Url) -> String {
-    let mut origin = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    use std::fmt::Write;
+    let mut origin = String::with_capacity(url.as_str().len());
+    origin.push_str(url.scheme());
+    origin.push_str("://");
+    origin.push_str(url.host_str().unwrap_or(""));
     if let Some(port) = url.port() {
-        origin.push(':');
-        origin.push_str(&port.to_string());
+        let _ = write!(origin, ":{port}");
     }
-    origin.to_ascii_lowercase()
+    origin.make_ascii_lowercase();
+    origin
 }
 
 fn api_version_in(query: &str) -> Option<String> {
@@ -217,65 +221,103 @@ fn truncate(input: &str) -> String {
     format!("{}…", &input[..end])
 }
 
+/// Path segments an ARM ID may have; real ones have a dozen or two. Longer paths are not ARM IDs
+/// (and cannot make the parse allocate without bound).
+const MAX_SEGMENTS: usize = 64;
+
 /// Walks `/subscriptions/{s}[/resourceGroups/{g}][/providers/{ns}/{type}/{name}[/{type}/{name}]*]*[/{action}]`.
+/// On the request path of every write, so it works on the stack and allocates only the strings
+/// it returns.
 fn parse_arm_path(path: &str) -> Result<ResourceId, &'static str> {
     let trimmed = path.trim_end_matches('/');
-    let segs: Vec<&str> = trimmed.split('/').skip(1).collect();
-    if segs.iter().any(|s| s.is_empty()) {
-        return Err("empty path segment");
+    let mut segs = [""; MAX_SEGMENTS];
+    // Byte offset where segment k ends, so every ancestor is a prefix of the path.
+    let mut seg_ends = [0usize; MAX_SEGMENTS];
+    let mut n = 0;
+    let mut at = 0;
+    for seg in trimmed.split('/').skip(1) {
+        if seg.is_empty() {
+            return Err("empty path segment");
+        }
+        if n == MAX_SEGMENTS {
+            return Err("too many path segments");
+        }
+        at += 1 + seg.len();
+        segs[n] = seg;
+        seg_ends[n] = at;
+        n += 1;
     }
-    if segs.len() < 2 || !segs[0].eq_ignore_ascii_case("subscriptions") {
+    let segs = &segs[..n];
+    if n < 2 || !segs[0].eq_ignore_ascii_case("subscriptions") {
         return Err("does not start with /subscriptions/{id}");
     }
-    // Byte offset where segment k ends, so every ancestor is a prefix of the path.
-    let mut seg_ends = Vec::with_capacity(segs.len());
-    let mut at = 0;
-    for s in &segs {
-        at += 1 + s.len();
-        seg_ends.push(at);
+
+    /// What the innermost resource is, by segment index (its type is spelled at the end).
+    enum Kind {
+        Subscription,
+        ResourceGroup,
+        /// `providers/{ns}/…`: the namespace's index and the indices of its type segments.
+        Provider {
+            namespace: usize,
+            types: usize,
+        },
     }
-    // Where each resource along the path ends: subscription, group, resource, children.
-    let mut resource_ends = vec![seg_ends[1]];
-    let mut resource_type = String::from("Microsoft.Resources/subscriptions");
-    let mut namespace: Option<&str> = None;
-    let mut types: Vec<&str> = Vec::new();
+    // The type segments of the current namespace, by index; a nested `providers` resets them.
+    let mut type_at = [0usize; MAX_SEGMENTS / 2];
+    let mut kind = Kind::Subscription;
+    // Where the innermost resource and its parent end.
+    let (mut resource_end, mut parent_end) = (seg_ends[1], None);
     let mut action = None;
     let mut i = 2;
-    while i < segs.len() {
+    while i < n {
         let seg = segs[i];
-        let has_name = i + 1 < segs.len();
-        if i == 2 && seg.eq_ignore_ascii_case("resourceGroups") {
+        let has_name = i + 1 < n;
+        let end = if i == 2 && seg.eq_ignore_ascii_case("resourceGroups") {
             if !has_name {
                 return Err("resourceGroups without a name");
             }
-            resource_type = "Microsoft.Resources/resourceGroups".into();
-            resource_ends.push(seg_ends[i + 1]);
+            kind = Kind::ResourceGroup;
             i += 2;
+            seg_ends[i - 1]
         } else if seg.eq_ignore_ascii_case("providers") {
             // `providers/{ns}/{type}/{name}`; a nested `providers` starts an extension resource.
-            if i + 3 >= segs.len() {
+            if i + 3 >= n {
                 return Err("providers segment without namespace, type and name");
             }
-            namespace = Some(segs[i + 1]);
-            types.clear();
-            types.push(segs[i + 2]);
-            resource_type = format!("{}/{}", segs[i + 1], segs[i + 2]);
-            resource_ends.push(seg_ends[i + 3]);
+            type_at[0] = i + 2;
+            kind = Kind::Provider {
+                namespace: i + 1,
+                types: 1,
+            };
             i += 4;
+            seg_ends[i - 1]
         } else if !has_name {
             action = Some(seg.to_owned());
             i += 1;
-        } else if let Some(ns) = namespace {
-            types.push(seg);
-            resource_type = format!("{ns}/{}", types.join("/"));
-            resource_ends.push(seg_ends[i + 1]);
+            continue;
+        } else if let Kind::Provider { types, .. } = &mut kind {
+            type_at[*types] = i;
+            *types += 1;
             i += 2;
+            seg_ends[i - 1]
         } else {
             return Err("unexpected segments outside a provider namespace");
-        }
+        };
+        parent_end = Some(resource_end);
+        resource_end = end;
     }
-    let resource_end = resource_ends[resource_ends.len() - 1];
-    let parent_end = resource_ends.len().checked_sub(2).map(|k| resource_ends[k]);
+    let resource_type = match kind {
+        Kind::Subscription => "Microsoft.Resources/subscriptions".to_owned(),
+        Kind::ResourceGroup => "Microsoft.Resources/resourceGroups".to_owned(),
+        Kind::Provider { namespace, types } => {
+            let mut spelled = segs[namespace].to_owned();
+            for &t in &type_at[..types] {
+                spelled.push('/');
+                spelled.push_str(segs[t]);
+            }
+            spelled
+        }
+    };
     let path = trimmed[..resource_end].to_owned();
     Ok(ResourceId {
         origin: None,
