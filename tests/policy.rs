@@ -150,22 +150,33 @@ async fn a_per_request_override_beats_the_type_override() {
     assert_eq!(sim.count("PUT", VM, None), 2);
 }
 
-#[tokio::test]
-async fn resize_of_a_running_vm_deallocates_resizes_and_starts_in_order() {
+/// A simulator with a running `Standard_D2s_v3` VM, writes taking `transition`.
+async fn running_vm(transition: Duration) -> Sim {
     let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(40),
+        transition,
         ..SimConfig::default()
     })
     .await;
-    sim.seed(VM, json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v3"}}}));
-    let shipped = std::fs::read_to_string(concat!(
+    let body = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v3"}}});
+    sim.seed(VM, body);
+    sim
+}
+
+/// The prerequisite rules of the shipped `fixtures/policies/compute.json` (deallocate before resize).
+fn shipped_prerequisites() -> Vec<reqwest_conflict::Prerequisite> {
+    let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/policies/compute.json"
     ))
     .unwrap();
-    let shipped = ConflictPolicy::from_json(&shipped).unwrap();
+    ConflictPolicy::from_json(&text).unwrap().prerequisites
+}
+
+#[tokio::test]
+async fn resize_of_a_running_vm_deallocates_resizes_and_starts_in_order() {
+    let sim = running_vm(Duration::from_millis(40)).await;
     let policy = ConflictPolicy {
-        prerequisites: shipped.prerequisites,
+        prerequisites: shipped_prerequisites(),
         ..fast_policy()
     };
 
@@ -237,12 +248,7 @@ async fn resize_of_a_running_vm_deallocates_resizes_and_starts_in_order() {
 
 #[tokio::test]
 async fn without_a_prerequisite_rule_the_resize_conflict_is_surfaced() {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(20),
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v3"}}}));
+    let sim = running_vm(Duration::from_millis(20)).await;
     let resized = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_E8s_v5"}}});
     let resp = client(fast_policy())
         .put(url(&sim, VM))
@@ -286,21 +292,8 @@ fn the_readme_policy_loads() {
 
 #[tokio::test]
 async fn a_prerequisite_check_that_answers_404_is_polled_on_the_schedule_not_in_a_loop() {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(20),
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v3"}}}));
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/policies/compute.json"
-    ))
-    .unwrap();
-    let mut rule = ConflictPolicy::from_json(&shipped)
-        .unwrap()
-        .prerequisites
-        .remove(0);
+    let sim = running_vm(Duration::from_millis(20)).await;
+    let mut rule = shipped_prerequisites().remove(0);
     // A check on a sub-path the server does not have: every poll of it answers 404.
     rule.until.path = "doesNotExist".into();
     let policy = ConflictPolicy {
