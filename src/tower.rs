@@ -182,13 +182,19 @@ where
     RB: Body<Data = Bytes> + Send + Unpin + 'static,
     RB::Error: Into<BoxError>,
 {
-    let url = absolute_url(request.uri());
     let method = request.method().clone();
+    // Reads pass straight through; their URL is parsed only when a merging policy remembers them.
+    let url = if is_safe(&method) {
+        None
+    } else {
+        absolute_url(request.uri())
+    };
     let url = match url {
-        Some(url) if !is_safe(&method) => url,
-        url => {
-            let resource = url
-                .filter(|_| method == Method::GET && engine.remembers())
+        Some(url) => url,
+        None => {
+            let resource = (method == Method::GET && engine.remembers())
+                .then(|| absolute_url(request.uri()))
+                .flatten()
                 .map(|url| ResourceId::from_url(&url));
             let response = ready.call(request).await.map_err(Into::into)?;
             return Ok(remember(&engine, resource, response.map(ConflictBody::new)));
