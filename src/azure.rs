@@ -342,8 +342,8 @@ impl Transport for AzureTransport<'_, '_> {
         })
     }
 
-    fn send(&mut self) -> BoxFuture<'_, Result<Answer, azure_core::Error>> {
-        Box::pin(async move {
+    fn send(&mut self) -> impl Future<Output = Result<Answer, azure_core::Error>> + Send + '_ {
+        async move {
             if self.sent {
                 // As azure_core's retry policy does before it sends a request again.
                 self.request.body_mut().reset().await?;
@@ -352,7 +352,7 @@ impl Transport for AzureTransport<'_, '_> {
             forward(self.ctx, self.request, self.next)
                 .await
                 .map(Answer::new)
-        })
+        }
     }
 
     fn can_resend(&self) -> bool {

@@ -47,7 +47,34 @@ struct Ring {
     origin: Instant,
     next_seq: u64,
     capacity: usize,
-    entries: VecDeque<JournalEntry>,
+    entries: VecDeque<Record>,
+}
+
+/// An entry as kept: the key shared with the request's resource ID, the method as parsed, so a
+/// write's journaling copies no string. Made a [`JournalEntry`] when read.
+#[derive(Debug)]
+struct Record {
+    seq: u64,
+    resource: Arc<str>,
+    method: http::Method,
+    token: Option<u64>,
+    start: Duration,
+    end: Option<Duration>,
+    status: Option<u16>,
+}
+
+impl Record {
+    fn entry(&self) -> JournalEntry {
+        JournalEntry {
+            seq: self.seq,
+            resource: self.resource.to_string(),
+            method: self.method.to_string(),
+            token: self.token,
+            start: self.start,
+            end: self.end,
+            status: self.status,
+        }
+    }
 }
 
 impl Default for Journal {
@@ -76,7 +103,7 @@ impl Journal {
 
     /// Every entry kept, oldest first.
     pub fn entries(&self) -> Vec<JournalEntry> {
-        self.ring().entries.iter().cloned().collect()
+        self.ring().entries.iter().map(Record::entry).collect()
     }
 
     /// The entries of one resource (by key), oldest first.
@@ -84,8 +111,8 @@ impl Journal {
         self.ring()
             .entries
             .iter()
-            .filter(|e| e.resource == key)
-            .cloned()
+            .filter(|e| &*e.resource == key)
+            .map(Record::entry)
             .collect()
     }
 
@@ -94,7 +121,7 @@ impl Journal {
     pub fn overlaps(&self) -> Vec<(JournalEntry, JournalEntry)> {
         let ring = self.ring();
         let now = ring.origin.elapsed();
-        let mut sorted: Vec<&JournalEntry> = ring.entries.iter().collect();
+        let mut sorted: Vec<&Record> = ring.entries.iter().collect();
         sorted.sort_by(|a, b| (&a.resource, a.start).cmp(&(&b.resource, b.start)));
         let mut pairs = Vec::new();
         for (i, a) in sorted.iter().enumerate() {
@@ -106,13 +133,18 @@ impl Journal {
                 if b.start >= a_end {
                     break;
                 }
-                pairs.push(((*a).clone(), (*b).clone()));
+                pairs.push((a.entry(), b.entry()));
             }
         }
         pairs
     }
 
-    pub(crate) fn begin(&self, resource: &str, method: &str, token: Option<u64>) -> u64 {
+    pub(crate) fn begin(
+        &self,
+        resource: &Arc<str>,
+        method: &http::Method,
+        token: Option<u64>,
+    ) -> u64 {
         let mut ring = self.ring();
         let seq = ring.next_seq;
         ring.next_seq += 1;
@@ -120,10 +152,10 @@ impl Journal {
         if ring.entries.len() == ring.capacity {
             ring.entries.pop_front();
         }
-        ring.entries.push_back(JournalEntry {
+        ring.entries.push_back(Record {
             seq,
-            resource: resource.to_owned(),
-            method: method.to_owned(),
+            resource: resource.clone(),
+            method: method.clone(),
             token,
             start,
             end: None,
@@ -156,13 +188,13 @@ mod tests {
     #[test]
     fn finds_overlaps_per_resource_only() {
         let j = Journal::default();
-        let a = j.begin("r1", "PUT", Some(1));
-        let b = j.begin("r1", "PUT", Some(2)); // starts while a is open
-        let c = j.begin("r2", "PUT", None);
+        let a = j.begin(&"r1".into(), &http::Method::PUT, Some(1));
+        let b = j.begin(&"r1".into(), &http::Method::PUT, Some(2)); // starts while a is open
+        let c = j.begin(&"r2".into(), &http::Method::PUT, None);
         j.end(a, Some(200));
         j.end(b, Some(200));
         j.end(c, Some(200));
-        let d = j.begin("r1", "PATCH", Some(3)); // after both ended
+        let d = j.begin(&"r1".into(), &http::Method::PATCH, Some(3)); // after both ended
         j.end(d, Some(200));
         let overlaps = j.overlaps();
         assert_eq!(overlaps.len(), 1);
@@ -174,7 +206,7 @@ mod tests {
     fn ring_is_bounded() {
         let j = Journal::with_capacity(3);
         for _ in 0..10 {
-            let s = j.begin("r", "PUT", None);
+            let s = j.begin(&"r".into(), &http::Method::PUT, None);
             j.end(s, Some(200));
         }
         let seqs: Vec<u64> = j.entries().iter().map(|e| e.seq).collect();

@@ -220,19 +220,19 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
         Some(rebuild(parts, body, url))
     }
 
-    fn send(&mut self) -> BoxFuture<'_, Result<Response, Self::Error>> {
+    fn send(&mut self) -> impl Future<Output = Result<Response, Self::Error>> + Send + '_ {
         let request = self
             .first
             .take()
             .or_else(|| self.retry.and_then(Request::try_clone));
         let next = self.next.clone();
         let extensions = &mut *self.extensions;
-        Box::pin(async move {
+        async move {
             match request {
                 Some(request) => next.run(request, extensions).await,
                 None => Err(reqwest_middleware::Error::middleware(NotCloneable)),
             }
-        })
+        }
     }
 
     fn call(

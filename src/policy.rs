@@ -208,15 +208,22 @@ impl LeasePolicy {
     /// listed in [`lock_parent_of`](Self::lock_parent_of).
     pub fn keys_for(&self, resource: &crate::ResourceId) -> Vec<String> {
         let mut keys = vec![resource.key().to_owned()];
-        let lock_parent = resource.resource_type().is_some_and(|t| {
-            self.lock_parent_of
-                .iter()
-                .any(|listed| listed.eq_ignore_ascii_case(t))
-        });
-        if let Some(parent) = lock_parent.then(|| resource.parent()).flatten() {
-            keys.push(parent.key().to_owned());
-        }
+        keys.extend(self.parent_to_lock(resource).map(|p| p.key().to_owned()));
         keys
+    }
+
+    /// The parent a write to `resource` must hold as well: `Some` only when the resource's type
+    /// is listed in [`lock_parent_of`](Self::lock_parent_of).
+    pub(crate) fn parent_to_lock(
+        &self,
+        resource: &crate::ResourceId,
+    ) -> Option<crate::ResourceId> {
+        let t = resource.resource_type()?;
+        self.lock_parent_of
+            .iter()
+            .any(|listed| listed.eq_ignore_ascii_case(t))
+            .then(|| resource.parent())
+            .flatten()
     }
 }
 

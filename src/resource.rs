@@ -8,9 +8,9 @@
 //! falls back to `scheme://host:port/path` as its key, which is the best identity a generic REST API
 //! offers.
 
-use std::fmt;
+use std::{borrow::Cow, fmt, sync::Arc};
 
-use url::Url;
+use url::{Position, Url};
 
 use crate::Error;
 
@@ -31,24 +31,25 @@ use crate::Error;
 /// );
 /// # Ok::<(), reqwest_conflict::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ResourceId {
-    /// `scheme://host[:port]` when known (parsed from a URL).
-    origin: Option<String>,
-    /// ARM: the resource path without action, original case. Other: the URL path.
-    path: String,
-    /// Lowercased identity used for comparison, leases and reports.
-    key: String,
-    arm: Option<Arm>,
-    api_version: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Arm {
-    resource_type: String,
-    action: Option<String>,
-    /// Byte length of the parent's path within `path`, if there is a parent resource.
+    /// Lowercased identity used for comparison, leases and reports; shared, not copied, by the
+    /// lease, the transition clock and the journal of a request.
+    key: Arc<str>,
+    /// Every other part, back to back in one buffer (a write parses its URL, so this is one
+    /// allocation rather than five): the origin (`scheme://host[:port]`, lowercased; empty when
+    /// unknown), the path (ARM: without action, original case; other: the URL path), the
+    /// resource type, the action, the `api-version`.
+    text: Box<str>,
+    /// Where the origin, path, resource type and action end in `text`; the API version runs to
+    /// the end.
+    ends: [usize; 4],
+    /// ARM: the byte length of the parent's path within the path, if there is a parent.
     parent_end: Option<usize>,
+    arm: bool,
+    has_origin: bool,
+    has_action: bool,
+    has_api_version: bool,
 }
 
 impl ResourceId {
@@ -63,38 +64,78 @@ impl ResourceId {
         };
         if input.starts_with('/') {
             let (path, query) = input.split_once('?').unwrap_or((input, ""));
-            let mut id = parse_arm_path(path).map_err(invalid)?;
-            id.api_version = api_version_in(query);
-            return Ok(id);
+            let shape = Shape::of(path).map_err(invalid)?;
+            return Ok(Self::arm(None, path, &shape, api_version_in(query)));
         }
         let url = Url::parse(input).map_err(|_| invalid("neither an ARM path nor a URL"))?;
-        let mut id = parse_arm_path(url.path()).map_err(invalid)?;
-        id.origin = Some(origin_of(&url));
-        id.api_version = url.query().and_then(api_version_in);
-        Ok(id)
+        let shape = Shape::of(url.path()).map_err(invalid)?;
+        let api_version = url.query().and_then(api_version_in);
+        Ok(Self::arm(Some(&url), url.path(), &shape, api_version))
     }
 
     /// The resource a request URL targets. Never fails: a URL whose path is not an ARM resource ID
     /// is keyed by `scheme://host:port/path`.
     pub fn from_url(url: &Url) -> Self {
         let api_version = url.query().and_then(api_version_in);
-        let origin = origin_of(url);
-        match parse_arm_path(url.path()) {
-            Ok(mut id) => {
-                id.origin = Some(origin);
-                id.api_version = api_version;
-                id
-            }
+        match Shape::of(url.path()) {
+            Ok(shape) => Self::arm(Some(url), url.path(), &shape, api_version),
             Err(_) => {
-                let path = url.path().trim_end_matches('/').to_owned();
+                let path = url.path().trim_end_matches('/');
+                let mut text = String::with_capacity(
+                    origin_len(url) + path.len() + api_version.as_ref().map_or(0, |v| v.len()),
+                );
+                push_origin(&mut text, url);
+                let origin = text.len();
+                text.push_str(path);
+                let key = Arc::from(&text[..]);
+                let path_end = text.len();
+                if let Some(v) = &api_version {
+                    text.push_str(v);
+                }
                 Self {
-                    key: format!("{origin}{path}"),
-                    origin: Some(origin),
-                    path,
-                    arm: None,
-                    api_version,
+                    key,
+                    text: text.into_boxed_str(),
+                    ends: [origin, path_end, path_end, path_end],
+                    parent_end: None,
+                    arm: false,
+                    has_origin: true,
+                    has_action: false,
+                    has_api_version: api_version.is_some(),
                 }
             }
+        }
+    }
+
+    /// An ARM resource ID from its parsed `path`.
+    fn arm(url: Option<&Url>, path: &str, shape: &Shape<'_>, api_version: Option<Cow<'_, str>>) -> Self {
+        let path = &path[..shape.resource_end];
+        let action = shape.action.unwrap_or("");
+        let api = api_version.as_deref().unwrap_or("");
+        let mut text = String::with_capacity(
+            url.map_or(0, origin_len) + path.len() + shape.type_len() + action.len() + api.len(),
+        );
+        if let Some(url) = url {
+            push_origin(&mut text, url);
+        }
+        let origin = text.len();
+        text.push_str(path);
+        let path_end = text.len();
+        shape.push_type(&mut text);
+        let type_end = text.len();
+        text.push_str(action);
+        let action_end = text.len();
+        text.push_str(api);
+        let mut key = path.to_owned();
+        key.make_ascii_lowercase();
+        Self {
+            key: Arc::from(key),
+            text: text.into_boxed_str(),
+            ends: [origin, path_end, type_end, action_end],
+            parent_end: shape.parent_end,
+            arm: true,
+            has_origin: url.is_some(),
+            has_action: shape.action.is_some(),
+            has_api_version: api_version.is_some(),
         }
     }
 
@@ -104,47 +145,69 @@ impl ResourceId {
         &self.key
     }
 
+    /// The key, shared: cloning it copies a pointer, not the string.
+    pub(crate) fn shared_key(&self) -> &Arc<str> {
+        &self.key
+    }
+
     /// Whether this is an ARM resource ID.
     pub fn is_arm(&self) -> bool {
-        self.arm.is_some()
+        self.arm
     }
 
     /// `Microsoft.Compute/virtualMachines`, `Microsoft.Network/virtualNetworks/subnets`, … as
     /// spelled in the request; `None` for non-ARM resources.
     pub fn resource_type(&self) -> Option<&str> {
-        self.arm.as_ref().map(|a| a.resource_type.as_str())
+        self.arm.then(|| &self.text[self.ends[1]..self.ends[2]])
     }
 
     /// The trailing action (`deallocate`, `start`, …) the request invokes, if any.
     pub fn action(&self) -> Option<&str> {
-        self.arm.as_ref().and_then(|a| a.action.as_deref())
+        self.has_action
+            .then(|| &self.text[self.ends[2]..self.ends[3]])
     }
 
     /// The `api-version` the request carried, kept for re-fetches.
     pub fn api_version(&self) -> Option<&str> {
-        self.api_version.as_deref()
+        self.has_api_version.then(|| &self.text[self.ends[3]..])
     }
 
     /// The resource's own name (the last segment of the ID).
     pub fn name(&self) -> Option<&str> {
-        self.arm.as_ref()?;
-        self.path.rsplit('/').next()
+        if !self.arm {
+            return None;
+        }
+        self.path().rsplit('/').next()
     }
 
     /// The ARM resource path without action, in its original spelling (`/subscriptions/…`), or the
     /// URL path for non-ARM resources.
     pub fn path(&self) -> &str {
-        &self.path
+        &self.text[self.ends[0]..self.ends[1]]
+    }
+
+    /// `scheme://host[:port]`, when this ID was read from a URL.
+    fn origin(&self) -> Option<&str> {
+        self.has_origin.then(|| &self.text[..self.ends[0]])
     }
 
     /// The enclosing resource: a subnet's virtual network, a VM extension's VM, a resource's
     /// resource group, a resource group's subscription. `None` at the top or for non-ARM resources.
     pub fn parent(&self) -> Option<ResourceId> {
-        let arm = self.arm.as_ref()?;
-        let end = arm.parent_end?;
-        let mut parent = parse_arm_path(&self.path[..end]).ok()?;
-        parent.origin.clone_from(&self.origin);
-        parent.api_version.clone_from(&self.api_version);
+        let path = &self.path()[..self.parent_end?];
+        let shape = Shape::of(path).ok()?;
+        let mut parent = Self::arm(None, path, &shape, self.api_version().map(Cow::Borrowed));
+        if let Some(origin) = self.origin() {
+            // Rebuilt with the origin in front; rare (only listed types lease their parent).
+            let mut text = String::with_capacity(origin.len() + parent.text.len());
+            text.push_str(origin);
+            text.push_str(&parent.text);
+            parent.text = text.into_boxed_str();
+            for end in &mut parent.ends {
+                *end += origin.len();
+            }
+            parent.has_origin = true;
+        }
         Some(parent)
     }
 
@@ -153,15 +216,15 @@ impl ResourceId {
     /// the request's. For non-ARM resources, `request` itself, since a REST resource is read where
     /// it is written.
     pub fn fetch_url(&self, request: &Url) -> Url {
-        if self.arm.is_none() {
+        if !self.arm {
             return request.clone();
         }
         let api_version = self
-            .api_version
-            .clone()
+            .api_version()
+            .map(Cow::Borrowed)
             .or_else(|| request.query().and_then(api_version_in));
         let mut url = request.clone();
-        url.set_path(&self.path);
+        url.set_path(self.path());
         url.set_query(None);
         url.set_fragment(None);
         if let Some(v) = api_version {
@@ -171,11 +234,24 @@ impl ResourceId {
     }
 }
 
+impl fmt::Debug for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResourceId")
+            .field("key", &self.key())
+            .field("origin", &self.origin())
+            .field("path", &self.path())
+            .field("resource_type", &self.resource_type())
+            .field("action", &self.action())
+            .field("api_version", &self.api_version())
+            .finish()
+    }
+}
+
 impl fmt::Display for ResourceId {
     /// The ARM ID (original spelling, no action), or the key for non-ARM resources.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.arm.is_some() {
-            f.write_str(&self.path)
+        if self.arm {
+            f.write_str(self.path())
         } else {
             f.write_str(&self.key)
         }
@@ -189,23 +265,31 @@ impl std::str::FromStr for ResourceId {
     }
 }
 
-fn origin_of(url: &Url) -> String {
-    use std::fmt::Write;
-    let mut origin = String::with_capacity(url.as_str().len());
-    origin.push_str(url.scheme());
-    origin.push_str("://");
-    origin.push_str(url.host_str().unwrap_or(""));
-    if let Some(port) = url.port() {
-        let _ = write!(origin, ":{port}");
-    }
-    origin.make_ascii_lowercase();
-    origin
+/// `scheme://host[:port]`: the URL parser has already lowercased the scheme and a special
+/// scheme's host, and left out a default port; the rest is lowercased here.
+fn push_origin(out: &mut String, url: &Url) {
+    let from = out.len();
+    out.push_str(url.scheme());
+    out.push_str("://");
+    out.push_str(&url[Position::BeforeHost..Position::AfterPort]);
+    out[from..].make_ascii_lowercase();
 }
 
-fn api_version_in(query: &str) -> Option<String> {
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k.eq_ignore_ascii_case("api-version"))
-        .map(|(_, v)| v.into_owned())
+fn origin_len(url: &Url) -> usize {
+    url.scheme().len() + 3 + url[Position::BeforeHost..Position::AfterPort].len()
+}
+
+/// The `api-version` parameter of a query string, decoded only when it is encoded.
+fn api_version_in(query: &str) -> Option<Cow<'_, str>> {
+    query.split('&').find_map(|pair| {
+        if pair.bytes().any(|b| b == b'%' || b == b'+') {
+            let (k, v) = url::form_urlencoded::parse(pair.as_bytes()).next()?;
+            return k.eq_ignore_ascii_case("api-version").then_some(v);
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        k.eq_ignore_ascii_case("api-version")
+            .then_some(Cow::Borrowed(v))
+    })
 }
 
 /// Error messages quote the input; a hostile one must not make them huge.
@@ -225,112 +309,123 @@ fn truncate(input: &str) -> String {
 /// (and cannot make the parse allocate without bound).
 const MAX_SEGMENTS: usize = 64;
 
-/// Walks `/subscriptions/{s}[/resourceGroups/{g}][/providers/{ns}/{type}/{name}[/{type}/{name}]*]*[/{action}]`.
-/// On the request path of every write, so it works on the stack and allocates only the strings
-/// it returns.
-fn parse_arm_path(path: &str) -> Result<ResourceId, &'static str> {
-    let trimmed = path.trim_end_matches('/');
-    let mut segs = [""; MAX_SEGMENTS];
-    // Byte offset where segment k ends, so every ancestor is a prefix of the path.
-    let mut seg_ends = [0usize; MAX_SEGMENTS];
-    let mut n = 0;
-    let mut at = 0;
-    for seg in trimmed.split('/').skip(1) {
-        if seg.is_empty() {
-            return Err("empty path segment");
+/// What the innermost resource of an ARM path is.
+enum Kind {
+    Subscription,
+    ResourceGroup,
+    /// `providers/{ns}/…`: its type is the namespace and the type segments, joined by `/`.
+    Provider,
+}
+
+/// The structure of an ARM path, found in one walk on the stack: nothing is allocated until the
+/// [`ResourceId`] is built from it.
+struct Shape<'a> {
+    kind: Kind,
+    /// The namespace, then the type segments of the innermost provider.
+    type_segs: [&'a str; MAX_SEGMENTS / 2],
+    types: usize,
+    /// Byte lengths of the resource's and its parent's paths.
+    resource_end: usize,
+    parent_end: Option<usize>,
+    action: Option<&'a str>,
+}
+
+impl<'a> Shape<'a> {
+    /// Walks `/subscriptions/{s}[/resourceGroups/{g}][/providers/{ns}/{type}/{name}[/{type}/{name}]*]*[/{action}]`.
+    fn of(path: &'a str) -> Result<Self, &'static str> {
+        let trimmed = path.trim_end_matches('/');
+        let mut segs = [""; MAX_SEGMENTS];
+        // Byte offset where segment k ends, so every ancestor is a prefix of the path.
+        let mut seg_ends = [0usize; MAX_SEGMENTS];
+        let mut n = 0;
+        let rest = trimmed.strip_prefix('/').ok_or("does not start with /subscriptions/{id}")?;
+        let mut at = 0;
+        for seg in rest.split('/') {
+            if seg.is_empty() {
+                return Err("empty path segment");
+            }
+            if n == MAX_SEGMENTS {
+                return Err("too many path segments");
+            }
+            at += 1 + seg.len();
+            segs[n] = seg;
+            seg_ends[n] = at;
+            n += 1;
         }
-        if n == MAX_SEGMENTS {
-            return Err("too many path segments");
+        let segs = &segs[..n];
+        if n < 2 || !segs[0].eq_ignore_ascii_case("subscriptions") {
+            return Err("does not start with /subscriptions/{id}");
         }
-        at += 1 + seg.len();
-        segs[n] = seg;
-        seg_ends[n] = at;
-        n += 1;
-    }
-    let segs = &segs[..n];
-    if n < 2 || !segs[0].eq_ignore_ascii_case("subscriptions") {
-        return Err("does not start with /subscriptions/{id}");
+        let mut shape = Shape {
+            kind: Kind::Subscription,
+            type_segs: [""; MAX_SEGMENTS / 2],
+            types: 0,
+            resource_end: seg_ends[1],
+            parent_end: None,
+            action: None,
+        };
+        let mut i = 2;
+        while i < n {
+            let seg = segs[i];
+            let has_name = i + 1 < n;
+            if i == 2 && seg.eq_ignore_ascii_case("resourceGroups") {
+                if !has_name {
+                    return Err("resourceGroups without a name");
+                }
+                shape.kind = Kind::ResourceGroup;
+                i += 2;
+            } else if seg.eq_ignore_ascii_case("providers") {
+                // `providers/{ns}/{type}/{name}`; a nested `providers` starts an extension resource.
+                if i + 3 >= n {
+                    return Err("providers segment without namespace, type and name");
+                }
+                shape.kind = Kind::Provider;
+                shape.type_segs[0] = segs[i + 1];
+                shape.type_segs[1] = segs[i + 2];
+                shape.types = 2;
+                i += 4;
+            } else if !has_name {
+                shape.action = Some(seg);
+                i += 1;
+                continue;
+            } else if let Kind::Provider = shape.kind {
+                shape.type_segs[shape.types] = seg;
+                shape.types += 1;
+                i += 2;
+            } else {
+                return Err("unexpected segments outside a provider namespace");
+            }
+            shape.parent_end = Some(shape.resource_end);
+            shape.resource_end = seg_ends[i - 1];
+        }
+        Ok(shape)
     }
 
-    /// What the innermost resource is, by segment index (its type is spelled at the end).
-    enum Kind {
-        Subscription,
-        ResourceGroup,
-        /// `providers/{ns}/…`: the namespace's index and the indices of its type segments.
-        Provider {
-            namespace: usize,
-            types: usize,
-        },
-    }
-    // The type segments of the current namespace, by index; a nested `providers` resets them.
-    let mut type_at = [0usize; MAX_SEGMENTS / 2];
-    let mut kind = Kind::Subscription;
-    // Where the innermost resource and its parent end.
-    let (mut resource_end, mut parent_end) = (seg_ends[1], None);
-    let mut action = None;
-    let mut i = 2;
-    while i < n {
-        let seg = segs[i];
-        let has_name = i + 1 < n;
-        let end = if i == 2 && seg.eq_ignore_ascii_case("resourceGroups") {
-            if !has_name {
-                return Err("resourceGroups without a name");
-            }
-            kind = Kind::ResourceGroup;
-            i += 2;
-            seg_ends[i - 1]
-        } else if seg.eq_ignore_ascii_case("providers") {
-            // `providers/{ns}/{type}/{name}`; a nested `providers` starts an extension resource.
-            if i + 3 >= n {
-                return Err("providers segment without namespace, type and name");
-            }
-            type_at[0] = i + 2;
-            kind = Kind::Provider {
-                namespace: i + 1,
-                types: 1,
-            };
-            i += 4;
-            seg_ends[i - 1]
-        } else if !has_name {
-            action = Some(seg.to_owned());
-            i += 1;
-            continue;
-        } else if let Kind::Provider { types, .. } = &mut kind {
-            type_at[*types] = i;
-            *types += 1;
-            i += 2;
-            seg_ends[i - 1]
-        } else {
-            return Err("unexpected segments outside a provider namespace");
-        };
-        parent_end = Some(resource_end);
-        resource_end = end;
-    }
-    let resource_type = match kind {
-        Kind::Subscription => "Microsoft.Resources/subscriptions".to_owned(),
-        Kind::ResourceGroup => "Microsoft.Resources/resourceGroups".to_owned(),
-        Kind::Provider { namespace, types } => {
-            let mut spelled = segs[namespace].to_owned();
-            for &t in &type_at[..types] {
-                spelled.push('/');
-                spelled.push_str(segs[t]);
-            }
-            spelled
+    fn type_len(&self) -> usize {
+        match self.kind {
+            Kind::Subscription | Kind::ResourceGroup => SUBSCRIPTIONS.len().max(RESOURCE_GROUPS.len()),
+            Kind::Provider => self.type_segs[..self.types].iter().map(|s| s.len() + 1).sum(),
         }
-    };
-    let path = trimmed[..resource_end].to_owned();
-    Ok(ResourceId {
-        origin: None,
-        key: path.to_ascii_lowercase(),
-        path,
-        arm: Some(Arm {
-            resource_type,
-            action,
-            parent_end,
-        }),
-        api_version: None,
-    })
+    }
+
+    fn push_type(&self, out: &mut String) {
+        match self.kind {
+            Kind::Subscription => out.push_str(SUBSCRIPTIONS),
+            Kind::ResourceGroup => out.push_str(RESOURCE_GROUPS),
+            Kind::Provider => {
+                for (k, seg) in self.type_segs[..self.types].iter().enumerate() {
+                    if k > 0 {
+                        out.push('/');
+                    }
+                    out.push_str(seg);
+                }
+            }
+        }
+    }
 }
+
+const SUBSCRIPTIONS: &str = "Microsoft.Resources/subscriptions";
+const RESOURCE_GROUPS: &str = "Microsoft.Resources/resourceGroups";
 
 #[cfg(test)]
 mod tests {

@@ -368,15 +368,15 @@ where
         })
     }
 
-    fn send(&mut self) -> BoxFuture<'_, Result<Self::Response, BoxError>> {
+    fn send(&mut self) -> impl Future<Output = Result<Self::Response, BoxError>> + Send + '_ {
         let request = self.first.take().or_else(|| {
             let body = self.body.clone()?;
             Some(self.head.request(B::from(body)))
         });
-        Box::pin(async move {
+        async move {
             let request = request.ok_or_else(|| BoxError::from(NotRetryable))?;
             Ok(self.dispatch(request).await?.map(ConflictBody::new))
-        })
+        }
     }
 
     fn can_resend(&self) -> bool {

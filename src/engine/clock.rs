@@ -11,7 +11,11 @@
 //! plan misses falls back to the policy's schedule, so a wrong estimate costs a poll, not
 //! correctness.
 
-use std::{num::NonZeroUsize, sync::Mutex, time::Duration};
+use std::{
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use lru::LruCache;
 use tokio::time::Instant;
@@ -36,7 +40,7 @@ pub(crate) struct Clock(Mutex<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    started: LruCache<String, Instant>,
+    started: LruCache<Arc<str>, Instant>,
     estimates: LruCache<String, Estimate>,
 }
 
@@ -56,8 +60,8 @@ impl Clock {
     }
 
     /// A write to `key` left it in transition at `at`.
-    pub(crate) fn started(&self, key: &str, at: Instant) {
-        self.inner().started.put(key.to_owned(), at);
+    pub(crate) fn started(&self, key: &Arc<str>, at: Instant) {
+        self.inner().started.put(key.clone(), at);
     }
 
     /// When to poll `key` (of type `kind`): at once and then every `min_delay` while no estimate
@@ -125,7 +129,7 @@ mod tests {
     fn narrows_to_one_poll_at_the_end() {
         let clock = Clock::default();
         let t0 = Instant::now();
-        clock.started("k", t0);
+        clock.started(&"k".into(), t0);
         let flat = clock.plan("k", "T", 10 * MS);
         assert_eq!(
             flat.len(),
@@ -135,16 +139,16 @@ mod tests {
         assert_eq!(flat[1] - flat[0], 10 * MS);
         // First transition: seen running at 95 ms, over at 160 ms.
         clock.learn("k", "T", &[(t0 + 95 * MS, false), (t0 + 160 * MS, true)]);
-        clock.started("k", t0);
+        clock.started(&"k".into(), t0);
         assert_eq!(
             clock.plan("k", "T", MS),
             [t0 + 127 * MS + MS / 2, t0 + 160 * MS]
         );
         // Over at the midpoint: the upper bound comes down.
         clock.learn("k", "T", &[(t0 + 127 * MS, true)]);
-        clock.started("k", t0);
+        clock.started(&"k".into(), t0);
         clock.learn("k", "T", &[(t0 + 100 * MS, false), (t0 + 103 * MS, true)]);
-        clock.started("k", t0);
+        clock.started(&"k".into(), t0);
         assert_eq!(
             clock.plan("k", "T", MS),
             [t0 + 101 * MS + MS / 2, t0 + 103 * MS],
@@ -155,7 +159,7 @@ mod tests {
             "T",
             &[(t0 + 102 * MS + MS / 2, false), (t0 + 103 * MS, true)],
         );
-        clock.started("k", t0);
+        clock.started(&"k".into(), t0);
         assert_eq!(
             clock.plan("k", "T", MS),
             [t0 + 103 * MS],
@@ -167,12 +171,12 @@ mod tests {
     fn crossed_bounds_start_over() {
         let clock = Clock::default();
         let t0 = Instant::now();
-        clock.started("k", t0);
+        clock.started(&"k".into(), t0);
         clock.learn("k", "T", &[(t0 + 50 * MS, true)]);
         // Transitions got slower: still running past the old end.
-        clock.started("k", t0);
+        clock.started(&"k".into(), t0);
         clock.learn("k", "T", &[(t0 + 80 * MS, false), (t0 + 120 * MS, true)]);
-        clock.started("k", t0);
+        clock.started(&"k".into(), t0);
         assert_eq!(clock.plan("k", "T", MS), [t0 + 60 * MS, t0 + 120 * MS]);
     }
 }

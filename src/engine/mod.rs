@@ -29,7 +29,7 @@ use url::Url;
 use crate::{
     Classifier, ConflictKind, ConflictPolicy, ConflictReport, ConflictStats, Error, Journal, Lease,
     LeaseStore, MemoryLeases, MergeBase, PolicyOverride, PreconditionStrategy, Prerequisite,
-    ResourceId, lease, report::Outcome,
+    ResourceId, report::Outcome,
 };
 
 /// A boxed, sendable future, as the adapters' own stacks use.
@@ -58,7 +58,8 @@ pub(crate) trait Transport: Send {
     ) -> BoxFuture<'static, Peeked<Self::Response, Self::Error>>;
     /// Sends the original request: the first call sends the request itself, later ones a copy.
     /// Called again only while [`can_resend`](Self::can_resend).
-    fn send(&mut self) -> BoxFuture<'_, Result<Self::Response, Self::Error>>;
+    /// Not boxed: it is on every write's path.
+    fn send(&mut self) -> impl Future<Output = Result<Self::Response, Self::Error>> + Send + '_;
     /// Whether the original request can be sent again (its body could be cloned).
     fn can_resend(&self) -> bool;
     /// The original request's body, when it is held in memory.
@@ -416,26 +417,32 @@ impl Engine {
         original: &Original<'_>,
     ) -> Result<(T::Response, Option<ConflictReport>), Failure<T::Error>> {
         let deadline = Instant::now() + self.policy.deadline;
-        let leases = if self.policy.leases.enabled && !is_safe(original.method) {
-            let keys = self.policy.leases.keys_for(&original.resource);
-            let wait = deadline.saturating_duration_since(Instant::now());
-            lease::acquire_all(&*self.leases, &keys, self.policy.leases.ttl, wait)
-                .await
-                .map_err(Failure::Conflict)?
+        // The resource's own lease, and its parent's when the policy names one (rare). The
+        // parent's key is a prefix of the resource's, so it sorts first: keys are always taken
+        // in sorted order (as `lease::acquire_all` does), so writers cannot deadlock.
+        let mut parent = None;
+        let own = if self.policy.leases.enabled && !is_safe(original.method) {
+            let ttl = self.policy.leases.ttl;
+            let wait = || deadline.saturating_duration_since(Instant::now());
+            if let Some(id) = self.policy.leases.parent_to_lock(&original.resource) {
+                let lease = self.leases.acquire(id.key(), ttl, wait()).await;
+                parent = Some(lease.map_err(Failure::Conflict)?);
+            }
+            let lease = self.leases.acquire(original.resource.key(), ttl, wait()).await;
+            Some(lease.map_err(Failure::Conflict)?)
         } else {
-            Vec::new()
+            None
         };
-        let own = leases.iter().find(|l| l.key() == original.resource.key());
-        if let Some(lease) = own {
+        if let Some(lease) = &own {
             self.guard(transport, original, lease, deadline)
                 .await
                 .map_err(Failure::Conflict)?;
         }
 
         let seq = self.journal.begin(
-            original.resource.key(),
-            original.method.as_str(),
-            own.map(Lease::token),
+            original.resource.shared_key(),
+            original.method,
+            own.as_ref().map(Lease::token),
         );
         let mut result = match transport.send().await {
             Ok(first) if is_conflict(T::status(&first)) => {
@@ -446,27 +453,28 @@ impl Engine {
             Err(error) => Err(Failure::Transport(error)),
         };
         if let Ok((_, Some(report))) = &mut result {
-            report.lease_token = own.map(Lease::token);
+            report.lease_token = own.as_ref().map(Lease::token);
             report.journal_seq = Some(seq);
         }
         let status = result.as_ref().ok().map(|(r, _)| T::status(r).as_u16());
         self.journal.end(seq, status);
 
-        if let (Some(lease), Ok((response, _))) = (own, &result)
+        if let (Some(lease), Ok((response, _))) = (&own, &result)
             && leaves_transition(
                 &original.resource,
                 T::status(response),
                 T::headers(response),
             )
         {
-            self.clock.started(original.resource.key(), Instant::now());
+            self.clock
+                .started(original.resource.shared_key(), Instant::now());
             if let Err(error) = self.leases.set_transitioning(lease, true).await {
                 tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
             }
         }
         // Released explicitly, so a remote store has them back before the caller goes on (a
         // process that exits right after its write must not leave its lease to expire).
-        for lease in leases {
+        for lease in own.into_iter().chain(parent) {
             lease.release().await;
         }
         result

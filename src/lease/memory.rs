@@ -4,12 +4,16 @@
 //!
 //! - **Sharded, not global.** Every acquire and release touches the key map, so one map behind one
 //!   lock would make unrelated resources contend. The map is split into [`SHARDS`] independent
-//!   `std::sync::Mutex<HashMap>`s chosen by the key's hash, and a shard lock is held only for a
+//!   `std::sync::Mutex<HashTable>`s chosen by the key's hash, and a shard lock is held only for a
 //!   lookup, insert or remove — never across an `.await`. (A concurrent-map crate would do the
-//!   same job; sixty lines of std keep the default build free of another dependency and make the
-//!   idle-key bookkeeping, which needs "remove only if nobody uses it" atomically, explicit.)
-//! - **Fair.** Each key owns a `tokio::sync::Mutex`, whose waiters are served in arrival order,
-//!   so a steady stream of writers to a hot resource cannot starve an early one.
+//!   same job; a few lines over `hashbrown` make the idle-key bookkeeping, which needs "remove
+//!   only if nobody uses it" atomically, explicit.)
+//! - **Cheap on the happy path.** This store is on every write's path, so a key is hashed once
+//!   per acquire (with `foldhash`, seeded per store), and a holder reaches its key's state through
+//!   a shared [`Slot`] rather than by looking the key up again: an uncontended acquire and release
+//!   of a known key allocates nothing but the boxed future the trait returns.
+//! - **Fair.** Each key owns a one-permit `tokio::sync::Semaphore`, whose waiters are served in
+//!   arrival order, so a steady stream of writers to a hot resource cannot starve an early one.
 //! - **Bounded.** A key's entry counts its *users* — holders and waiters, including `acquire`
 //!   futures still waiting. The last user to leave removes the entry, so the map holds only keys
 //!   in use, however many distinct keys pass through. The one exception is a key whose
@@ -24,7 +28,6 @@
 //!   key's entry was removed and created again.
 
 use std::{
-    collections::HashMap,
     fmt,
     hash::BuildHasher,
     sync::{
@@ -33,6 +36,9 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use tokio::sync::Semaphore;
 
 use super::{Lease, LeaseStore};
 use crate::{Error, engine::BoxFuture};
@@ -66,32 +72,57 @@ pub struct MemoryLeases {
 }
 
 /// One piece of the key map.
-type Shard = Mutex<HashMap<Box<str>, Entry>>;
+type Shard = Mutex<HashTable<Entry>>;
 
 struct Inner {
     shards: Box<[Shard]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: DefaultHashBuilder,
     last_token: AtomicU64,
+    /// What the transitioning flags count from.
+    epoch: Instant,
 }
 
-/// The state of one key in use (or left in transition).
+/// A key in use (or left in transition), in its shard's table.
 struct Entry {
-    /// The FIFO-fair lock the holders queue on.
-    lock: Arc<tokio::sync::Mutex<()>>,
-    /// Holders plus waiters; the entry goes when this reaches zero (unless `transitioning`).
+    hash: u64,
+    slot: Arc<Slot>,
+    /// Holders plus waiters; the entry goes when this reaches zero (unless in transition).
     users: usize,
-    /// The current (or last) holder's token, to tell a live lease from a stale or foreign one.
-    holder: u64,
-    /// When the last holder left the resource in transition, if it did.
-    transitioning: Option<Instant>,
 }
 
-impl Entry {
+/// The lock and state of one key, shared by its entry and its users.
+pub(super) struct Slot {
+    key: Arc<str>,
+    /// One permit: the holder's. FIFO-fair.
+    permit: Semaphore,
+    /// When the last holder left the resource in transition, as nanoseconds since the store's
+    /// epoch plus one; zero when it did not.
+    transitioning: AtomicU64,
+}
+
+impl Slot {
     /// Whether the flag is set and still worth honouring: no ARM transition outlives
     /// [`FLAG_TTL`], and forgetting a flag costs at most a 409 the engine then resolves.
-    fn in_transition(&self) -> bool {
-        self.transitioning
-            .is_some_and(|since| since.elapsed() < FLAG_TTL)
+    fn in_transition(&self, epoch: Instant) -> bool {
+        match self.transitioning.load(Ordering::Relaxed) {
+            0 => false,
+            since => {
+                let now = epoch.elapsed().as_nanos();
+                now.saturating_sub(u128::from(since - 1)) < FLAG_TTL.as_nanos()
+            }
+        }
+    }
+
+    fn set_transitioning(&self, epoch: Instant, transitioning: bool) {
+        let value = if transitioning {
+            // Saturates after 584 years of uptime.
+            u64::try_from(epoch.elapsed().as_nanos())
+                .unwrap_or(u64::MAX - 1)
+                .saturating_add(1)
+        } else {
+            0
+        };
+        self.transitioning.store(value, Ordering::Relaxed);
     }
 }
 
@@ -105,21 +136,26 @@ const MAX_IDLE_PER_SHARD: usize = 1024;
 /// Forgets idle keys whose flags expired, then the oldest flagged ones, until the shard holds
 /// three quarters of [`MAX_IDLE_PER_SHARD`] keys (keys in use are never touched) — leaving room,
 /// so the sort below runs once per few hundred writes, not on every one.
-fn prune(map: &mut HashMap<Box<str>, Entry>) {
+fn prune(table: &mut HashTable<Entry>, epoch: Instant) {
     const TARGET: usize = MAX_IDLE_PER_SHARD * 3 / 4;
-    map.retain(|_, e| e.users > 0 || e.in_transition());
-    if map.len() <= TARGET {
+    table.retain(|e| e.users > 0 || e.slot.in_transition(epoch));
+    if table.len() <= TARGET {
         return;
     }
-    let mut idle: Vec<(Instant, Box<str>)> = map
+    let mut idle: Vec<(u64, u64, *const Slot)> = table
         .iter()
-        .filter(|(_, e)| e.users == 0)
-        .filter_map(|(k, e)| Some((e.transitioning?, k.clone())))
+        .filter(|e| e.users == 0)
+        .map(|e| {
+            let since = e.slot.transitioning.load(Ordering::Relaxed);
+            (since, e.hash, Arc::as_ptr(&e.slot))
+        })
         .collect();
     idle.sort_unstable();
-    let excess = map.len() - TARGET;
-    for (_, key) in idle.into_iter().take(excess) {
-        map.remove(&key);
+    let excess = table.len() - TARGET;
+    for (_, hash, slot) in idle.into_iter().take(excess) {
+        if let Ok(entry) = table.find_entry(hash, |e| std::ptr::eq(Arc::as_ptr(&e.slot), slot)) {
+            entry.remove();
+        }
     }
 }
 
@@ -127,8 +163,9 @@ impl Default for Inner {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: Default::default(),
+            hasher: DefaultHashBuilder::default(),
             last_token: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 }
@@ -150,65 +187,11 @@ impl MemoryLeases {
     pub fn is_empty(&self) -> bool {
         self.inner.shards.iter().all(|s| lock(s).is_empty())
     }
-}
 
-impl Inner {
-    fn shard(&self, key: &str) -> usize {
-        // Truncation is fine: only the low bits pick the shard.
-        (self.hasher.hash_one(key) as usize) % SHARDS
-    }
-
-    /// Registers one more user of `key` and returns the key's lock. The returned [`User`] must
-    /// live as long as the caller waits for or holds the lock.
-    fn enter(self: &Arc<Self>, key: &str) -> (User, Arc<tokio::sync::Mutex<()>>) {
-        let shard = self.shard(key);
-        let mut map = lock(&self.shards[shard]);
-        let lock = match map.get_mut(key) {
-            Some(entry) => {
-                entry.users += 1;
-                entry.lock.clone()
-            }
-            None => {
-                let lock = Arc::new(tokio::sync::Mutex::new(()));
-                map.insert(
-                    key.into(),
-                    Entry {
-                        lock: lock.clone(),
-                        users: 1,
-                        holder: 0,
-                        transitioning: None,
-                    },
-                );
-                lock
-            }
-        };
-        drop(map);
-        let user = User {
-            store: self.clone(),
-            key: key.into(),
-            shard,
-        };
-        (user, lock)
-    }
-
-    /// Issues the next token to the user that now holds `key`'s lock.
-    /// Also says whether the previous holder left the key in transition, read under the same
-    /// shard lock, which saves the holder a second lookup.
-    fn grant(&self, user: &User) -> (u64, bool) {
-        let token = self.last_token.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut map = lock(&self.shards[user.shard]);
-        let entry = map
-            .get_mut(&*user.key)
-            .expect("a key's entry lives as long as its users");
-        entry.holder = token;
-        (token, entry.in_transition())
-    }
-
-    /// Runs `f` on the entry of `lease`'s key, if `lease` is its current holder.
-    fn with_holder<T>(&self, lease: &Lease, f: impl FnOnce(&mut Entry) -> T) -> Result<T, Error> {
-        let mut map = lock(&self.shards[self.shard(lease.key())]);
-        match map.get_mut(lease.key()) {
-            Some(entry) if entry.holder == lease.token() => Ok(f(entry)),
+    /// The slot behind `lease` when this store granted it and it is still held.
+    fn slot_of<'l>(&self, lease: &'l Lease) -> Result<&'l Slot, Error> {
+        match lease.held() {
+            Some(held) if Arc::ptr_eq(&held.0.store, &self.inner) => Ok(&held.0.slot),
             _ => Err(Error::LeaseBackend {
                 key: lease.key().to_owned(),
                 message: "the lease is not held in this store".to_owned(),
@@ -217,28 +200,89 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The shard of a key's hash. The table uses the hash's low bits (bucket) and top seven
+    /// (tag), so the shard takes bits from the middle: keys in one shard still spread.
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[(hash >> 40) as usize % SHARDS]
+    }
+
+    /// Registers one more user of `key`: a waiter, until it holds the key.
+    fn enter(self: &Arc<Self>, key: &str) -> User {
+        let hash = self.hasher.hash_one(key);
+        let mut table = lock(self.shard(hash));
+        let slot = match table.find_mut(hash, |e| *e.slot.key == *key) {
+            Some(entry) => {
+                entry.users += 1;
+                entry.slot.clone()
+            }
+            None => {
+                let slot = Arc::new(Slot {
+                    key: Arc::from(key),
+                    permit: Semaphore::new(1),
+                    transitioning: AtomicU64::new(0),
+                });
+                table.insert_unique(
+                    hash,
+                    Entry {
+                        hash,
+                        slot: slot.clone(),
+                        users: 1,
+                    },
+                    |e| e.hash,
+                );
+                slot
+            }
+        };
+        drop(table);
+        User {
+            store: self.clone(),
+            slot,
+            hash,
+        }
+    }
+}
+
 /// One holder or waiter of a key; dropping it forgets the key when it was the last user.
 struct User {
     store: Arc<Inner>,
-    key: Box<str>,
-    shard: usize,
+    slot: Arc<Slot>,
+    hash: u64,
 }
 
 impl Drop for User {
     fn drop(&mut self) {
-        let mut map = lock(&self.store.shards[self.shard]);
-        if let Some(entry) = map.get_mut(&*self.key) {
-            entry.users -= 1;
-            if entry.users == 0 {
-                if entry.in_transition() {
-                    if map.len() > MAX_IDLE_PER_SHARD {
-                        prune(&mut map);
-                    }
-                } else {
-                    map.remove(&*self.key);
-                }
-            }
+        let epoch = self.store.epoch;
+        let mut table = lock(self.store.shard(self.hash));
+        let Ok(mut entry) = table.find_entry(self.hash, |e| Arc::ptr_eq(&e.slot, &self.slot))
+        else {
+            return;
+        };
+        let e = entry.get_mut();
+        e.users -= 1;
+        if e.users > 0 {
+            return;
         }
+        if !self.slot.in_transition(epoch) {
+            entry.remove();
+        } else if table.len() > MAX_IDLE_PER_SHARD {
+            prune(&mut table, epoch);
+        }
+    }
+}
+
+/// A held key: dropping it hands the permit to the next waiter, then leaves.
+pub(super) struct Held(User);
+
+impl Held {
+    pub(super) fn key(&self) -> &Arc<str> {
+        &self.0.slot.key
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.slot.permit.add_permits(1);
     }
 }
 
@@ -258,31 +302,36 @@ impl LeaseStore for MemoryLeases {
         wait: Duration,
     ) -> BoxFuture<'a, Result<Lease, Error>> {
         Box::pin(async move {
-            let started = tokio::time::Instant::now();
             // `user` lives in this future: if the future is dropped while waiting, the waiter
-            // leaves the lock's queue and the key's user count drops with it.
-            let (user, lock) = self.inner.enter(key);
+            // leaves the queue and the key's user count drops with it.
+            let user = self.inner.enter(key);
             // Uncontended, take it at once: no timer to arm. (A free permit is never one a
             // queued waiter was promised, so this does not jump the FIFO queue.)
-            let acquired = match lock.clone().try_lock_owned() {
-                Ok(guard) => Ok(guard),
-                Err(_) => tokio::time::timeout(wait, lock.lock_owned()).await,
-            };
-            match acquired {
-                Ok(guard) => {
-                    let (token, transitioning) = self.inner.grant(&user);
-                    let lease = Lease::new(key, token, move || {
-                        // Wake the next waiter first, then leave (which may forget the key).
-                        drop(guard);
-                        drop(user);
-                    });
-                    Ok(lease.with_transitioning(transitioning))
+            if let Ok(permit) = user.slot.permit.try_acquire() {
+                permit.forget();
+            } else {
+                let started = tokio::time::Instant::now();
+                match tokio::time::timeout(wait, user.slot.permit.acquire()).await {
+                    Ok(Ok(permit)) => permit.forget(),
+                    Ok(Err(closed)) => {
+                        // Never happens: a key's semaphore is never closed.
+                        return Err(Error::LeaseBackend {
+                            key: key.to_owned(),
+                            message: closed.to_string(),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(Error::LeaseTimeout {
+                            key: key.to_owned(),
+                            waited: started.elapsed(),
+                        });
+                    }
                 }
-                Err(_) => Err(Error::LeaseTimeout {
-                    key: key.to_owned(),
-                    waited: started.elapsed(),
-                }),
             }
+            // From here to the lease, nothing awaits: the permit cannot be lost.
+            let token = self.inner.last_token.fetch_add(1, Ordering::Relaxed) + 1;
+            let transitioning = user.slot.in_transition(self.inner.epoch);
+            Ok(Lease::memory(Held(user), token).with_transitioning(transitioning))
         })
     }
 
@@ -292,14 +341,14 @@ impl LeaseStore for MemoryLeases {
         transitioning: bool,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            self.inner.with_holder(lease, |entry| {
-                entry.transitioning = transitioning.then(Instant::now);
-            })
+            let slot = self.slot_of(lease)?;
+            slot.set_transitioning(self.inner.epoch, transitioning);
+            Ok(())
         })
     }
 
     fn is_transitioning<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(async move { self.inner.with_holder(lease, |entry| entry.in_transition()) })
+        Box::pin(async move { Ok(self.slot_of(lease)?.in_transition(self.inner.epoch)) })
     }
 }
 

@@ -25,7 +25,11 @@ mod remote;
 #[cfg(feature = "azure-blob")]
 mod sas;
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisLeases;
@@ -65,21 +69,24 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
 /// dropping it releases too, without waiting (in the background for remote stores — which is
 /// what happens when the future holding it is cancelled).
 pub struct Lease {
-    key: String,
+    key: Arc<str>,
     token: u64,
     /// Whether the previous holder left the key in transition, when the store knew at once.
     transitioning: Option<bool>,
-    /// In a mutex only so that `&Lease` can be held across awaits (`Lease: Sync`); it is taken
-    /// once, on release or drop.
-    release: std::sync::Mutex<Option<Release>>,
+    release: Release,
 }
 
-/// How a store gets a lease back.
+/// How a store gets a lease back. The closures sit in a mutex only so that `&Lease` can be held
+/// across awaits (`Lease: Sync`); each is taken once, on release or drop.
 enum Release {
     /// Done at once (in-process stores).
-    Now(Box<dyn FnOnce() + Send>),
+    Now(Mutex<Box<dyn FnOnce() + Send>>),
     /// A round trip to the store; dropping the lease spawns it.
-    Later(Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>),
+    Later(Mutex<Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>>),
+    /// A [`MemoryLeases`] key: dropping it releases it, with no closure to box.
+    Memory(memory::Held),
+    /// Released already.
+    Done,
 }
 
 impl Lease {
@@ -90,7 +97,7 @@ impl Lease {
         token: u64,
         release: impl FnOnce() + Send + 'static,
     ) -> Self {
-        Self::with(key, token, Release::Now(Box::new(release)))
+        Self::with(key.into().into(), token, Release::Now(Mutex::new(Box::new(release))))
     }
 
     /// A lease whose release is a round trip to a remote store: [`release`](Self::release)
@@ -101,15 +108,32 @@ impl Lease {
         token: u64,
         release: impl FnOnce() -> BoxFuture<'static, ()> + Send + 'static,
     ) -> Self {
-        Self::with(key, token, Release::Later(Box::new(release)))
+        Self::with(
+            key.into().into(),
+            token,
+            Release::Later(Mutex::new(Box::new(release))),
+        )
     }
 
-    fn with(key: impl Into<String>, token: u64, release: Release) -> Self {
+    /// A [`MemoryLeases`] lease: its key is the store's, shared.
+    fn memory(held: memory::Held, token: u64) -> Self {
+        Self::with(held.key().clone(), token, Release::Memory(held))
+    }
+
+    fn with(key: Arc<str>, token: u64, release: Release) -> Self {
         Self {
-            key: key.into(),
+            key,
             token,
             transitioning: None,
-            release: std::sync::Mutex::new(Some(release)),
+            release,
+        }
+    }
+
+    /// The [`MemoryLeases`] key this lease holds, if that store granted it.
+    fn held(&self) -> Option<&memory::Held> {
+        match &self.release {
+            Release::Memory(held) => Some(held),
+            _ => None,
         }
     }
 
@@ -140,31 +164,30 @@ impl Lease {
     /// Gives the lease back and waits until the store has it, so the next holder (perhaps in
     /// another process) can go at once — also when this process exits right after.
     pub async fn release(mut self) {
-        match self.take() {
-            Some(Release::Now(release)) => release(),
-            Some(Release::Later(release)) => release().await,
-            None => {}
-        }
-    }
-
-    fn take(&mut self) -> Option<Release> {
-        match self.release.get_mut() {
-            Ok(slot) => slot.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
+        match std::mem::replace(&mut self.release, Release::Done) {
+            Release::Now(release) => into_inner(release)(),
+            Release::Later(release) => into_inner(release)().await,
+            Release::Memory(held) => drop(held),
+            Release::Done => {}
         }
     }
 }
 
+fn into_inner<T>(mutex: Mutex<T>) -> T {
+    mutex.into_inner().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
-        match self.take() {
-            Some(Release::Now(release)) => release(),
-            Some(Release::Later(release)) => {
+        match std::mem::replace(&mut self.release, Release::Done) {
+            Release::Now(release) => into_inner(release)(),
+            Release::Later(release) => {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(release());
+                    runtime.spawn(into_inner(release)());
                 }
             }
-            None => {}
+            Release::Memory(held) => drop(held),
+            Release::Done => {}
         }
     }
 }
