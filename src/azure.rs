@@ -108,6 +108,9 @@ impl AzureConflictPolicy {
         resource: Option<ResourceId>,
         response: AsyncRawResponse,
     ) -> AsyncRawResponse {
+        if !self.engine.remembers() {
+            return response;
+        }
         let etag = response.headers().get_optional_str(&azure_headers::ETAG);
         let status = http_status(response.status());
         let Some((cap, sink)) = self.engine.merge_base_sink(resource, status, etag) else {
@@ -158,7 +161,7 @@ impl Policy for AzureConflictPolicy {
         match self.engine.execute(&mut transport, &original).await {
             Ok((answer, report)) => {
                 if let (Some(report), Some(reports)) = (report, ctx.value::<ConflictReports>()) {
-                    reports.push(report);
+                    reports.push(*report);
                 }
                 Ok(self.remember(Some(original.resource), answer.raw))
             }
@@ -342,17 +345,15 @@ impl Transport for AzureTransport<'_, '_> {
         })
     }
 
-    fn send(&mut self) -> impl Future<Output = Result<Answer, azure_core::Error>> + Send + '_ {
-        async move {
-            if self.sent {
-                // As azure_core's retry policy does before it sends a request again.
-                self.request.body_mut().reset().await?;
-            }
-            self.sent = true;
-            forward(self.ctx, self.request, self.next)
-                .await
-                .map(Answer::new)
+    async fn send(&mut self) -> Result<Answer, azure_core::Error> {
+        if self.sent {
+            // As azure_core's retry policy does before it sends a request again.
+            self.request.body_mut().reset().await?;
         }
+        self.sent = true;
+        forward(self.ctx, self.request, self.next)
+            .await
+            .map(Answer::new)
     }
 
     fn can_resend(&self) -> bool {

@@ -52,6 +52,9 @@ impl ConflictMiddleware {
     /// as it streams to the caller, to serve as a later merge base. Otherwise returns `response`
     /// untouched.
     fn remember(&self, resource: Option<ResourceId>, response: Response) -> Response {
+        if !self.engine.remembers() {
+            return response;
+        }
         let etag = response
             .headers()
             .get(http::header::ETAG)
@@ -75,46 +78,78 @@ impl Default for ConflictMiddleware {
     }
 }
 
-#[async_trait::async_trait]
 impl Middleware for ConflictMiddleware {
-    async fn handle(
-        &self,
+    // Written out rather than through `#[async_trait]`: a read the policy does not remember goes
+    // straight down the chain, with no future of this crate's around it, and a write's future is
+    // built to stay small (see `write`).
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
         req: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        let method = req.method().clone();
-        if is_safe(&method) {
+        extensions: &'life1 mut Extensions,
+        next: Next<'life2>,
+    ) -> BoxFuture<'async_trait, reqwest_middleware::Result<Response>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        let method = req.method();
+        if is_safe(method) {
             // Only a policy that merges wants reads remembered; the rest pass untouched.
-            let resource = (method == Method::GET && self.engine.remembers())
-                .then(|| ResourceId::from_url(req.url()));
-            let response = next.run(req, extensions).await?;
-            return Ok(self.remember(resource, response));
+            if *method != Method::GET || !self.engine.remembers() {
+                return next.run(req, extensions);
+            }
+            let resource = Some(ResourceId::from_url(req.url()));
+            let response = next.run(req, extensions);
+            return Box::pin(async move { Ok(self.remember(resource, response.await?)) });
         }
+        Box::pin(self.write(req, extensions, next))
+    }
+}
+
+impl ConflictMiddleware {
+    /// A write, through the engine. Everything that can be is prepared before the future is
+    /// made, and what it holds is held once: the future is allocated on every write, and one
+    /// that outgrows the allocator's small-size caches costs more than the rest of this crate's
+    /// work on the happy path.
+    fn write<'a>(
+        &'a self,
+        req: Request,
+        extensions: &'a mut Extensions,
+        next: Next<'a>,
+    ) -> impl Future<Output = reqwest_middleware::Result<Response>> + Send + 'a {
         let kept = Kept::from(&req);
-        let (url, headers) = kept.head();
-        let original = Original {
-            method: &method,
-            resource: ResourceId::from_url(url),
-            url,
-            headers,
-            overrides: Overrides::from_extensions(extensions),
-        };
-        let mut transport = ReqwestTransport {
+        let overrides = Overrides::from_extensions(extensions);
+        let mut chain = Chain {
             next,
             extensions,
             first: Some(req),
-            retry: kept.copy(),
         };
-        match self.engine.execute(&mut transport, &original).await {
-            Ok((mut response, report)) => {
-                if let Some(report) = report {
-                    response.extensions_mut().insert(report);
+        async move {
+            let (url, headers) = kept.head();
+            let original = Original {
+                method: kept.method(),
+                resource: ResourceId::from_url(url),
+                url,
+                headers,
+                overrides,
+            };
+            let mut transport = ReqwestTransport {
+                chain: &mut chain,
+                retry: kept.copy(),
+            };
+            // Boxed apart, for the same reason.
+            match Box::pin(self.engine.execute(&mut transport, &original)).await {
+                Ok((mut response, report)) => {
+                    if let Some(report) = report {
+                        response.extensions_mut().insert(*report);
+                    }
+                    Ok(self.remember(Some(original.resource), response))
                 }
-                Ok(self.remember(Some(original.resource), response))
+                Err(Failure::Transport(error)) => Err(error),
+                Err(Failure::Conflict(error)) => Err(reqwest_middleware::Error::middleware(error)),
             }
-            Err(Failure::Transport(error)) => Err(error),
-            Err(Failure::Conflict(error)) => Err(reqwest_middleware::Error::middleware(error)),
         }
     }
 }
@@ -123,21 +158,32 @@ impl Middleware for ConflictMiddleware {
 /// and headers; or, when the body is a stream and cannot be copied, the URL and headers alone.
 enum Kept {
     Copy(Request),
-    Head(Url, HeaderMap),
+    Head(Method, Url, HeaderMap),
 }
 
 impl Kept {
     fn from(request: &Request) -> Self {
         match request.try_clone() {
             Some(copy) => Self::Copy(copy),
-            None => Self::Head(request.url().clone(), request.headers().clone()),
+            None => Self::Head(
+                request.method().clone(),
+                request.url().clone(),
+                request.headers().clone(),
+            ),
+        }
+    }
+
+    fn method(&self) -> &Method {
+        match self {
+            Self::Copy(r) => r.method(),
+            Self::Head(method, ..) => method,
         }
     }
 
     fn head(&self) -> (&Url, &HeaderMap) {
         match self {
             Self::Copy(r) => (r.url(), r.headers()),
-            Self::Head(url, headers) => (url, headers),
+            Self::Head(_, url, headers) => (url, headers),
         }
     }
 
@@ -149,13 +195,17 @@ impl Kept {
     }
 }
 
-struct ReqwestTransport<'a, 'e, 'k> {
-    next: Next<'a>,
+/// The rest of the middleware chain, with the request itself until it is sent.
+struct Chain<'n, 'e> {
+    next: Next<'n>,
     extensions: &'e mut Extensions,
-    /// The request itself, until it is sent.
     first: Option<Request>,
+}
+
+struct ReqwestTransport<'c, 'n, 'e> {
+    chain: &'c mut Chain<'n, 'e>,
     /// The copy later attempts are cloned from.
-    retry: Option<&'k Request>,
+    retry: Option<&'c Request>,
 }
 
 impl Transport for ReqwestTransport<'_, '_, '_> {
@@ -206,8 +256,8 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
             request.headers_mut().remove(http::header::CONTENT_LENGTH);
             *request.body_mut() = Some(reqwest::Body::from(body));
         }
-        let next = self.next.clone();
-        let extensions = &mut *self.extensions;
+        let next = self.chain.next.clone();
+        let extensions = &mut *self.chain.extensions;
         Some(Box::pin(next.run(request, extensions)))
     }
 
@@ -222,16 +272,18 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
 
     fn send(&mut self) -> impl Future<Output = Result<Response, Self::Error>> + Send + '_ {
         let request = self
+            .chain
             .first
             .take()
             .or_else(|| self.retry.and_then(Request::try_clone));
-        let next = self.next.clone();
-        let extensions = &mut *self.extensions;
-        async move {
-            match request {
-                Some(request) => next.run(request, extensions).await,
-                None => Err(reqwest_middleware::Error::middleware(NotCloneable)),
-            }
+        let next = self.chain.next.clone();
+        let extensions = &mut *self.chain.extensions;
+        // The chain's own boxed future, as is: the request moves straight into it.
+        match request {
+            Some(request) => next.run(request, extensions),
+            None => Box::pin(std::future::ready(Err(
+                reqwest_middleware::Error::middleware(NotCloneable),
+            ))),
         }
     }
 
@@ -245,8 +297,8 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
         let origin = url.origin();
         let mut request = Request::new(method, url);
         *request.headers_mut() = headers;
-        let next = self.next.clone();
-        let extensions = &mut *self.extensions;
+        let next = self.chain.next.clone();
+        let extensions = &mut *self.chain.extensions;
         Box::pin(async move {
             let response = next.run(request, extensions).await?;
             // The client followed a redirect elsewhere: whatever answered there is not the

@@ -107,7 +107,12 @@ impl ResourceId {
     }
 
     /// An ARM resource ID from its parsed `path`.
-    fn arm(url: Option<&Url>, path: &str, shape: &Shape<'_>, api_version: Option<Cow<'_, str>>) -> Self {
+    fn arm(
+        url: Option<&Url>,
+        path: &str,
+        shape: &Shape<'_>,
+        api_version: Option<Cow<'_, str>>,
+    ) -> Self {
         let path = &path[..shape.resource_end];
         let action = shape.action.unwrap_or("");
         let api = api_version.as_deref().unwrap_or("");
@@ -125,10 +130,13 @@ impl ResourceId {
         text.push_str(action);
         let action_end = text.len();
         text.push_str(api);
-        let mut key = path.to_owned();
-        key.make_ascii_lowercase();
+        let mut key: Arc<str> = Arc::from(path);
+        // Just made, so not shared: lowercased in place, in its one allocation.
+        if let Some(key) = Arc::get_mut(&mut key) {
+            key.make_ascii_lowercase();
+        }
         Self {
-            key: Arc::from(key),
+            key,
             text: text.into_boxed_str(),
             ends: [origin, path_end, type_end, action_end],
             parent_end: shape.parent_end,
@@ -281,14 +289,24 @@ fn origin_len(url: &Url) -> usize {
 
 /// The `api-version` parameter of a query string, decoded only when it is encoded.
 fn api_version_in(query: &str) -> Option<Cow<'_, str>> {
+    const NAME: &[u8] = b"api-version=";
     query.split('&').find_map(|pair| {
-        if pair.bytes().any(|b| b == b'%' || b == b'+') {
-            let (k, v) = url::form_urlencoded::parse(pair.as_bytes()).next()?;
-            return k.eq_ignore_ascii_case("api-version").then_some(v);
+        let encoded = |s: &str| s.bytes().any(|b| b == b'%' || b == b'+');
+        // The common spelling first: a plain `api-version=…`.
+        if let Some(value) = pair
+            .as_bytes()
+            .get(..NAME.len())
+            .filter(|name| name.eq_ignore_ascii_case(NAME))
+            .map(|_| &pair[NAME.len()..])
+            .filter(|value| !encoded(value))
+        {
+            return Some(Cow::Borrowed(value));
         }
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        k.eq_ignore_ascii_case("api-version")
-            .then_some(Cow::Borrowed(v))
+        if !encoded(pair) {
+            return (pair.eq_ignore_ascii_case("api-version")).then_some(Cow::Borrowed(""));
+        }
+        let (k, v) = url::form_urlencoded::parse(pair.as_bytes()).next()?;
+        k.eq_ignore_ascii_case("api-version").then_some(v)
     })
 }
 
@@ -320,9 +338,14 @@ enum Kind {
 /// The structure of an ARM path, found in one walk on the stack: nothing is allocated until the
 /// [`ResourceId`] is built from it.
 struct Shape<'a> {
+    /// The path without trailing slashes.
+    path: &'a str,
+    /// Byte offset where segment k ends, so every ancestor is a prefix of the path. (Offsets,
+    /// not slices: zeroing them is cheap, and this runs on every write.)
+    ends: [usize; MAX_SEGMENTS],
     kind: Kind,
-    /// The namespace, then the type segments of the innermost provider.
-    type_segs: [&'a str; MAX_SEGMENTS / 2],
+    /// The indices of the namespace, then of the type segments of the innermost provider.
+    type_segs: [u8; MAX_SEGMENTS / 2],
     types: usize,
     /// Byte lengths of the resource's and its parent's paths.
     resource_end: usize,
@@ -334,39 +357,46 @@ impl<'a> Shape<'a> {
     /// Walks `/subscriptions/{s}[/resourceGroups/{g}][/providers/{ns}/{type}/{name}[/{type}/{name}]*]*[/{action}]`.
     fn of(path: &'a str) -> Result<Self, &'static str> {
         let trimmed = path.trim_end_matches('/');
-        let mut segs = [""; MAX_SEGMENTS];
-        // Byte offset where segment k ends, so every ancestor is a prefix of the path.
-        let mut seg_ends = [0usize; MAX_SEGMENTS];
+        let mut shape = Shape {
+            path: trimmed,
+            ends: [0; MAX_SEGMENTS],
+            kind: Kind::Subscription,
+            type_segs: [0; MAX_SEGMENTS / 2],
+            types: 0,
+            resource_end: 0,
+            parent_end: None,
+            action: None,
+        };
+        let bytes = trimmed.as_bytes();
+        if bytes.first() != Some(&b'/') {
+            return Err("does not start with /subscriptions/{id}");
+        }
         let mut n = 0;
-        let rest = trimmed.strip_prefix('/').ok_or("does not start with /subscriptions/{id}")?;
-        let mut at = 0;
-        for seg in rest.split('/') {
-            if seg.is_empty() {
+        let mut push = |from: usize, to: usize| {
+            if from == to {
                 return Err("empty path segment");
             }
             if n == MAX_SEGMENTS {
                 return Err("too many path segments");
             }
-            at += 1 + seg.len();
-            segs[n] = seg;
-            seg_ends[n] = at;
+            shape.ends[n] = to;
             n += 1;
+            Ok(())
+        };
+        // `/` is ASCII, so every cut is on a character boundary.
+        let mut from = 1;
+        for at in memchr::memchr_iter(b'/', &bytes[1..]) {
+            push(from, at + 1)?;
+            from = at + 2;
         }
-        let segs = &segs[..n];
-        if n < 2 || !segs[0].eq_ignore_ascii_case("subscriptions") {
+        push(from, bytes.len())?;
+        if n < 2 || !shape.seg(0).eq_ignore_ascii_case("subscriptions") {
             return Err("does not start with /subscriptions/{id}");
         }
-        let mut shape = Shape {
-            kind: Kind::Subscription,
-            type_segs: [""; MAX_SEGMENTS / 2],
-            types: 0,
-            resource_end: seg_ends[1],
-            parent_end: None,
-            action: None,
-        };
+        shape.resource_end = shape.ends[1];
         let mut i = 2;
         while i < n {
-            let seg = segs[i];
+            let seg = shape.seg(i);
             let has_name = i + 1 < n;
             if i == 2 && seg.eq_ignore_ascii_case("resourceGroups") {
                 if !has_name {
@@ -380,8 +410,9 @@ impl<'a> Shape<'a> {
                     return Err("providers segment without namespace, type and name");
                 }
                 shape.kind = Kind::Provider;
-                shape.type_segs[0] = segs[i + 1];
-                shape.type_segs[1] = segs[i + 2];
+                // Below MAX_SEGMENTS (64): fits a byte.
+                shape.type_segs[0] = (i + 1) as u8;
+                shape.type_segs[1] = (i + 2) as u8;
                 shape.types = 2;
                 i += 4;
             } else if !has_name {
@@ -389,22 +420,35 @@ impl<'a> Shape<'a> {
                 i += 1;
                 continue;
             } else if let Kind::Provider = shape.kind {
-                shape.type_segs[shape.types] = seg;
+                shape.type_segs[shape.types] = i as u8;
                 shape.types += 1;
                 i += 2;
             } else {
                 return Err("unexpected segments outside a provider namespace");
             }
             shape.parent_end = Some(shape.resource_end);
-            shape.resource_end = seg_ends[i - 1];
+            shape.resource_end = shape.ends[i - 1];
         }
         Ok(shape)
     }
 
+    /// Segment `k`, without its slashes.
+    fn seg(&self, k: usize) -> &'a str {
+        let from = if k == 0 { 1 } else { self.ends[k - 1] + 1 };
+        &self.path[from..self.ends[k]]
+    }
+
+    fn type_segs(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.type_segs[..self.types]
+            .iter()
+            .map(|&k| self.seg(usize::from(k)))
+    }
+
     fn type_len(&self) -> usize {
         match self.kind {
-            Kind::Subscription | Kind::ResourceGroup => SUBSCRIPTIONS.len().max(RESOURCE_GROUPS.len()),
-            Kind::Provider => self.type_segs[..self.types].iter().map(|s| s.len() + 1).sum(),
+            Kind::Subscription => SUBSCRIPTIONS.len(),
+            Kind::ResourceGroup => RESOURCE_GROUPS.len(),
+            Kind::Provider => self.type_segs().map(|s| s.len() + 1).sum(),
         }
     }
 
@@ -413,7 +457,7 @@ impl<'a> Shape<'a> {
             Kind::Subscription => out.push_str(SUBSCRIPTIONS),
             Kind::ResourceGroup => out.push_str(RESOURCE_GROUPS),
             Kind::Provider => {
-                for (k, seg) in self.type_segs[..self.types].iter().enumerate() {
+                for (k, seg) in self.type_segs().enumerate() {
                     if k > 0 {
                         out.push('/');
                     }
@@ -557,6 +601,59 @@ mod tests {
         let back = id(&r.to_string());
         assert_eq!(back.key(), r.key());
         assert_eq!(back.resource_type(), r.resource_type());
+    }
+
+    #[test]
+    fn api_version_spellings() {
+        for (query, expected) in [
+            ("api-version=2024-07-01", Some("2024-07-01")),
+            ("x=1&API-Version=2024-07-01&y=2", Some("2024-07-01")),
+            ("api%2Dversion=2024%2D07%2D01", Some("2024-07-01")),
+            ("api-version=a+b", Some("a b")),
+            ("api-version", Some("")),
+            ("api-versions=1&x=api-version", None),
+            ("", None),
+        ] {
+            let url = Url::parse(&format!(
+                "https://h/subscriptions/s/resourceGroups/g?{query}"
+            ))
+            .unwrap();
+            let id = ResourceId::from_url(&url);
+            assert_eq!(id.api_version(), expected, "{query:?}");
+        }
+    }
+
+    #[test]
+    fn parts_survive_one_buffer() {
+        let url = Url::parse("HTTPS://Mgmt.Example:8443/subscriptions/S/resourceGroups/G/providers/Microsoft.Compute/virtualMachines/VM/extensions/E/restart?api-version=1").unwrap();
+        let id = ResourceId::from_url(&url);
+        assert_eq!(
+            id.path(),
+            "/subscriptions/S/resourceGroups/G/providers/Microsoft.Compute/virtualMachines/VM/extensions/E"
+        );
+        assert_eq!(
+            id.resource_type(),
+            Some("Microsoft.Compute/virtualMachines/extensions")
+        );
+        assert_eq!(id.action(), Some("restart"));
+        assert_eq!(id.api_version(), Some("1"));
+        assert_eq!(id.name(), Some("E"));
+        let parent = id.parent().unwrap();
+        assert_eq!(
+            parent.path(),
+            "/subscriptions/S/resourceGroups/G/providers/Microsoft.Compute/virtualMachines/VM"
+        );
+        assert_eq!(parent.api_version(), Some("1"));
+        assert_eq!(parent.action(), None);
+        assert_eq!(parent.origin(), Some("https://mgmt.example:8443"));
+        assert_eq!(
+            parent.fetch_url(&url).as_str(),
+            "https://mgmt.example:8443/subscriptions/S/resourceGroups/G/providers/Microsoft.Compute/virtualMachines/VM?api-version=1"
+        );
+        // Two IDs of one resource, spelled differently, are the same key but not equal values.
+        let other = ResourceId::parse(&id.key().to_uppercase()).unwrap();
+        assert_eq!(other.key(), id.key());
+        assert_ne!(other, id);
     }
 
     #[test]

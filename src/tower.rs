@@ -233,7 +233,7 @@ where
     match engine.execute(&mut transport, &original).await {
         Ok((mut response, report)) => {
             if let Some(report) = report {
-                response.extensions_mut().insert(report);
+                response.extensions_mut().insert(*report);
             }
             Ok(remember(&engine, Some(original.resource), response))
         }
@@ -274,6 +274,9 @@ fn remember<RB>(
 where
     RB: Body<Data = Bytes> + Send + Unpin + 'static,
 {
+    if !engine.remembers() {
+        return response;
+    }
     let etag = response
         .headers()
         .get(http::header::ETAG)

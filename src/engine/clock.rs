@@ -64,14 +64,24 @@ impl Clock {
         self.inner().started.put(key.clone(), at);
     }
 
-    /// When to poll `key` (of type `kind`): at once and then every `min_delay` while no estimate
-    /// exists (the previous write may have converged long ago, and the first end seen is the
-    /// first estimate); with one, bisecting towards the end, then at it.
-    pub(crate) fn plan(&self, key: &str, kind: &str, min_delay: Duration) -> Vec<Instant> {
+    /// When the transition a write to `key` left started, forgetting it: the next writer takes
+    /// it to [`plan`](Self::plan) and [`learn`](Self::learn) with.
+    pub(crate) fn take_start(&self, key: &str) -> Option<Instant> {
+        self.inner().started.pop(key)
+    }
+
+    /// When to poll a resource of type `kind` whose transition began at `start`: at once and
+    /// then every `min_delay` while the start or an estimate is unknown (the previous write may
+    /// have converged long ago, and the first end seen is the first estimate); with both,
+    /// bisecting towards the end, then at it.
+    pub(crate) fn plan(
+        &self,
+        start: Option<Instant>,
+        kind: &str,
+        min_delay: Duration,
+    ) -> Vec<Instant> {
         let now = Instant::now();
-        let mut inner = self.inner();
-        let start = inner.started.get(key).copied();
-        let estimate = inner.estimates.get(kind).copied();
+        let estimate = self.inner().estimates.get(kind).copied();
         let (Some(start), Some(Estimate { lo, hi })) = (start, estimate) else {
             return (0..FLAT_POLLS).map(|i| now + min_delay * i).collect();
         };
@@ -84,12 +94,17 @@ impl Clock {
         }
     }
 
-    /// Learns from the polls of `key`'s transition: `(when, terminal)`.
-    pub(crate) fn learn(&self, key: &str, kind: &str, observations: &[(Instant, bool)]) {
-        let mut inner = self.inner();
-        let Some(start) = inner.started.pop(key) else {
+    /// Learns from the polls of a transition that began at `start`: `(when, terminal)`.
+    pub(crate) fn learn(
+        &self,
+        start: Option<Instant>,
+        kind: &str,
+        observations: &[(Instant, bool)],
+    ) {
+        let Some(start) = start else {
             return;
         };
+        let mut inner = self.inner();
         let known = inner.estimates.get(kind).copied();
         let mut lo = known.map_or(Duration::ZERO, |e| e.lo);
         let mut hi = known.map(|e| e.hi);
@@ -129,8 +144,8 @@ mod tests {
     fn narrows_to_one_poll_at_the_end() {
         let clock = Clock::default();
         let t0 = Instant::now();
-        clock.started(&"k".into(), t0);
-        let flat = clock.plan("k", "T", 10 * MS);
+        let flat = clock.plan(Some(t0), "T", 10 * MS);
+        assert_eq!(clock.plan(None, "T", 10 * MS).len(), FLAT_POLLS as usize);
         assert_eq!(
             flat.len(),
             FLAT_POLLS as usize,
@@ -138,30 +153,34 @@ mod tests {
         );
         assert_eq!(flat[1] - flat[0], 10 * MS);
         // First transition: seen running at 95 ms, over at 160 ms.
-        clock.learn("k", "T", &[(t0 + 95 * MS, false), (t0 + 160 * MS, true)]);
-        clock.started(&"k".into(), t0);
+        clock.learn(
+            Some(t0),
+            "T",
+            &[(t0 + 95 * MS, false), (t0 + 160 * MS, true)],
+        );
         assert_eq!(
-            clock.plan("k", "T", MS),
+            clock.plan(Some(t0), "T", MS),
             [t0 + 127 * MS + MS / 2, t0 + 160 * MS]
         );
         // Over at the midpoint: the upper bound comes down.
-        clock.learn("k", "T", &[(t0 + 127 * MS, true)]);
-        clock.started(&"k".into(), t0);
-        clock.learn("k", "T", &[(t0 + 100 * MS, false), (t0 + 103 * MS, true)]);
-        clock.started(&"k".into(), t0);
+        clock.learn(Some(t0), "T", &[(t0 + 127 * MS, true)]);
+        clock.learn(
+            Some(t0),
+            "T",
+            &[(t0 + 100 * MS, false), (t0 + 103 * MS, true)],
+        );
         assert_eq!(
-            clock.plan("k", "T", MS),
+            clock.plan(Some(t0), "T", MS),
             [t0 + 101 * MS + MS / 2, t0 + 103 * MS],
             "3 ms apart: still narrowing"
         );
         clock.learn(
-            "k",
+            Some(t0),
             "T",
             &[(t0 + 102 * MS + MS / 2, false), (t0 + 103 * MS, true)],
         );
-        clock.started(&"k".into(), t0);
         assert_eq!(
-            clock.plan("k", "T", MS),
+            clock.plan(Some(t0), "T", MS),
             [t0 + 103 * MS],
             "one poll once the bounds are close"
         );
@@ -171,12 +190,22 @@ mod tests {
     fn crossed_bounds_start_over() {
         let clock = Clock::default();
         let t0 = Instant::now();
-        clock.started(&"k".into(), t0);
-        clock.learn("k", "T", &[(t0 + 50 * MS, true)]);
+        clock.learn(Some(t0), "T", &[(t0 + 50 * MS, true)]);
         // Transitions got slower: still running past the old end.
+        clock.learn(
+            Some(t0),
+            "T",
+            &[(t0 + 80 * MS, false), (t0 + 120 * MS, true)],
+        );
+        assert_eq!(clock.plan(Some(t0), "T", MS), [t0 + 60 * MS, t0 + 120 * MS]);
+    }
+
+    #[test]
+    fn a_start_is_taken_once() {
+        let clock = Clock::default();
+        let t0 = Instant::now();
         clock.started(&"k".into(), t0);
-        clock.learn("k", "T", &[(t0 + 80 * MS, false), (t0 + 120 * MS, true)]);
-        clock.started(&"k".into(), t0);
-        assert_eq!(clock.plan("k", "T", MS), [t0 + 60 * MS, t0 + 120 * MS]);
+        assert_eq!(clock.take_start("k"), Some(t0));
+        assert_eq!(clock.take_start("k"), None);
     }
 }

@@ -35,6 +35,10 @@ use crate::{
 /// A boxed, sendable future, as the adapters' own stacks use.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The response for the caller, with the report of the conflict it met, if any (boxed: a
+/// report is large, and only a conflict makes one).
+pub(crate) type Answer<R> = (R, Option<Box<ConflictReport>>);
+
 /// A response whose body was peeked at, with the bytes read.
 pub(crate) type Peeked<R, E> = Result<(R, Bytes), E>;
 
@@ -127,7 +131,8 @@ pub(crate) struct Original<'a> {
 /// What a single request may change of the policy, through its extensions.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Overrides {
-    pub policy: Option<PolicyOverride>,
+    /// Boxed: large, and rarely set.
+    pub policy: Option<Box<PolicyOverride>>,
     pub merge_base: Option<serde_json::Value>,
 }
 
@@ -135,11 +140,9 @@ impl Overrides {
     /// Reads [`PolicyOverride`], [`PreconditionStrategy`] (a shorthand for an override of just
     /// that) and [`MergeBase`] from a request's extensions.
     pub(crate) fn from_extensions(extensions: &http::Extensions) -> Self {
-        let mut policy = extensions.get::<PolicyOverride>().cloned();
+        let mut policy = extensions.get::<PolicyOverride>().cloned().map(Box::new);
         if let Some(strategy) = extensions.get::<PreconditionStrategy>() {
-            policy
-                .get_or_insert_with(PolicyOverride::default)
-                .precondition = Some(*strategy);
+            policy.get_or_insert_default().precondition = Some(*strategy);
         }
         Self {
             policy,
@@ -407,7 +410,7 @@ impl Engine {
         &self,
         transport: &mut T,
         original: &Original<'_>,
-    ) -> Result<(T::Response, Option<ConflictReport>), Failure<T::Error>> {
+    ) -> Result<Answer<T::Response>, Failure<T::Error>> {
         self.for_request(original).run(transport, original).await
     }
 
@@ -415,7 +418,7 @@ impl Engine {
         &self,
         transport: &mut T,
         original: &Original<'_>,
-    ) -> Result<(T::Response, Option<ConflictReport>), Failure<T::Error>> {
+    ) -> Result<Answer<T::Response>, Failure<T::Error>> {
         let deadline = Instant::now() + self.policy.deadline;
         // The resource's own lease, and its parent's when the policy names one (rare). The
         // parent's key is a prefix of the resource's, so it sorts first: keys are always taken
@@ -428,13 +431,20 @@ impl Engine {
                 let lease = self.leases.acquire(id.key(), ttl, wait()).await;
                 parent = Some(lease.map_err(Failure::Conflict)?);
             }
-            let lease = self.leases.acquire(original.resource.key(), ttl, wait()).await;
+            let lease = self
+                .leases
+                .acquire(original.resource.key(), ttl, wait())
+                .await;
             Some(lease.map_err(Failure::Conflict)?)
         } else {
             None
         };
-        if let Some(lease) = &own {
-            self.guard(transport, original, lease, deadline)
+        if let Some(lease) = &own
+            && lease.transitioning() != Some(false)
+        {
+            // Boxed: a large future that only a write after a transition (or under a store that
+            // must be asked) pays for.
+            Box::pin(self.guard(transport, original, lease, deadline))
                 .await
                 .map_err(Failure::Conflict)?;
         }
@@ -466,15 +476,22 @@ impl Engine {
                 T::headers(response),
             )
         {
-            self.clock
-                .started(original.resource.shared_key(), Instant::now());
-            if let Err(error) = self.leases.set_transitioning(lease, true).await {
-                tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
+            // An in-process lease records the flag, and when it was set, in its key's state;
+            // another store is told, and the clock notes the start.
+            if !lease.record_transitioning(true) {
+                self.clock
+                    .started(original.resource.shared_key(), Instant::now());
+                if let Err(error) = self.leases.set_transitioning(lease, true).await {
+                    tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
+                }
             }
         }
         // Released explicitly, so a remote store has them back before the caller goes on (a
         // process that exits right after its write must not leave its lease to expire).
-        for lease in own.into_iter().chain(parent) {
+        if let Some(lease) = own {
+            lease.release().await;
+        }
+        if let Some(lease) = parent {
             lease.release().await;
         }
         result
@@ -498,8 +515,11 @@ impl Engine {
         }
         let key = original.resource.key();
         let kind = original.resource.resource_type().unwrap_or_default();
+        let start = lease
+            .transition_start()
+            .or_else(|| self.clock.take_start(key));
         let watch = converge::Watch {
-            planned: self.clock.plan(key, kind, self.policy.poll.min_delay),
+            planned: self.clock.plan(start, kind, self.policy.poll.min_delay),
             lenient: true,
             ..converge::Watch::state(
                 original.resource.fetch_url(original.url),
@@ -508,9 +528,10 @@ impl Engine {
         };
         let mut seen = converge::Observations::default();
         let waiting = Instant::now();
-        // Boxed: a large future that only a write after a transition pays for.
-        let converged = Box::pin(self.poll(transport, original, watch, deadline, &mut seen)).await;
-        self.clock.learn(key, kind, &seen.polls);
+        let converged = self
+            .poll(transport, original, watch, deadline, &mut seen)
+            .await;
+        self.clock.learn(start, kind, &seen.polls);
         if !converged {
             return Err(Error::NotConverged {
                 resource: key.to_owned(),
@@ -519,6 +540,9 @@ impl Engine {
                 attempts: 0,
                 waited: waiting.elapsed(),
             });
+        }
+        if lease.record_transitioning(false) {
+            return Ok(());
         }
         self.leases.set_transitioning(lease, false).await
     }
@@ -536,7 +560,7 @@ impl Engine {
         original: &Original<'_>,
         first: T::Response,
         deadline: Instant,
-    ) -> Result<(T::Response, Option<ConflictReport>), Failure<T::Error>> {
+    ) -> Result<Answer<T::Response>, Failure<T::Error>> {
         let span = tracing::info_span!(
             "conflict_resolution",
             resource = %original.resource.key(),
@@ -558,11 +582,11 @@ impl Engine {
                 let mut scratch = None;
                 let report = match &mut result {
                     Ok((_, Some(report))) => report,
-                    _ => scratch.insert(ConflictReport::new(
+                    _ => scratch.insert(Box::new(ConflictReport::new(
                         original.resource.key().to_owned(),
                         original.resource.resource_type().map(str::to_owned),
                         &crate::Classification::default(),
-                    )),
+                    ))),
                 };
                 self.restore(transport, original, &rule, report).await;
                 if let Some(lost) = scratch {
@@ -600,7 +624,7 @@ impl Engine {
         first: T::Response,
         deadline: Instant,
         restore: &mut Option<Prerequisite>,
-    ) -> Result<(T::Response, Option<ConflictReport>), Failure<T::Error>> {
+    ) -> Result<Answer<T::Response>, Failure<T::Error>> {
         let mut report: Option<ConflictReport> = None;
         let mut response = first;
         loop {
@@ -737,11 +761,11 @@ impl Engine {
 }
 
 /// Records the report, if any, on the current span and pairs it with the response.
-fn finish<R>(response: R, report: Option<ConflictReport>) -> (R, Option<ConflictReport>) {
+fn finish<R>(response: R, report: Option<ConflictReport>) -> Answer<R> {
     if let Some(report) = &report {
         record(&tracing::Span::current(), report);
     }
-    (response, report)
+    (response, report.map(Box::new))
 }
 
 fn record(span: &tracing::Span, report: &ConflictReport) {

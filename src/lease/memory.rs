@@ -4,23 +4,24 @@
 //!
 //! - **Sharded, not global.** Every acquire and release touches the key map, so one map behind one
 //!   lock would make unrelated resources contend. The map is split into [`SHARDS`] independent
-//!   `std::sync::Mutex<HashTable>`s chosen by the key's hash, and a shard lock is held only for a
-//!   lookup, insert or remove — never across an `.await`. (A concurrent-map crate would do the
-//!   same job; a few lines over `hashbrown` make the idle-key bookkeeping, which needs "remove
-//!   only if nobody uses it" atomically, explicit.)
+//!   `std::sync::Mutex`es chosen by the key's hash, and a shard lock is held only for a lookup,
+//!   insert or remove — never across an `.await`. (A concurrent-map crate would do the same job;
+//!   a few lines over `hashbrown` make the idle-key bookkeeping, which needs "remove only if
+//!   nobody uses it" atomically, explicit.)
 //! - **Cheap on the happy path.** This store is on every write's path, so a key is hashed once
 //!   per acquire (with `foldhash`, seeded per store), and a holder reaches its key's state through
-//!   a shared [`Slot`] rather than by looking the key up again: an uncontended acquire and release
-//!   of a known key allocates nothing but the boxed future the trait returns.
+//!   a shared [`Slot`] rather than by looking the key up again.
 //! - **Fair.** Each key owns a one-permit `tokio::sync::Semaphore`, whose waiters are served in
 //!   arrival order, so a steady stream of writers to a hot resource cannot starve an early one.
-//! - **Bounded.** A key's entry counts its *users* — holders and waiters, including `acquire`
-//!   futures still waiting. The last user to leave removes the entry, so the map holds only keys
-//!   in use, however many distinct keys pass through. The one exception is a key whose
-//!   transitioning flag is set: the flag must outlive its holder (that is its purpose), so the
-//!   entry stays until a later holder clears the flag, the flag expires (30 minutes: no transition
-//!   lasts longer, and a forgotten flag costs at most a 409 the engine resolves), or the shard
-//!   holds more than 1,024 idle keys, when the oldest flags go first.
+//! - **Bounded.** A key's slot counts its *users* — holders and waiters, including `acquire`
+//!   futures still waiting — and the last user to leave removes it, so the map holds only keys in
+//!   use, however many distinct keys pass through. A transitioning flag must outlive its holder
+//!   (that is its purpose), so when the last user leaves a key in transition, its flag moves to a
+//!   compact side table: the key's 64-bit hash and the transition's start, sixteen bytes, no
+//!   allocation of its own. (Two keys sharing a hash would cost at most one needless poll.) A
+//!   flag is dropped when a later holder clears it, when it expires (30 minutes: no transition
+//!   lasts longer, and a forgotten flag costs at most a 409 the engine resolves), or when its
+//!   shard holds more than 1,024 of them, oldest first.
 //! - **No TTL.** Within one process a holder cannot vanish without its [`Lease`] being dropped —
 //!   dropping a task or a future drops the lease it owns — so the `ttl` argument is ignored and
 //!   nothing needs renewing.
@@ -34,11 +35,11 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use hashbrown::{DefaultHashBuilder, HashTable};
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, time::Instant};
 
 use super::{Lease, LeaseStore};
 use crate::{Error, engine::BoxFuture};
@@ -72,90 +73,128 @@ pub struct MemoryLeases {
 }
 
 /// One piece of the key map.
-type Shard = Mutex<HashTable<Entry>>;
+#[derive(Default)]
+struct Shard {
+    /// Keys in use.
+    slots: HashTable<Entry>,
+    /// Idle keys left in transition: (hash, transition start as [`Inner::stamp`]).
+    flags: HashTable<(u64, u64)>,
+}
 
 struct Inner {
-    shards: Box<[Shard]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: DefaultHashBuilder,
     last_token: AtomicU64,
     /// What the transitioning flags count from.
     epoch: Instant,
 }
 
-/// A key in use (or left in transition), in its shard's table.
+/// A key in use, in its shard's table.
 struct Entry {
     hash: u64,
     slot: Arc<Slot>,
-    /// Holders plus waiters; the entry goes when this reaches zero (unless in transition).
+    /// Holders plus waiters; the entry goes when this reaches zero.
     users: usize,
 }
 
-/// The lock and state of one key, shared by its entry and its users.
+/// The lock and state of one key in use, shared by its entry and its users.
 pub(super) struct Slot {
     key: Arc<str>,
     /// One permit: the holder's. FIFO-fair.
     permit: Semaphore,
-    /// When the last holder left the resource in transition, as nanoseconds since the store's
-    /// epoch plus one; zero when it did not.
+    /// When the last holder left the resource in transition, as [`Inner::stamp`]; zero when it
+    /// did not.
     transitioning: AtomicU64,
-}
-
-impl Slot {
-    /// Whether the flag is set and still worth honouring: no ARM transition outlives
-    /// [`FLAG_TTL`], and forgetting a flag costs at most a 409 the engine then resolves.
-    fn in_transition(&self, epoch: Instant) -> bool {
-        match self.transitioning.load(Ordering::Relaxed) {
-            0 => false,
-            since => {
-                let now = epoch.elapsed().as_nanos();
-                now.saturating_sub(u128::from(since - 1)) < FLAG_TTL.as_nanos()
-            }
-        }
-    }
-
-    fn set_transitioning(&self, epoch: Instant, transitioning: bool) {
-        let value = if transitioning {
-            // Saturates after 584 years of uptime.
-            u64::try_from(epoch.elapsed().as_nanos())
-                .unwrap_or(u64::MAX - 1)
-                .saturating_add(1)
-        } else {
-            0
-        };
-        self.transitioning.store(value, Ordering::Relaxed);
-    }
 }
 
 /// How long a transitioning flag is honoured.
 const FLAG_TTL: Duration = Duration::from_secs(30 * 60);
 
-/// Idle keys kept per shard for their flags; past this the oldest flags are forgotten, so memory
-/// stays bounded (64 × 1,024 keys) however many resources are written once and never again.
-const MAX_IDLE_PER_SHARD: usize = 1024;
+/// Idle flags kept per shard; past this the oldest are forgotten, so memory stays bounded
+/// (64 × 1,024 × 16 bytes) however many resources are written once and never again.
+const MAX_FLAGS_PER_SHARD: usize = 1024;
 
-/// Forgets idle keys whose flags expired, then the oldest flagged ones, until the shard holds
-/// three quarters of [`MAX_IDLE_PER_SHARD`] keys (keys in use are never touched) — leaving room,
-/// so the sort below runs once per few hundred writes, not on every one.
-fn prune(table: &mut HashTable<Entry>, epoch: Instant) {
-    const TARGET: usize = MAX_IDLE_PER_SHARD * 3 / 4;
-    table.retain(|e| e.users > 0 || e.slot.in_transition(epoch));
-    if table.len() <= TARGET {
-        return;
+impl Inner {
+    /// `at` as a flag value: nanoseconds since the epoch, plus one (zero means "no flag").
+    fn stamp(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
     }
-    let mut idle: Vec<(u64, u64, *const Slot)> = table
-        .iter()
-        .filter(|e| e.users == 0)
-        .map(|e| {
-            let since = e.slot.transitioning.load(Ordering::Relaxed);
-            (since, e.hash, Arc::as_ptr(&e.slot))
-        })
-        .collect();
-    idle.sort_unstable();
-    let excess = table.len() - TARGET;
-    for (_, hash, slot) in idle.into_iter().take(excess) {
-        if let Ok(entry) = table.find_entry(hash, |e| std::ptr::eq(Arc::as_ptr(&e.slot), slot)) {
-            entry.remove();
+
+    /// When a flag's transition started, if the flag is set and still worth honouring.
+    fn live(&self, stamp: u64) -> Option<Instant> {
+        let since = self
+            .epoch
+            .checked_add(Duration::from_nanos(stamp.checked_sub(1)?))?;
+        (since.elapsed() < FLAG_TTL).then_some(since)
+    }
+
+    /// The shard of a key's hash. The tables use the hash's low bits (bucket) and top seven
+    /// (tag), so the shard takes bits from the middle: keys in one shard still spread.
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        &self.shards[(hash >> 40) as usize % SHARDS]
+    }
+
+    /// Registers one more user of `key`: a waiter, until it holds the key.
+    fn enter(self: &Arc<Self>, key: &str) -> User {
+        let hash = self.hasher.hash_one(key);
+        let mut shard = lock(self.shard(hash));
+        let slot = match shard.slots.find_mut(hash, |e| *e.slot.key == *key) {
+            Some(entry) => {
+                entry.users += 1;
+                entry.slot.clone()
+            }
+            None => {
+                // The key comes back into use: its flag, if any, moves into its slot.
+                let flag = match shard.flags.find_entry(hash, |f| f.0 == hash) {
+                    Ok(found) => found.remove().0.1,
+                    Err(_) => 0,
+                };
+                let slot = Arc::new(Slot {
+                    key: Arc::from(key),
+                    permit: Semaphore::new(1),
+                    transitioning: AtomicU64::new(flag),
+                });
+                shard.slots.insert_unique(
+                    hash,
+                    Entry {
+                        hash,
+                        slot: slot.clone(),
+                        users: 1,
+                    },
+                    |e| e.hash,
+                );
+                slot
+            }
+        };
+        drop(shard);
+        User {
+            store: self.clone(),
+            slot,
+            hash,
         }
+    }
+}
+
+impl Shard {
+    /// Forgets expired flags, then the oldest, down to three quarters of
+    /// [`MAX_FLAGS_PER_SHARD`] — leaving room, so this runs once per few hundred idle keys.
+    fn prune(&mut self, inner: &Inner) {
+        const TARGET: usize = MAX_FLAGS_PER_SHARD * 3 / 4;
+        self.flags.retain(|f| inner.live(f.1).is_some());
+        if self.flags.len() <= TARGET {
+            return;
+        }
+        let mut stamps: Vec<u64> = self.flags.iter().map(|f| f.1).collect();
+        let excess = self.flags.len() - TARGET;
+        let (_, &mut cutoff, _) = stamps.select_nth_unstable(excess - 1);
+        let mut removed = 0;
+        self.flags.retain(|f| {
+            let keep = f.1 > cutoff || removed >= excess;
+            removed += usize::from(!keep);
+            keep
+        });
     }
 }
 
@@ -180,65 +219,29 @@ impl MemoryLeases {
     /// Idle keys are forgotten, so this returns to zero once every lease is dropped and every
     /// transitioning flag cleared.
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).len()).sum()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| {
+                let shard = lock(s);
+                shard.slots.len() + shard.flags.len()
+            })
+            .sum()
     }
 
     /// Whether [`len`](Self::len) is zero.
     pub fn is_empty(&self) -> bool {
-        self.inner.shards.iter().all(|s| lock(s).is_empty())
+        self.len() == 0
     }
 
-    /// The slot behind `lease` when this store granted it and it is still held.
-    fn slot_of<'l>(&self, lease: &'l Lease) -> Result<&'l Slot, Error> {
+    /// The key `lease` holds, when this store granted it and it is still held.
+    fn held<'l>(&self, lease: &'l Lease) -> Result<&'l Held, Error> {
         match lease.held() {
-            Some(held) if Arc::ptr_eq(&held.0.store, &self.inner) => Ok(&held.0.slot),
+            Some(held) if Arc::ptr_eq(&held.0.store, &self.inner) => Ok(held),
             _ => Err(Error::LeaseBackend {
                 key: lease.key().to_owned(),
                 message: "the lease is not held in this store".to_owned(),
             }),
-        }
-    }
-}
-
-impl Inner {
-    /// The shard of a key's hash. The table uses the hash's low bits (bucket) and top seven
-    /// (tag), so the shard takes bits from the middle: keys in one shard still spread.
-    fn shard(&self, hash: u64) -> &Shard {
-        &self.shards[(hash >> 40) as usize % SHARDS]
-    }
-
-    /// Registers one more user of `key`: a waiter, until it holds the key.
-    fn enter(self: &Arc<Self>, key: &str) -> User {
-        let hash = self.hasher.hash_one(key);
-        let mut table = lock(self.shard(hash));
-        let slot = match table.find_mut(hash, |e| *e.slot.key == *key) {
-            Some(entry) => {
-                entry.users += 1;
-                entry.slot.clone()
-            }
-            None => {
-                let slot = Arc::new(Slot {
-                    key: Arc::from(key),
-                    permit: Semaphore::new(1),
-                    transitioning: AtomicU64::new(0),
-                });
-                table.insert_unique(
-                    hash,
-                    Entry {
-                        hash,
-                        slot: slot.clone(),
-                        users: 1,
-                    },
-                    |e| e.hash,
-                );
-                slot
-            }
-        };
-        drop(table);
-        User {
-            store: self.clone(),
-            slot,
-            hash,
         }
     }
 }
@@ -252,9 +255,11 @@ struct User {
 
 impl Drop for User {
     fn drop(&mut self) {
-        let epoch = self.store.epoch;
-        let mut table = lock(self.store.shard(self.hash));
-        let Ok(mut entry) = table.find_entry(self.hash, |e| Arc::ptr_eq(&e.slot, &self.slot))
+        let inner = &*self.store;
+        let mut shard = lock(inner.shard(self.hash));
+        let Ok(mut entry) = shard
+            .slots
+            .find_entry(self.hash, |e| Arc::ptr_eq(&e.slot, &self.slot))
         else {
             return;
         };
@@ -263,10 +268,14 @@ impl Drop for User {
         if e.users > 0 {
             return;
         }
-        if !self.slot.in_transition(epoch) {
-            entry.remove();
-        } else if table.len() > MAX_IDLE_PER_SHARD {
-            prune(&mut table, epoch);
+        entry.remove();
+        let flag = self.slot.transitioning.load(Ordering::Relaxed);
+        if inner.live(flag).is_some() {
+            let hash = self.hash;
+            shard.flags.insert_unique(hash, (hash, flag), |f| f.0);
+            if shard.flags.len() > MAX_FLAGS_PER_SHARD {
+                shard.prune(inner);
+            }
         }
     }
 }
@@ -277,6 +286,23 @@ pub(super) struct Held(User);
 impl Held {
     pub(super) fn key(&self) -> &Arc<str> {
         &self.0.slot.key
+    }
+
+    /// When the previous holder's transition started, if it left the key in transition.
+    pub(super) fn transition_start(&self) -> Option<Instant> {
+        self.0
+            .store
+            .live(self.0.slot.transitioning.load(Ordering::Relaxed))
+    }
+
+    /// Records whether the resource is left in transition, from now.
+    pub(super) fn set_transitioning(&self, transitioning: bool) {
+        let stamp = if transitioning {
+            self.0.store.stamp(Instant::now())
+        } else {
+            0
+        };
+        self.0.slot.transitioning.store(stamp, Ordering::Relaxed);
     }
 }
 
@@ -310,7 +336,7 @@ impl LeaseStore for MemoryLeases {
             if let Ok(permit) = user.slot.permit.try_acquire() {
                 permit.forget();
             } else {
-                let started = tokio::time::Instant::now();
+                let started = Instant::now();
                 match tokio::time::timeout(wait, user.slot.permit.acquire()).await {
                     Ok(Ok(permit)) => permit.forget(),
                     Ok(Err(closed)) => {
@@ -330,8 +356,9 @@ impl LeaseStore for MemoryLeases {
             }
             // From here to the lease, nothing awaits: the permit cannot be lost.
             let token = self.inner.last_token.fetch_add(1, Ordering::Relaxed) + 1;
-            let transitioning = user.slot.in_transition(self.inner.epoch);
-            Ok(Lease::memory(Held(user), token).with_transitioning(transitioning))
+            let held = Held(user);
+            let transitioning = held.transition_start().is_some();
+            Ok(Lease::memory(held, token).with_transitioning(transitioning))
         })
     }
 
@@ -341,14 +368,13 @@ impl LeaseStore for MemoryLeases {
         transitioning: bool,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let slot = self.slot_of(lease)?;
-            slot.set_transitioning(self.inner.epoch, transitioning);
+            self.held(lease)?.set_transitioning(transitioning);
             Ok(())
         })
     }
 
     fn is_transitioning<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(async move { Ok(self.slot_of(lease)?.in_transition(self.inner.epoch)) })
+        Box::pin(async move { Ok(self.held(lease)?.transition_start().is_some()) })
     }
 }
 

@@ -97,7 +97,11 @@ impl Lease {
         token: u64,
         release: impl FnOnce() + Send + 'static,
     ) -> Self {
-        Self::with(key.into().into(), token, Release::Now(Mutex::new(Box::new(release))))
+        Self::with(
+            key.into().into(),
+            token,
+            Release::Now(Mutex::new(Box::new(release))),
+        )
     }
 
     /// A lease whose release is a round trip to a remote store: [`release`](Self::release)
@@ -137,6 +141,23 @@ impl Lease {
         }
     }
 
+    /// When the previous holder's transition started, if it left the key in transition and
+    /// the store knows when (a [`MemoryLeases`] lease).
+    pub(crate) fn transition_start(&self) -> Option<tokio::time::Instant> {
+        self.held()?.transition_start()
+    }
+
+    /// Records at once whether the resource is left in transition, when the store allows it
+    /// without a call (a [`MemoryLeases`] lease holds its key's state); `false` when the store
+    /// must be asked through [`LeaseStore::set_transitioning`].
+    pub(crate) fn record_transitioning(&self, transitioning: bool) -> bool {
+        let Some(held) = self.held() else {
+            return false;
+        };
+        held.set_transitioning(transitioning);
+        true
+    }
+
     /// The key held.
     pub fn key(&self) -> &str {
         &self.key
@@ -162,13 +183,25 @@ impl Lease {
     }
 
     /// Gives the lease back and waits until the store has it, so the next holder (perhaps in
-    /// another process) can go at once — also when this process exits right after.
-    pub async fn release(mut self) {
-        match std::mem::replace(&mut self.release, Release::Done) {
-            Release::Now(release) => into_inner(release)(),
-            Release::Later(release) => into_inner(release)().await,
-            Release::Memory(held) => drop(held),
-            Release::Done => {}
+    /// another process) can go at once — also when this process exits right after. An
+    /// in-process lease is released by the call itself; the future then has nothing to wait for.
+    pub fn release(mut self) -> impl Future<Output = ()> + Send + 'static {
+        let round_trip = match std::mem::replace(&mut self.release, Release::Done) {
+            Release::Now(release) => {
+                into_inner(release)();
+                None
+            }
+            Release::Later(release) => Some(into_inner(release)()),
+            Release::Memory(held) => {
+                drop(held);
+                None
+            }
+            Release::Done => None,
+        };
+        async move {
+            if let Some(round_trip) = round_trip {
+                round_trip.await;
+            }
         }
     }
 }
