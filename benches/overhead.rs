@@ -10,7 +10,11 @@
 //! - `bare_middleware`: a `reqwest_middleware::ClientWithMiddleware` with no middleware — the
 //!   baseline the targets are measured against, since that is what a user adds this crate to;
 //! - `conflict`: the same with `ConflictMiddleware::new(ConflictPolicy::azure_arm())` (leases on);
-//! - `conflict_no_leases`: the same with leases off (PUT only), to split the cost of leasing.
+//! - `conflict_no_leases`: the same with leases off (PUT only), to split the cost of leasing;
+//! - `resend_floor`: a middleware that only copies the request before passing it on — what any
+//!   middleware that may send a request again must do, so the least such a middleware can cost;
+//! - `reqwest_retry`: `reqwest-retry`'s `RetryTransientMiddleware` (exponential backoff, three
+//!   retries), the peer users would otherwise pick, on the same happy path.
 //!
 //! The simulator runs with zero-length transitions. Every PUT creates a resource of its own (a
 //! counter in the name), so no PUT ever meets a 409, nor a lease held by another writer, nor a
@@ -32,13 +36,33 @@ use arm_sim::{Sim, SimConfig};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, LeasePolicy};
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, RequestBuilder};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next, RequestBuilder};
+use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
 use tokio::{runtime::Runtime, time::Instant};
 
 const API: &str = "api-version=2024-07-01";
 const PREFIX: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups";
 const GET_TARGET: f64 = 1.03;
 const PUT_TARGET: f64 = 1.05;
+
+/// Copies the request (as a middleware that may resend it must, before sending it once) and
+/// passes it on: the floor under any such middleware's cost.
+struct ResendFloor;
+
+#[async_trait::async_trait]
+impl Middleware for ResendFloor {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let copy = req.try_clone();
+        let response = next.run(req, extensions).await;
+        drop(copy);
+        response
+    }
+}
 
 /// One client under test.
 enum Client {
@@ -139,6 +163,20 @@ impl Bench {
             (
                 "conflict_no_leases",
                 Client::Stack(stack(Some(ConflictMiddleware::new(no_leases)))),
+            ),
+            (
+                "resend_floor",
+                Client::Stack(ClientBuilder::new(inner.clone()).with(ResendFloor).build()),
+            ),
+            (
+                "reqwest_retry",
+                Client::Stack(
+                    ClientBuilder::new(inner.clone())
+                        .with(RetryTransientMiddleware::new_with_policy(
+                            ExponentialBackoff::builder().build_with_max_retries(3),
+                        ))
+                        .build(),
+                ),
             ),
         ];
         let body = Bytes::from(
@@ -300,7 +338,13 @@ fn main() {
         (
             "get_passthrough",
             false,
-            &["bare_middleware", "conflict", "reqwest"][..],
+            &[
+                "bare_middleware",
+                "conflict",
+                "reqwest",
+                "resend_floor",
+                "reqwest_retry",
+            ][..],
             GET_TARGET,
         ),
         (
@@ -311,6 +355,8 @@ fn main() {
                 "conflict",
                 "conflict_no_leases",
                 "reqwest",
+                "resend_floor",
+                "reqwest_retry",
             ][..],
             PUT_TARGET,
         ),

@@ -10,7 +10,7 @@
 
 use std::{borrow::Cow, fmt, sync::Arc};
 
-use url::{Position, Url};
+use url::Url;
 
 use crate::Error;
 
@@ -279,12 +279,44 @@ fn push_origin(out: &mut String, url: &Url) {
     let from = out.len();
     out.push_str(url.scheme());
     out.push_str("://");
-    out.push_str(&url[Position::BeforeHost..Position::AfterPort]);
+    out.push_str(url.host_str().unwrap_or_default());
     out[from..].make_ascii_lowercase();
+    if let Some(port) = url.port() {
+        out.push(':');
+        push_decimal(out, port);
+    }
 }
 
 fn origin_len(url: &Url) -> usize {
-    url.scheme().len() + 3 + url[Position::BeforeHost..Position::AfterPort].len()
+    url.scheme().len()
+        + 3
+        + url.host_str().map_or(0, str::len)
+        + url.port().map_or(0, |p| 1 + decimal_len(p))
+}
+
+/// `n` in decimal, without the formatting machinery (this runs on every write).
+fn push_decimal(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let len = decimal_len(n);
+    let mut rest = n;
+    for d in digits[..len].iter_mut().rev() {
+        // A digit: below 10.
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    for &d in &digits[..len] {
+        out.push(char::from(d));
+    }
+}
+
+fn decimal_len(n: u16) -> usize {
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    }
 }
 
 /// The `api-version` parameter of a query string, decoded only when it is encoded.
@@ -327,6 +359,9 @@ fn truncate(input: &str) -> String {
 /// (and cannot make the parse allocate without bound).
 const MAX_SEGMENTS: usize = 64;
 
+/// Bytes an ARM resource path may have; real ones have a few hundred.
+const MAX_PATH: usize = u16::MAX as usize;
+
 /// What the innermost resource of an ARM path is.
 enum Kind {
     Subscription,
@@ -340,9 +375,9 @@ enum Kind {
 struct Shape<'a> {
     /// The path without trailing slashes.
     path: &'a str,
-    /// Byte offset where segment k ends, so every ancestor is a prefix of the path. (Offsets,
-    /// not slices: zeroing them is cheap, and this runs on every write.)
-    ends: [usize; MAX_SEGMENTS],
+    /// Byte offset where segment k ends, so every ancestor is a prefix of the path. (Short
+    /// offsets, not slices: the shape stays small, and this runs on every write.)
+    ends: [u16; MAX_SEGMENTS],
     kind: Kind,
     /// The indices of the namespace, then of the type segments of the innermost provider.
     type_segs: [u8; MAX_SEGMENTS / 2],
@@ -371,6 +406,9 @@ impl<'a> Shape<'a> {
         if bytes.first() != Some(&b'/') {
             return Err("does not start with /subscriptions/{id}");
         }
+        if bytes.len() > MAX_PATH {
+            return Err("path too long for an ARM resource ID");
+        }
         let mut n = 0;
         let mut push = |from: usize, to: usize| {
             if from == to {
@@ -379,7 +417,8 @@ impl<'a> Shape<'a> {
             if n == MAX_SEGMENTS {
                 return Err("too many path segments");
             }
-            shape.ends[n] = to;
+            // Below MAX_PATH: fits.
+            shape.ends[n] = to as u16;
             n += 1;
             Ok(())
         };
@@ -393,7 +432,7 @@ impl<'a> Shape<'a> {
         if n < 2 || !shape.seg(0).eq_ignore_ascii_case("subscriptions") {
             return Err("does not start with /subscriptions/{id}");
         }
-        shape.resource_end = shape.ends[1];
+        shape.resource_end = usize::from(shape.ends[1]);
         let mut i = 2;
         while i < n {
             let seg = shape.seg(i);
@@ -427,15 +466,19 @@ impl<'a> Shape<'a> {
                 return Err("unexpected segments outside a provider namespace");
             }
             shape.parent_end = Some(shape.resource_end);
-            shape.resource_end = shape.ends[i - 1];
+            shape.resource_end = usize::from(shape.ends[i - 1]);
         }
         Ok(shape)
     }
 
     /// Segment `k`, without its slashes.
     fn seg(&self, k: usize) -> &'a str {
-        let from = if k == 0 { 1 } else { self.ends[k - 1] + 1 };
-        &self.path[from..self.ends[k]]
+        let from = if k == 0 {
+            1
+        } else {
+            usize::from(self.ends[k - 1]) + 1
+        };
+        &self.path[from..usize::from(self.ends[k])]
     }
 
     fn type_segs(&self) -> impl Iterator<Item = &'a str> + '_ {
@@ -448,7 +491,7 @@ impl<'a> Shape<'a> {
         match self.kind {
             Kind::Subscription => SUBSCRIPTIONS.len(),
             Kind::ResourceGroup => RESOURCE_GROUPS.len(),
-            Kind::Provider => self.type_segs().map(|s| s.len() + 1).sum(),
+            Kind::Provider => self.type_segs().map(|s| s.len() + 1).sum::<usize>() - 1,
         }
     }
 

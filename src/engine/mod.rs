@@ -166,6 +166,9 @@ pub(crate) struct Engine {
     policy: Arc<ConflictPolicy>,
     classifier: Arc<Classifier>,
     leases: Arc<dyn LeaseStore>,
+    /// The same store when it is a [`MemoryLeases`]: leased directly, with the request's shared
+    /// key and no boxed future (the default store is on every write's path).
+    memory: Option<MemoryLeases>,
     journal: Journal,
     /// Merge bases, when the policy merges.
     remembered: Option<Arc<precondition::Remembered>>,
@@ -202,7 +205,7 @@ macro_rules! engine_accessors {
         #[doc = concat!("The same ", $adapter, " with another lease store, e.g. `RedisLeases` to serialize writers")]
         /// across processes. The default is a [`MemoryLeases`](crate::MemoryLeases) of its own.
         pub fn with_leases(mut self, store: impl crate::LeaseStore) -> Self {
-            self.engine = self.engine.with_leases(std::sync::Arc::new(store));
+            self.engine = self.engine.with_store(store);
             self
         }
 
@@ -305,9 +308,11 @@ impl Engine {
                 .values()
                 .any(|o| o.precondition == Some(PreconditionStrategy::Merge));
         let classifier = Classifier::with_rules(policy.rules.iter().cloned());
+        let memory = MemoryLeases::new();
         Self {
             classifier: Arc::new(classifier),
-            leases: Arc::new(MemoryLeases::new()),
+            leases: Arc::new(memory.clone()),
+            memory: Some(memory),
             journal: Journal::default(),
             remembered: if merges {
                 precondition::Remembered::new(policy.remember_representations)
@@ -391,7 +396,29 @@ impl Engine {
     /// The same engine with another lease store.
     pub(crate) fn with_leases(mut self, store: Arc<dyn LeaseStore>) -> Self {
         self.leases = store;
+        self.memory = None;
         self
+    }
+
+    /// The same engine with `store`, leased directly when it is a [`MemoryLeases`].
+    pub(crate) fn with_store<S: LeaseStore>(self, store: S) -> Self {
+        let memory = (&store as &dyn std::any::Any)
+            .downcast_ref::<MemoryLeases>()
+            .cloned();
+        let mut engine = self.with_leases(Arc::new(store));
+        engine.memory = memory;
+        engine
+    }
+
+    /// Takes the lease on `id`.
+    async fn lease(&self, id: &ResourceId, wait: std::time::Duration) -> Result<Lease, Error> {
+        match &self.memory {
+            Some(memory) => memory.lease(id.shared_key(), wait).await,
+            None => {
+                let ttl = self.policy.leases.ttl;
+                self.leases.acquire(id.key(), ttl, wait).await
+            }
+        }
     }
 
     /// The journal of mutating requests.
@@ -425,16 +452,12 @@ impl Engine {
         // in sorted order (as `lease::acquire_all` does), so writers cannot deadlock.
         let mut parent = None;
         let own = if self.policy.leases.enabled && !is_safe(original.method) {
-            let ttl = self.policy.leases.ttl;
             let wait = || deadline.saturating_duration_since(Instant::now());
             if let Some(id) = self.policy.leases.parent_to_lock(&original.resource) {
-                let lease = self.leases.acquire(id.key(), ttl, wait()).await;
+                let lease = self.lease(&id, wait()).await;
                 parent = Some(lease.map_err(Failure::Conflict)?);
             }
-            let lease = self
-                .leases
-                .acquire(original.resource.key(), ttl, wait())
-                .await;
+            let lease = self.lease(&original.resource, wait()).await;
             Some(lease.map_err(Failure::Conflict)?)
         } else {
             None

@@ -136,8 +136,9 @@ impl Inner {
         &self.shards[(hash >> 40) as usize % SHARDS]
     }
 
-    /// Registers one more user of `key`: a waiter, until it holds the key.
-    fn enter(self: &Arc<Self>, key: &str) -> User {
+    /// Registers one more user of `key` (whose shared copy, if the caller has one, a new slot
+    /// takes instead of copying the key): a waiter, until it holds the key.
+    fn enter(self: &Arc<Self>, key: &str, shared: Option<&Arc<str>>) -> User {
         let hash = self.hasher.hash_one(key);
         let mut shard = lock(self.shard(hash));
         let slot = match shard.slots.find_mut(hash, |e| *e.slot.key == *key) {
@@ -152,7 +153,7 @@ impl Inner {
                     Err(_) => 0,
                 };
                 let slot = Arc::new(Slot {
-                    key: Arc::from(key),
+                    key: shared.map_or_else(|| Arc::from(key), Arc::clone),
                     permit: Semaphore::new(1),
                     transitioning: AtomicU64::new(flag),
                 });
@@ -320,6 +321,53 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+impl MemoryLeases {
+    /// [`LeaseStore::acquire`] for the engine, which has the key as an `Arc` already: a new slot
+    /// shares it, and the future is not boxed.
+    pub(crate) async fn lease(&self, key: &Arc<str>, wait: Duration) -> Result<Lease, Error> {
+        self.take(key, Some(key), wait).await
+    }
+
+    async fn take(
+        &self,
+        key: &str,
+        shared: Option<&Arc<str>>,
+        wait: Duration,
+    ) -> Result<Lease, Error> {
+        // `user` lives in this future: if the future is dropped while waiting, the waiter
+        // leaves the queue and the key's user count drops with it.
+        let user = self.inner.enter(key, shared);
+        // Uncontended, take it at once: no timer to arm. (A free permit is never one a
+        // queued waiter was promised, so this does not jump the FIFO queue.)
+        if let Ok(permit) = user.slot.permit.try_acquire() {
+            permit.forget();
+        } else {
+            let started = Instant::now();
+            match tokio::time::timeout(wait, user.slot.permit.acquire()).await {
+                Ok(Ok(permit)) => permit.forget(),
+                Ok(Err(closed)) => {
+                    // Never happens: a key's semaphore is never closed.
+                    return Err(Error::LeaseBackend {
+                        key: key.to_owned(),
+                        message: closed.to_string(),
+                    });
+                }
+                Err(_) => {
+                    return Err(Error::LeaseTimeout {
+                        key: key.to_owned(),
+                        waited: started.elapsed(),
+                    });
+                }
+            }
+        }
+        // From here to the lease, nothing awaits: the permit cannot be lost.
+        let token = self.inner.last_token.fetch_add(1, Ordering::Relaxed) + 1;
+        let held = Held(user);
+        let transitioning = held.transition_start().is_some();
+        Ok(Lease::memory(held, token).with_transitioning(transitioning))
+    }
+}
+
 impl LeaseStore for MemoryLeases {
     fn acquire<'a>(
         &'a self,
@@ -327,39 +375,7 @@ impl LeaseStore for MemoryLeases {
         _ttl: Duration,
         wait: Duration,
     ) -> BoxFuture<'a, Result<Lease, Error>> {
-        Box::pin(async move {
-            // `user` lives in this future: if the future is dropped while waiting, the waiter
-            // leaves the queue and the key's user count drops with it.
-            let user = self.inner.enter(key);
-            // Uncontended, take it at once: no timer to arm. (A free permit is never one a
-            // queued waiter was promised, so this does not jump the FIFO queue.)
-            if let Ok(permit) = user.slot.permit.try_acquire() {
-                permit.forget();
-            } else {
-                let started = Instant::now();
-                match tokio::time::timeout(wait, user.slot.permit.acquire()).await {
-                    Ok(Ok(permit)) => permit.forget(),
-                    Ok(Err(closed)) => {
-                        // Never happens: a key's semaphore is never closed.
-                        return Err(Error::LeaseBackend {
-                            key: key.to_owned(),
-                            message: closed.to_string(),
-                        });
-                    }
-                    Err(_) => {
-                        return Err(Error::LeaseTimeout {
-                            key: key.to_owned(),
-                            waited: started.elapsed(),
-                        });
-                    }
-                }
-            }
-            // From here to the lease, nothing awaits: the permit cannot be lost.
-            let token = self.inner.last_token.fetch_add(1, Ordering::Relaxed) + 1;
-            let held = Held(user);
-            let transitioning = held.transition_start().is_some();
-            Ok(Lease::memory(held, token).with_transitioning(transitioning))
-        })
+        Box::pin(self.take(key, None, wait))
     }
 
     fn set_transitioning<'a>(
