@@ -362,6 +362,14 @@ const MAX_SEGMENTS: usize = 64;
 /// Bytes an ARM resource path may have; real ones have a few hundred.
 const MAX_PATH: usize = u16::MAX as usize;
 
+/// Whether `seg` is `keyword` (lowercase letters only) in any case. Setting the 0x20 bit maps
+/// exactly an uppercase letter to its lowercase one, and leaves a lowercase one as it is; no
+/// other byte lands on a lowercase letter — so this is `eq_ignore_ascii_case` for letters, in
+/// one operation a byte.
+fn is_keyword(seg: &str, keyword: &str) -> bool {
+    seg.len() == keyword.len() && seg.bytes().zip(keyword.bytes()).all(|(a, k)| a | 0x20 == k)
+}
+
 /// What the innermost resource of an ARM path is.
 enum Kind {
     Subscription,
@@ -429,7 +437,7 @@ impl<'a> Shape<'a> {
             from = at + 2;
         }
         push(from, bytes.len())?;
-        if n < 2 || !shape.seg(0).eq_ignore_ascii_case("subscriptions") {
+        if n < 2 || !is_keyword(shape.seg(0), "subscriptions") {
             return Err("does not start with /subscriptions/{id}");
         }
         shape.resource_end = usize::from(shape.ends[1]);
@@ -437,13 +445,13 @@ impl<'a> Shape<'a> {
         while i < n {
             let seg = shape.seg(i);
             let has_name = i + 1 < n;
-            if i == 2 && seg.eq_ignore_ascii_case("resourceGroups") {
+            if i == 2 && is_keyword(seg, "resourcegroups") {
                 if !has_name {
                     return Err("resourceGroups without a name");
                 }
                 shape.kind = Kind::ResourceGroup;
                 i += 2;
-            } else if seg.eq_ignore_ascii_case("providers") {
+            } else if is_keyword(seg, "providers") {
                 // `providers/{ns}/{type}/{name}`; a nested `providers` starts an extension resource.
                 if i + 3 >= n {
                     return Err("providers segment without namespace, type and name");
@@ -644,6 +652,24 @@ mod tests {
         let back = id(&r.to_string());
         assert_eq!(back.key(), r.key());
         assert_eq!(back.resource_type(), r.resource_type());
+    }
+
+    #[test]
+    fn keywords_match_letters_in_either_case_and_nothing_else() {
+        for k in b'a'..=b'z' {
+            let keyword = char::from(k).to_string();
+            for b in 0u8..=127 {
+                let seg = char::from(b).to_string();
+                assert_eq!(
+                    is_keyword(&seg, &keyword),
+                    seg.eq_ignore_ascii_case(&keyword),
+                    "{b:#x} vs {keyword}"
+                );
+            }
+        }
+        assert!(is_keyword("ResourceGroups", "resourcegroups"));
+        assert!(!is_keyword("resourcegroup", "resourcegroups"));
+        assert!(!is_keyword("résourcegroups", "resourcegroups"));
     }
 
     #[test]

@@ -218,3 +218,39 @@ async fn a_201_from_an_api_that_is_not_arm_does_not_hold_up_the_next_write() {
         "no state guard for a non-ARM API"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middlewares_sharing_a_memory_store_serialize_each_others_writers() {
+    // `with_leases(MemoryLeases)` is leased directly (not through the trait object): clones of
+    // one store given to two middlewares must still be one store.
+    let sim = permissive_sim().await;
+    let leases = MemoryLeases::new();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            ClientBuilder::new(reqwest::Client::new())
+                .with(ConflictMiddleware::new(fast_policy()).with_leases(leases.clone()))
+                .build()
+        })
+        .collect();
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let (client, url) = (clients[i % 2].clone(), url(&sim, VM));
+            tokio::spawn(async move {
+                client
+                    .put(url)
+                    .json(&vm_body(&i.to_string()))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for w in writers {
+        assert!(w.await.unwrap().is_success());
+    }
+    assert_eq!(sim.overlapping_transitions(), 0);
+    assert_eq!(sim.count("PUT", VM, Some(409)), 0);
+    // The last write left the VM in transition: its flag is all the store still holds.
+    assert_eq!(leases.len(), 1);
+}

@@ -242,6 +242,10 @@ pub(crate) fn is_safe(method: &http::Method) -> bool {
     )
 }
 
+/// Parsed once: this is looked up on every successful write.
+static AZURE_ASYNC_OPERATION: http::HeaderName =
+    http::HeaderName::from_static("azure-asyncoperation");
+
 /// Whether a successful write to an ARM resource left it in transition: ARM answers 201/202 for
 /// long-running operations, or names an `Azure-AsyncOperation` to poll. Judged from the head
 /// alone, so successful bodies are never read. Other APIs have no such contract (a 201 from
@@ -254,7 +258,7 @@ pub(crate) fn leaves_transition(
     resource.is_arm()
         && (status == StatusCode::CREATED
             || status == StatusCode::ACCEPTED
-            || (status.is_success() && headers.contains_key("azure-asyncoperation")))
+            || (status.is_success() && headers.contains_key(&AZURE_ASYNC_OPERATION)))
 }
 
 /// Whether a status is one this crate resolves.
