@@ -317,3 +317,49 @@ async fn flags_left_behind_by_a_million_one_off_writes_stay_bounded() {
         .unwrap();
     assert!(store.is_transitioning(&lease).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_lease_handed_to_a_waiter_that_then_leaves_goes_to_the_next() {
+    let leases = MemoryLeases::new();
+    let holder = leases.acquire("k", TTL, LONG).await.unwrap();
+    let mut first = leases.acquire("k", TTL, LONG);
+    let mut second = leases.acquire("k", TTL, LONG);
+    // Queue both, in order.
+    for waiter in [&mut first, &mut second] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(5), waiter)
+                .await
+                .is_err()
+        );
+    }
+    // The holder leaves: the key is sent to `first`, which is dropped before it looks.
+    drop(holder);
+    drop(first);
+    let lease = tokio::time::timeout(Duration::from_secs(1), second)
+        .await
+        .expect("the key was lost with the waiter that left")
+        .unwrap();
+    drop(lease);
+    assert!(leases.is_empty());
+}
+
+#[tokio::test]
+async fn a_live_waiter_behind_thousands_that_gave_up_still_gets_the_key() {
+    let leases = MemoryLeases::new();
+    let holder = leases.acquire("k", TTL, LONG).await.unwrap();
+    // Enough to sweep the queue of the ones that left a few times (at 64, 128, 256).
+    for _ in 0..300 {
+        let gave_up = leases.acquire("k", TTL, Duration::ZERO).await;
+        assert!(matches!(gave_up, Err(Error::LeaseTimeout { .. })));
+    }
+    // A live waiter behind all of them still gets the key as soon as the holder leaves.
+    let waiter = tokio::spawn({
+        let leases = leases.clone();
+        async move { leases.acquire("k", TTL, LONG).await.map(|l| l.token()) }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let token = holder.token();
+    drop(holder);
+    assert!(waiter.await.unwrap().unwrap() > token);
+    assert!(leases.is_empty());
+}

@@ -1,27 +1,27 @@
-//! In-process leases: one FIFO-fair async mutex per key, in a sharded map that forgets idle keys.
+//! In-process leases: a FIFO-fair lock per key, in a sharded table that forgets idle keys.
 //!
 //! Why it looks like this:
 //!
-//! - **Sharded, not global.** Every acquire and release touches the key map, so one map behind one
-//!   lock would make unrelated resources contend. The map is split into [`SHARDS`] independent
-//!   `std::sync::Mutex`es chosen by the key's hash, and a shard lock is held only for a lookup,
-//!   insert or remove — never across an `.await`. (A concurrent-map crate would do the same job;
-//!   a few lines over `hashbrown` make the idle-key bookkeeping, which needs "remove only if
-//!   nobody uses it" atomically, explicit.)
-//! - **Cheap on the happy path.** This store is on every write's path, so a key is hashed once
-//!   per acquire (with `foldhash`, seeded per store), and a holder reaches its key's state through
-//!   a shared [`Slot`] rather than by looking the key up again.
-//! - **Fair.** Each key owns a one-permit `tokio::sync::Semaphore`, whose waiters are served in
-//!   arrival order, so a steady stream of writers to a hot resource cannot starve an early one.
-//! - **Bounded.** A key's slot counts its *users* — holders and waiters, including `acquire`
-//!   futures still waiting — and the last user to leave removes it, so the map holds only keys in
-//!   use, however many distinct keys pass through. A transitioning flag must outlive its holder
-//!   (that is its purpose), so when the last user leaves a key in transition, its flag moves to a
-//!   compact side table: the key's 64-bit hash and the transition's start, sixteen bytes, no
-//!   allocation of its own. (Two keys sharing a hash would cost at most one needless poll.) A
-//!   flag is dropped when a later holder clears it, when it expires (30 minutes: no transition
-//!   lasts longer, and a forgotten flag costs at most a 409 the engine resolves), or when its
-//!   shard holds more than 1,024 of them, oldest first.
+//! - **Sharded, not global.** Every acquire and release touches the key table, so one table behind
+//!   one lock would make unrelated resources contend. The table is split into [`SHARDS`]
+//!   independent `std::sync::Mutex`es chosen by the key's hash, and a shard lock is held only for
+//!   a lookup, insert or remove — never across an `.await`. (A concurrent-map crate would do the
+//!   same job; a few lines over `hashbrown` make the idle-key bookkeeping, which needs "remove
+//!   only if nobody uses it" atomically, explicit.)
+//! - **Nothing allocated when uncontended.** This store is on every write's path. A key's state
+//!   lives inline in its table entry (the key itself is shared with the caller when it has it as
+//!   an `Arc`), the key is hashed once per acquire (`foldhash`, seeded per store), and the holder
+//!   finds its entry again by that hash. Only a writer that has to wait allocates: a one-shot
+//!   channel through which the lease is handed to it.
+//! - **Fair.** Waiters queue in arrival order, and a release hands the lease straight to the first
+//!   one still waiting (a waiter that gave up is skipped), so a steady stream of writers to a hot
+//!   resource cannot starve an early one, and a newcomer never overtakes the queue.
+//! - **Bounded.** A key's entry lives while the key is held or waited for. A transitioning flag
+//!   must outlive its holder (that is its purpose), so when a key is left in transition its entry
+//!   stays, without its key, as a flag matched by the key's 64-bit hash (two keys sharing a hash
+//!   would cost at most one needless poll). A flag is dropped when a later holder clears it, when
+//!   it expires (30 minutes: no transition lasts longer, and a forgotten flag costs at most a 409
+//!   the engine resolves), or when its shard holds more than 1,024 of them, oldest first.
 //! - **No TTL.** Within one process a holder cannot vanish without its [`Lease`] being dropped —
 //!   dropping a task or a future drops the lease it owns — so the `ttl` argument is ignored and
 //!   nothing needs renewing.
@@ -29,6 +29,7 @@
 //!   key's entry was removed and created again.
 
 use std::{
+    collections::VecDeque,
     fmt,
     hash::BuildHasher,
     sync::{
@@ -39,12 +40,12 @@ use std::{
 };
 
 use hashbrown::{DefaultHashBuilder, HashTable};
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::{sync::oneshot, time::Instant};
 
 use super::{Lease, LeaseStore};
 use crate::{Error, engine::BoxFuture};
 
-/// How many independent pieces the key map is split into.
+/// How many independent pieces the key table is split into.
 const SHARDS: usize = 64;
 
 /// In-process leases — the default [`LeaseStore`].
@@ -72,15 +73,6 @@ pub struct MemoryLeases {
     inner: Arc<Inner>,
 }
 
-/// One piece of the key map.
-#[derive(Default)]
-struct Shard {
-    /// Keys in use.
-    slots: HashTable<Entry>,
-    /// Idle keys left in transition: (hash, transition start as [`Inner::stamp`]).
-    flags: HashTable<(u64, u64)>,
-}
-
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
     hasher: DefaultHashBuilder,
@@ -89,30 +81,40 @@ struct Inner {
     epoch: Instant,
 }
 
-/// A key in use, in its shard's table.
-struct Entry {
-    hash: u64,
-    slot: Arc<Slot>,
-    /// Holders plus waiters; the entry goes when this reaches zero.
-    users: usize,
+/// One piece of the key table.
+#[derive(Default)]
+struct Shard {
+    entries: HashTable<Entry>,
+    /// Entries kept only for their flag (no key).
+    flags: usize,
 }
 
-/// The lock and state of one key in use, shared by its entry and its users.
-pub(super) struct Slot {
-    key: Arc<str>,
-    /// One permit: the holder's. FIFO-fair.
-    permit: Semaphore,
-    /// When the last holder left the resource in transition, as [`Inner::stamp`]; zero when it
-    /// did not.
-    transitioning: AtomicU64,
+/// A key in use, or an idle key's transitioning flag.
+struct Entry {
+    hash: u64,
+    /// The key while it is held; `None` for an idle key kept for its flag, matched by hash.
+    key: Option<Arc<str>>,
+    /// Writers waiting for the key, in arrival order. One that gave up leaves a closed sender,
+    /// skipped when the key is handed over.
+    // Boxed: most keys never have a waiter, and an unboxed queue would add 24 bytes to every
+    // entry, idle flags included.
+    #[allow(clippy::box_collection)]
+    waiters: Option<Box<VecDeque<oneshot::Sender<Held>>>>,
+    /// The transitioning flag, as [`Inner::stamp`]; zero when not set.
+    flag: u64,
 }
 
 /// How long a transitioning flag is honoured.
 const FLAG_TTL: Duration = Duration::from_secs(30 * 60);
 
 /// Idle flags kept per shard; past this the oldest are forgotten, so memory stays bounded
-/// (64 × 1,024 × 16 bytes) however many resources are written once and never again.
+/// (64 × 1,024 entries of a few dozen bytes) however many resources are written once and never
+/// again.
 const MAX_FLAGS_PER_SHARD: usize = 1024;
+
+/// Past this many queued senders, the ones whose waiter gave up are swept out, so a key held for
+/// long while waiters keep timing out does not grow its queue without bound.
+const SWEEP_WAITERS: usize = 64;
 
 impl Inner {
     /// `at` as a flag value: nanoseconds since the epoch, plus one (zero means "no flag").
@@ -130,51 +132,10 @@ impl Inner {
         (since.elapsed() < FLAG_TTL).then_some(since)
     }
 
-    /// The shard of a key's hash. The tables use the hash's low bits (bucket) and top seven
+    /// The shard of a key's hash. The table uses the hash's low bits (bucket) and top seven
     /// (tag), so the shard takes bits from the middle: keys in one shard still spread.
-    fn shard(&self, hash: u64) -> &Mutex<Shard> {
-        &self.shards[(hash >> 40) as usize % SHARDS]
-    }
-
-    /// Registers one more user of `key` (whose shared copy, if the caller has one, a new slot
-    /// takes instead of copying the key): a waiter, until it holds the key.
-    fn enter(self: &Arc<Self>, key: &str, shared: Option<&Arc<str>>) -> User {
-        let hash = self.hasher.hash_one(key);
-        let mut shard = lock(self.shard(hash));
-        let slot = match shard.slots.find_mut(hash, |e| *e.slot.key == *key) {
-            Some(entry) => {
-                entry.users += 1;
-                entry.slot.clone()
-            }
-            None => {
-                // The key comes back into use: its flag, if any, moves into its slot.
-                let flag = match shard.flags.find_entry(hash, |f| f.0 == hash) {
-                    Ok(found) => found.remove().0.1,
-                    Err(_) => 0,
-                };
-                let slot = Arc::new(Slot {
-                    key: shared.map_or_else(|| Arc::from(key), Arc::clone),
-                    permit: Semaphore::new(1),
-                    transitioning: AtomicU64::new(flag),
-                });
-                shard.slots.insert_unique(
-                    hash,
-                    Entry {
-                        hash,
-                        slot: slot.clone(),
-                        users: 1,
-                    },
-                    |e| e.hash,
-                );
-                slot
-            }
-        };
-        drop(shard);
-        User {
-            store: self.clone(),
-            slot,
-            hash,
-        }
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[(hash >> 40) as usize % SHARDS])
     }
 }
 
@@ -183,19 +144,30 @@ impl Shard {
     /// [`MAX_FLAGS_PER_SHARD`] — leaving room, so this runs once per few hundred idle keys.
     fn prune(&mut self, inner: &Inner) {
         const TARGET: usize = MAX_FLAGS_PER_SHARD * 3 / 4;
-        self.flags.retain(|f| inner.live(f.1).is_some());
-        if self.flags.len() <= TARGET {
+        // Stamps grow with time: one clock reading finds every expired flag.
+        let ttl = u64::try_from(FLAG_TTL.as_nanos()).unwrap_or(u64::MAX);
+        let expired_before = inner.stamp(Instant::now()).saturating_sub(ttl);
+        self.entries
+            .retain(|e| e.key.is_some() || e.flag > expired_before);
+        self.flags = self.entries.iter().filter(|e| e.key.is_none()).count();
+        if self.flags <= TARGET {
             return;
         }
-        let mut stamps: Vec<u64> = self.flags.iter().map(|f| f.1).collect();
-        let excess = self.flags.len() - TARGET;
+        let mut stamps: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|e| e.key.is_none())
+            .map(|e| e.flag)
+            .collect();
+        let excess = self.flags - TARGET;
         let (_, &mut cutoff, _) = stamps.select_nth_unstable(excess - 1);
         let mut removed = 0;
-        self.flags.retain(|f| {
-            let keep = f.1 > cutoff || removed >= excess;
+        self.entries.retain(|e| {
+            let keep = e.key.is_some() || e.flag > cutoff || removed >= excess;
             removed += usize::from(!keep);
             keep
         });
+        self.flags -= removed;
     }
 }
 
@@ -223,10 +195,7 @@ impl MemoryLeases {
         self.inner
             .shards
             .iter()
-            .map(|s| {
-                let shard = lock(s);
-                shard.slots.len() + shard.flags.len()
-            })
+            .map(|s| lock(s).entries.len())
             .sum()
     }
 
@@ -238,91 +207,15 @@ impl MemoryLeases {
     /// The key `lease` holds, when this store granted it and it is still held.
     fn held<'l>(&self, lease: &'l Lease) -> Result<&'l Held, Error> {
         match lease.held() {
-            Some(held) if Arc::ptr_eq(&held.0.store, &self.inner) => Ok(held),
+            Some(held) if Arc::ptr_eq(&held.store, &self.inner) => Ok(held),
             _ => Err(Error::LeaseBackend {
                 key: lease.key().to_owned(),
                 message: "the lease is not held in this store".to_owned(),
             }),
         }
     }
-}
 
-/// One holder or waiter of a key; dropping it forgets the key when it was the last user.
-struct User {
-    store: Arc<Inner>,
-    slot: Arc<Slot>,
-    hash: u64,
-}
-
-impl Drop for User {
-    fn drop(&mut self) {
-        let inner = &*self.store;
-        let mut shard = lock(inner.shard(self.hash));
-        let Ok(mut entry) = shard
-            .slots
-            .find_entry(self.hash, |e| Arc::ptr_eq(&e.slot, &self.slot))
-        else {
-            return;
-        };
-        let e = entry.get_mut();
-        e.users -= 1;
-        if e.users > 0 {
-            return;
-        }
-        entry.remove();
-        let flag = self.slot.transitioning.load(Ordering::Relaxed);
-        if inner.live(flag).is_some() {
-            let hash = self.hash;
-            shard.flags.insert_unique(hash, (hash, flag), |f| f.0);
-            if shard.flags.len() > MAX_FLAGS_PER_SHARD {
-                shard.prune(inner);
-            }
-        }
-    }
-}
-
-/// A held key: dropping it hands the permit to the next waiter, then leaves.
-pub(super) struct Held(User);
-
-impl Held {
-    pub(super) fn key(&self) -> &Arc<str> {
-        &self.0.slot.key
-    }
-
-    /// When the previous holder's transition started, if it left the key in transition.
-    pub(super) fn transition_start(&self) -> Option<Instant> {
-        self.0
-            .store
-            .live(self.0.slot.transitioning.load(Ordering::Relaxed))
-    }
-
-    /// Records whether the resource is left in transition, from now.
-    pub(super) fn set_transitioning(&self, transitioning: bool) {
-        let stamp = if transitioning {
-            self.0.store.stamp(Instant::now())
-        } else {
-            0
-        };
-        self.0.slot.transitioning.store(stamp, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.slot.permit.add_permits(1);
-    }
-}
-
-/// Locks a shard. A panic while a shard was locked cannot leave an entry half-updated (every
-/// critical section is a few field writes), so a poisoned shard is still consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl MemoryLeases {
-    /// [`LeaseStore::acquire`] for the engine, which has the key as an `Arc` already: a new slot
+    /// [`LeaseStore::acquire`] for the engine, which has the key as an `Arc` already: the entry
     /// shares it, and the future is not boxed.
     pub(crate) async fn lease(&self, key: &Arc<str>, wait: Duration) -> Result<Lease, Error> {
         self.take(key, Some(key), wait).await
@@ -334,38 +227,167 @@ impl MemoryLeases {
         shared: Option<&Arc<str>>,
         wait: Duration,
     ) -> Result<Lease, Error> {
-        // `user` lives in this future: if the future is dropped while waiting, the waiter
-        // leaves the queue and the key's user count drops with it.
-        let user = self.inner.enter(key, shared);
-        // Uncontended, take it at once: no timer to arm. (A free permit is never one a
-        // queued waiter was promised, so this does not jump the FIFO queue.)
-        if let Ok(permit) = user.slot.permit.try_acquire() {
-            permit.forget();
-        } else {
-            let started = Instant::now();
-            match tokio::time::timeout(wait, user.slot.permit.acquire()).await {
-                Ok(Ok(permit)) => permit.forget(),
-                Ok(Err(closed)) => {
-                    // Never happens: a key's semaphore is never closed.
-                    return Err(Error::LeaseBackend {
-                        key: key.to_owned(),
-                        message: closed.to_string(),
-                    });
+        let inner = &self.inner;
+        let hash = inner.hasher.hash_one(key);
+        let queued = {
+            let mut guard = inner.shard(hash);
+            let shard = &mut *guard;
+            let owned = || shared.map_or_else(|| Arc::from(key), Arc::clone);
+            if let Some(entry) = shard
+                .entries
+                .find_mut(hash, |e| e.key.as_deref() == Some(key))
+            {
+                // Held: queue behind the holder and whoever already waits.
+                let (tx, rx) = oneshot::channel();
+                let waiters = entry.waiters.get_or_insert_default();
+                if waiters.len() >= SWEEP_WAITERS && waiters.len().is_power_of_two() {
+                    waiters.retain(|w| !w.is_closed());
                 }
-                Err(_) => {
-                    return Err(Error::LeaseTimeout {
-                        key: key.to_owned(),
-                        waited: started.elapsed(),
-                    });
+                waiters.push_back(tx);
+                Err(rx)
+            } else if let Some(entry) = shard
+                .entries
+                .find_mut(hash, |e| e.key.is_none() && e.hash == hash)
+            {
+                // An idle key left in transition: in use again, flag and all. (Matched by the
+                // whole hash — the table only compares its top bits: another key sharing all 64
+                // would only inherit a flag, i.e. poll once for nothing.)
+                let key = owned();
+                entry.key = Some(key.clone());
+                shard.flags -= 1;
+                Ok(Held::new(inner, hash, key, entry.flag))
+            } else {
+                let key = owned();
+                shard.entries.insert_unique(
+                    hash,
+                    Entry {
+                        hash,
+                        key: Some(key.clone()),
+                        waiters: None,
+                        flag: 0,
+                    },
+                    |e| e.hash,
+                );
+                Ok(Held::new(inner, hash, key, 0))
+            }
+        };
+        let held = match queued {
+            Ok(held) => held,
+            // If this future is dropped while waiting, the receiver goes with it: the key is
+            // handed to the next waiter instead (and a lease sent just before is released).
+            Err(rx) => {
+                let started = Instant::now();
+                match tokio::time::timeout(wait, rx).await {
+                    Ok(Ok(held)) => held,
+                    // The entry went with its queue: never happens while a holder lives.
+                    Ok(Err(_)) => {
+                        return Err(Error::LeaseBackend {
+                            key: key.to_owned(),
+                            message: "the lease was dropped before it was handed over".to_owned(),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(Error::LeaseTimeout {
+                            key: key.to_owned(),
+                            waited: started.elapsed(),
+                        });
+                    }
                 }
             }
-        }
-        // From here to the lease, nothing awaits: the permit cannot be lost.
-        let token = self.inner.last_token.fetch_add(1, Ordering::Relaxed) + 1;
-        let held = Held(user);
+        };
+        let token = inner.last_token.fetch_add(1, Ordering::Relaxed) + 1;
         let transitioning = held.transition_start().is_some();
         Ok(Lease::memory(held, token).with_transitioning(transitioning))
     }
+}
+
+/// A held key. Dropping it hands the key to the first writer still waiting, or leaves it idle:
+/// forgotten, or kept as a flag when left in transition.
+pub(super) struct Held {
+    store: Arc<Inner>,
+    hash: u64,
+    key: Arc<str>,
+    /// The transitioning flag: the previous holder's when granted, then this holder's; written
+    /// back to the entry on release.
+    flag: AtomicU64,
+    /// False for a lease that came back from a waiter that was gone: dropping it does nothing,
+    /// since its releaser still holds the shard and goes on to the next waiter.
+    armed: bool,
+}
+
+impl Held {
+    fn new(store: &Arc<Inner>, hash: u64, key: Arc<str>, flag: u64) -> Self {
+        Self {
+            store: store.clone(),
+            hash,
+            key,
+            flag: AtomicU64::new(flag),
+            armed: true,
+        }
+    }
+
+    pub(super) fn key(&self) -> &Arc<str> {
+        &self.key
+    }
+
+    /// When the resource's transition started, if it is left in transition.
+    pub(super) fn transition_start(&self) -> Option<Instant> {
+        self.store.live(self.flag.load(Ordering::Relaxed))
+    }
+
+    /// Records whether the resource is left in transition, from now.
+    pub(super) fn set_transitioning(&self, transitioning: bool) {
+        let stamp = if transitioning {
+            self.store.stamp(Instant::now())
+        } else {
+            0
+        };
+        self.flag.store(stamp, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let store = &*self.store;
+        let flag = *self.flag.get_mut();
+        let mut guard = store.shard(self.hash);
+        let Shard { entries, flags } = &mut *guard;
+        let Ok(mut found) = entries.find_entry(self.hash, |e| {
+            e.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, &self.key))
+        }) else {
+            return;
+        };
+        let entry = found.get_mut();
+        entry.flag = flag;
+        while let Some(tx) = entry.waiters.as_mut().and_then(|w| w.pop_front()) {
+            let next = Held::new(&self.store, self.hash, self.key.clone(), flag);
+            match tx.send(next) {
+                Ok(()) => return,
+                Err(mut unwanted) => unwanted.armed = false,
+            }
+        }
+        if store.live(flag).is_some() {
+            entry.key = None;
+            entry.waiters = None;
+            *flags += 1;
+            if *flags > MAX_FLAGS_PER_SHARD {
+                guard.prune(store);
+            }
+        } else {
+            found.remove();
+        }
+    }
+}
+
+/// Locks a shard. A panic while a shard was locked cannot leave an entry half-updated (every
+/// critical section is a few field writes), so a poisoned shard is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LeaseStore for MemoryLeases {
