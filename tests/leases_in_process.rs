@@ -254,3 +254,35 @@ async fn middlewares_sharing_a_memory_store_serialize_each_others_writers() {
     // The last write left the VM in transition: its flag is all the store still holds.
     assert_eq!(leases.len(), 1);
 }
+
+#[tokio::test]
+async fn a_journal_given_to_two_middlewares_records_both_within_its_window() {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::ZERO,
+        ..SimConfig::default()
+    })
+    .await;
+    let journal = reqwest_conflict::Journal::with_capacity(3);
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            ClientBuilder::new(reqwest::Client::new())
+                .with(ConflictMiddleware::new(fast_policy()).with_journal(journal.clone()))
+                .build()
+        })
+        .collect();
+    for i in 0..4 {
+        let path = format!("{VM}{i}");
+        let response = clients[i % 2]
+            .put(url(&sim, &path))
+            .json(&vm_body("0"))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    // Both clients wrote to it; it kept the newest three.
+    let entries = journal.entries();
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert!(entries[2].resource.ends_with("3"), "{entries:?}");
+}

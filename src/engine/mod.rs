@@ -229,6 +229,14 @@ macro_rules! engine_accessors {
         pub fn journal(&self) -> &crate::Journal {
             self.engine.journal()
         }
+
+        #[doc = concat!("The same ", $adapter, " writing to `journal`: one with a window of another size")]
+        /// ([`Journal::with_capacity`](crate::Journal::with_capacity)), or one shared with other
+        /// clients. The default keeps the last 1,024 writes.
+        pub fn with_journal(mut self, journal: crate::Journal) -> Self {
+            self.engine = self.engine.with_journal(journal);
+            self
+        }
     };
 }
 pub(crate) use engine_accessors;
@@ -423,6 +431,12 @@ impl Engine {
                 self.leases.acquire(id.key(), ttl, wait).await
             }
         }
+    }
+
+    /// The same engine with another journal.
+    pub(crate) fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = journal;
+        self
     }
 
     /// The journal of mutating requests.
