@@ -139,8 +139,10 @@ impl ConflictMiddleware {
                 chain: &mut chain,
                 retry: kept.copy(),
             };
-            // Boxed apart, for the same reason.
-            match Box::pin(self.engine.execute(&mut transport, &original)).await {
+            // Boxed apart, for the same reason (and in a statement of its own: a future built
+            // in the expression that awaits it keeps its size in this one's state).
+            let execute = Box::pin(self.engine.execute(&mut transport, &original));
+            match execute.await {
                 Ok((mut response, report)) => {
                     if let Some(report) = report {
                         response.extensions_mut().insert(*report);

@@ -472,7 +472,10 @@ impl Engine {
         let own = if self.policy.leases.enabled && !is_safe(original.method) {
             let wait = || deadline.saturating_duration_since(Instant::now());
             if let Some(id) = self.policy.leases.parent_to_lock(&original.resource) {
-                let lease = self.lease(&id, wait()).await;
+                // Through the store's boxed future: a parent is rare, and its own inline
+                // future would double this one's size.
+                let ttl = self.policy.leases.ttl;
+                let lease = self.leases.acquire(id.key(), ttl, wait()).await;
                 parent = Some(lease.map_err(Failure::Conflict)?);
             }
             let lease = self.lease(&original.resource, wait()).await;
@@ -484,10 +487,10 @@ impl Engine {
             && lease.transitioning() != Some(false)
         {
             // Boxed: a large future that only a write after a transition (or under a store that
-            // must be asked) pays for.
-            Box::pin(self.guard(transport, original, lease, deadline))
-                .await
-                .map_err(Failure::Conflict)?;
+            // must be asked) pays for. (Boxed in a statement of its own: a future built inside
+            // the expression that awaits it keeps its unboxed size in this one's state.)
+            let guard = Box::pin(self.guard(transport, original, lease, deadline));
+            guard.await.map_err(Failure::Conflict)?;
         }
 
         let seq = self.journal.begin(
@@ -497,8 +500,10 @@ impl Engine {
         );
         let mut result = match transport.send().await {
             Ok(first) if is_conflict(T::status(&first)) => {
-                // Boxed: the resolution is a large future, and only a conflict pays for it.
-                Box::pin(self.resolve(transport, original, first, deadline)).await
+                // Boxed (apart, as the guard): the resolution is a large future, and only a
+                // conflict pays for it.
+                let resolution = Box::pin(self.resolve(transport, original, first, deadline));
+                resolution.await
             }
             Ok(first) => Ok((first, None)),
             Err(error) => Err(Failure::Transport(error)),

@@ -275,29 +275,29 @@ impl MemoryLeases {
             Ok(held) => held,
             // If this future is dropped while waiting, the receiver goes with it: the key is
             // handed to the next waiter instead (and a lease sent just before is released).
-            Err(rx) => {
-                let started = Instant::now();
-                match tokio::time::timeout(wait, rx).await {
-                    Ok(Ok(held)) => held,
-                    // The entry went with its queue: never happens while a holder lives.
-                    Ok(Err(_)) => {
-                        return Err(Error::LeaseBackend {
-                            key: key.to_owned(),
-                            message: "the lease was dropped before it was handed over".to_owned(),
-                        });
-                    }
-                    Err(_) => {
-                        return Err(Error::LeaseTimeout {
-                            key: key.to_owned(),
-                            waited: started.elapsed(),
-                        });
-                    }
-                }
-            }
+            // Boxed: only a writer that waits pays for the timer.
+            Err(rx) => Box::pin(handed(key, rx, wait)).await?,
         };
         let token = inner.last_token.fetch_add(1, Ordering::Relaxed) + 1;
         let transitioning = held.transition_start().is_some();
         Ok(Lease::memory(held, token).with_transitioning(transitioning))
+    }
+}
+
+/// Waits at most `wait` for the key to be handed over through `rx`.
+async fn handed(key: &str, rx: oneshot::Receiver<Held>, wait: Duration) -> Result<Held, Error> {
+    let started = Instant::now();
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(held)) => Ok(held),
+        // The entry went with its queue: never happens while a holder lives.
+        Ok(Err(_)) => Err(Error::LeaseBackend {
+            key: key.to_owned(),
+            message: "the lease was dropped before it was handed over".to_owned(),
+        }),
+        Err(_) => Err(Error::LeaseTimeout {
+            key: key.to_owned(),
+            waited: started.elapsed(),
+        }),
     }
 }
 
