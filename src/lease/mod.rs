@@ -186,7 +186,17 @@ impl Lease {
     /// another process) can go at once — also when this process exits right after. An
     /// in-process lease is released by the call itself; the future then has nothing to wait for.
     pub fn release(mut self) -> impl Future<Output = ()> + Send + 'static {
-        let round_trip = match std::mem::replace(&mut self.release, Release::Done) {
+        let round_trip = self.give_back();
+        async move {
+            if let Some(round_trip) = round_trip {
+                round_trip.await;
+            }
+        }
+    }
+
+    /// Gives the lease back: an in-process one at once, a remote one by the round trip returned.
+    fn give_back(&mut self) -> Option<BoxFuture<'static, ()>> {
+        match std::mem::replace(&mut self.release, Release::Done) {
             Release::Now(release) => {
                 into_inner(release)();
                 None
@@ -197,11 +207,6 @@ impl Lease {
                 None
             }
             Release::Done => None,
-        };
-        async move {
-            if let Some(round_trip) = round_trip {
-                round_trip.await;
-            }
         }
     }
 }
@@ -212,15 +217,11 @@ fn into_inner<T>(mutex: Mutex<T>) -> T {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        match std::mem::replace(&mut self.release, Release::Done) {
-            Release::Now(release) => into_inner(release)(),
-            Release::Later(release) => {
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(into_inner(release)());
-                }
-            }
-            Release::Memory(held) => drop(held),
-            Release::Done => {}
+        // Without a runtime to run it on, a remote lease is left to expire.
+        if let Some(round_trip) = self.give_back()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(round_trip);
         }
     }
 }
