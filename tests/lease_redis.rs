@@ -53,13 +53,7 @@ async fn one_writer_at_a_time_under_contention() {
 async fn tokens_strictly_increase() {
     let redis = support::start_redis();
     let (a, b) = (store(&redis).await, store(&redis).await);
-    let mut last = 0;
-    for i in 0..6 {
-        let leases = if i % 2 == 0 { &a } else { &b };
-        let lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
-        assert!(lease.token() > last, "{} after {last}", lease.token());
-        last = lease.token();
-    }
+    support::contract::tokens_strictly_increase(&a, &b, KEY).await;
 }
 
 #[tokio::test]
@@ -104,41 +98,14 @@ async fn renewal_keeps_a_lease_past_its_ttl() {
 async fn dropping_a_lease_lets_the_next_one_in_promptly() {
     let redis = support::start_redis();
     let (a, b) = (store(&redis).await, store(&redis).await);
-    // A TTL far longer than the test: only the release can free the key in time.
-    let ttl = Duration::from_secs(60);
-    let held = a.acquire(KEY, ttl, LONG).await.unwrap();
-    let waiter = tokio::spawn(async move {
-        let lease = b.acquire(KEY, ttl, LONG).await.unwrap();
-        (Instant::now(), lease.token())
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let released = Instant::now();
-    let token = held.token();
-    drop(held);
-    let (acquired, next) = waiter.await.unwrap();
-    let delay = acquired.duration_since(released);
-    // Without the release it would take the whole TTL; half of it is a generous bound.
-    assert!(delay < TTL / 2, "took {delay:?}");
-    assert!(next > token);
+    support::contract::dropping_a_lease_lets_the_next_one_in_promptly(&a, b, KEY).await;
 }
 
 #[tokio::test]
 async fn transitioning_flag_round_trip() {
     let redis = support::start_redis();
     let (a, b) = (store(&redis).await, store(&redis).await);
-    let lease = a.acquire(KEY, TTL, LONG).await.unwrap();
-    assert!(!a.is_transitioning(&lease).await.unwrap());
-    a.set_transitioning(&lease, true).await.unwrap();
-    assert!(a.is_transitioning(&lease).await.unwrap());
-    drop(lease);
-
-    // Another process sees what the previous holder left.
-    let lease = b.acquire(KEY, TTL, LONG).await.unwrap();
-    assert!(b.is_transitioning(&lease).await.unwrap());
-    b.set_transitioning(&lease, false).await.unwrap();
-    assert!(!b.is_transitioning(&lease).await.unwrap());
-    drop(lease);
-
+    support::contract::the_flag_passes_to_the_next_holder(&a, &b, KEY).await;
     // A lease this store did not hand out is refused.
     let foreign = b.acquire("other", TTL, LONG).await.unwrap();
     assert!(matches!(

@@ -76,7 +76,7 @@ struct Inner {
     /// The SAS query string (a credential: never logged).
     sas: String,
     /// Lease IDs of the leases handed out, by key and token.
-    held: Held<String>,
+    held: Arc<Held<String>>,
 }
 
 /// What a lease attempt found.
@@ -128,7 +128,7 @@ impl BlobLeases {
                 http,
                 container,
                 sas,
-                held: Held::new(),
+                held: Arc::new(Held::new()),
             }),
         })
     }
@@ -428,11 +428,7 @@ impl LeaseStore for BlobLeases {
             inner.write_meta(key, &lease_id, &meta).await?;
             let token = meta.fence;
 
-            inner.held.insert(key, token, lease_id);
-            let (inner, owned_key) = (inner.clone(), key.to_owned());
-            Ok(remote::lease(key, token, keep, move || {
-                inner.held.remove(&owned_key, token);
-            }))
+            Ok(inner.held.grant(key, token, lease_id, keep))
         })
     }
 

@@ -115,7 +115,7 @@ pub struct RedisLeases {
 struct Inner {
     conn: ConnectionManager,
     prefix: String,
-    held: Held<Holder>,
+    held: Arc<Held<Holder>>,
 }
 
 /// What a lease handed out by this store needs for writes under it.
@@ -152,7 +152,7 @@ impl RedisLeases {
             inner: Arc::new(Inner {
                 conn,
                 prefix: prefix.into(),
-                held: Held::new(),
+                held: Arc::new(Held::new()),
             }),
         }
     }
@@ -257,14 +257,8 @@ impl LeaseStore for RedisLeases {
                     release,
                 )
             };
-            self.inner
-                .held
-                .insert(key, token, Holder { id: holder, ttl_ms });
-            let inner = self.inner.clone();
-            let owned_key = key.to_owned();
-            Ok(remote::lease(key, token, keep, move || {
-                inner.held.remove(&owned_key, token);
-            }))
+            let holder = Holder { id: holder, ttl_ms };
+            Ok(self.inner.held.grant(key, token, holder, keep))
         })
     }
 

@@ -7,7 +7,12 @@
 //! task notices, stops renewing and releases. If the runtime is already gone, nothing is released
 //! and the store's TTL frees the key instead.
 
-use std::{collections::HashMap, future::Future, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::{sync::oneshot, time::Instant};
@@ -142,22 +147,6 @@ where
     KeepAlive { stop }
 }
 
-/// The [`Lease`](super::Lease) of a remote store: releasing it runs `forget` (the store's own
-/// bookkeeping) and then releases on the server, awaited.
-pub(crate) fn lease(
-    key: &str,
-    token: u64,
-    keep: KeepAlive,
-    forget: impl FnOnce() + Send + 'static,
-) -> super::Lease {
-    super::Lease::new_remote(key, token, move || {
-        Box::pin(async move {
-            forget();
-            keep.release().await;
-        })
-    })
-}
-
 /// What a store remembers of each lease it handed out, by key and fencing token.
 pub(crate) struct Held<T> {
     map: Mutex<HashMap<(String, u64), T>>,
@@ -170,12 +159,27 @@ impl<T: Clone> Held<T> {
         }
     }
 
-    pub(crate) fn insert(&self, key: &str, token: u64, value: T) {
+    /// Remembers a lease just granted (`value`: what the store needs to renew, release or
+    /// write under it) and makes its [`Lease`](super::Lease): releasing it forgets the lease
+    /// here, then releases it on the server, awaited.
+    pub(crate) fn grant(
+        self: &Arc<Self>,
+        key: &str,
+        token: u64,
+        value: T,
+        keep: KeepAlive,
+    ) -> super::Lease
+    where
+        T: Send + 'static,
+    {
         self.lock().insert((key.to_owned(), token), value);
-    }
-
-    pub(crate) fn remove(&self, key: &str, token: u64) {
-        self.lock().remove(&(key.to_owned(), token));
+        let (held, owned_key) = (self.clone(), key.to_owned());
+        super::Lease::new_remote(key, token, move || {
+            Box::pin(async move {
+                held.lock().remove(&(owned_key, token));
+                keep.release().await;
+            })
+        })
     }
 
     /// What was stored for a lease this store handed out, or an error for a foreign lease.

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test binary uses only part of this module
 
+pub mod contract;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
