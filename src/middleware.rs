@@ -119,17 +119,17 @@ impl ConflictMiddleware {
         extensions: &'a mut Extensions,
         next: Next<'a>,
     ) -> impl Future<Output = reqwest_middleware::Result<Response>> + Send + 'a {
-        let kept = Kept::from(&req);
         let overrides = Overrides::from_extensions(extensions);
+        let (kept, first) = Kept::new(req);
         let mut chain = Chain {
             next,
             extensions,
-            first: Some(req),
+            first,
         };
         async move {
-            let (url, headers) = kept.head();
+            let (method, url, headers) = kept.head();
             let original = Original {
-                method: kept.method(),
+                method,
                 resource: ResourceId::from_url(url),
                 url,
                 headers,
@@ -137,7 +137,7 @@ impl ConflictMiddleware {
             };
             let mut transport = ReqwestTransport {
                 chain: &mut chain,
-                retry: kept.copy(),
+                retry: kept.resendable(),
             };
             // Boxed apart, for the same reason (and in a statement of its own: a future built
             // in the expression that awaits it keeps its size in this one's state).
@@ -156,57 +156,55 @@ impl ConflictMiddleware {
     }
 }
 
-/// What is kept of a request before it is sent: a copy to retry with, which also records the URL
-/// and headers; or, when the body is a stream and cannot be copied, the URL and headers alone.
+/// What is kept of a request while the engine runs: the request itself when its body can be
+/// copied (every send, the first included, is then a copy of it, so the write's future holds
+/// one request, not two); else its head alone, the request being sent once, as it is.
 enum Kept {
-    Copy(Request),
-    Head(Method, Url, HeaderMap),
+    Resendable(Request),
+    Head(Box<(Method, Url, HeaderMap)>),
 }
 
 impl Kept {
-    fn from(request: &Request) -> Self {
-        match request.try_clone() {
-            Some(copy) => Self::Copy(copy),
-            None => Self::Head(
-                request.method().clone(),
-                request.url().clone(),
-                request.headers().clone(),
-            ),
+    /// What to keep of `request`, and the request to send first when it cannot be copied
+    /// (boxed: a streamed body is rare, and the write's future stays small without it).
+    fn new(request: Request) -> (Self, Option<Box<Request>>) {
+        if request.body().is_none_or(|body| body.as_bytes().is_some()) {
+            return (Self::Resendable(request), None);
+        }
+        let head = (
+            request.method().clone(),
+            request.url().clone(),
+            request.headers().clone(),
+        );
+        (Self::Head(Box::new(head)), Some(Box::new(request)))
+    }
+
+    fn head(&self) -> (&Method, &Url, &HeaderMap) {
+        match self {
+            Self::Resendable(r) => (r.method(), r.url(), r.headers()),
+            Self::Head(head) => (&head.0, &head.1, &head.2),
         }
     }
 
-    fn method(&self) -> &Method {
+    fn resendable(&self) -> Option<&Request> {
         match self {
-            Self::Copy(r) => r.method(),
-            Self::Head(method, ..) => method,
-        }
-    }
-
-    fn head(&self) -> (&Url, &HeaderMap) {
-        match self {
-            Self::Copy(r) => (r.url(), r.headers()),
-            Self::Head(_, url, headers) => (url, headers),
-        }
-    }
-
-    fn copy(&self) -> Option<&Request> {
-        match self {
-            Self::Copy(r) => Some(r),
+            Self::Resendable(r) => Some(r),
             Self::Head(..) => None,
         }
     }
 }
 
-/// The rest of the middleware chain, with the request itself until it is sent.
+/// The rest of the middleware chain, with the request itself until it is sent when it cannot
+/// be copied.
 struct Chain<'n, 'e> {
     next: Next<'n>,
     extensions: &'e mut Extensions,
-    first: Option<Request>,
+    first: Option<Box<Request>>,
 }
 
 struct ReqwestTransport<'c, 'n, 'e> {
     chain: &'c mut Chain<'n, 'e>,
-    /// The copy later attempts are cloned from.
+    /// The request every attempt is a copy of, when its body can be copied.
     retry: Option<&'c Request>,
 }
 
@@ -277,6 +275,7 @@ impl Transport for ReqwestTransport<'_, '_, '_> {
             .chain
             .first
             .take()
+            .map(|first| *first)
             .or_else(|| self.retry.and_then(Request::try_clone));
         let next = self.chain.next.clone();
         let extensions = &mut *self.chain.extensions;
