@@ -166,9 +166,10 @@ impl Journal {
         seq
     }
 
-    pub(crate) fn end(&self, seq: u64, status: Option<u16>) {
+    /// Closes entry `seq`: its request's final answer came back `at`.
+    pub(crate) fn end(&self, seq: u64, status: Option<u16>, at: Instant) {
         let mut ring = self.ring();
-        let now = ring.origin.elapsed();
+        let now = at.saturating_duration_since(ring.origin);
         // Entries are in seq order, so the one to close is found by its distance from the front.
         let Some(front) = ring.entries.front().map(|e| e.seq) else {
             return;
@@ -193,11 +194,11 @@ mod tests {
         let a = j.begin(&"r1".into(), &http::Method::PUT, Some(1));
         let b = j.begin(&"r1".into(), &http::Method::PUT, Some(2)); // starts while a is open
         let c = j.begin(&"r2".into(), &http::Method::PUT, None);
-        j.end(a, Some(200));
-        j.end(b, Some(200));
-        j.end(c, Some(200));
+        j.end(a, Some(200), Instant::now());
+        j.end(b, Some(200), Instant::now());
+        j.end(c, Some(200), Instant::now());
         let d = j.begin(&"r1".into(), &http::Method::PATCH, Some(3)); // after both ended
-        j.end(d, Some(200));
+        j.end(d, Some(200), Instant::now());
         let overlaps = j.overlaps();
         assert_eq!(overlaps.len(), 1);
         assert_eq!((overlaps[0].0.seq, overlaps[0].1.seq), (a, b));
@@ -209,7 +210,7 @@ mod tests {
         let j = Journal::with_capacity(3);
         for _ in 0..10 {
             let s = j.begin(&"r".into(), &http::Method::PUT, None);
-            j.end(s, Some(200));
+            j.end(s, Some(200), Instant::now());
         }
         let seqs: Vec<u64> = j.entries().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [7, 8, 9]);

@@ -464,21 +464,25 @@ impl Engine {
         transport: &mut T,
         original: &Original<'_>,
     ) -> Result<Answer<T::Response>, Failure<T::Error>> {
+        // The clock is read once here and once when the answer is back (plus once per wait):
+        // each reading costs about as much as a lease taken uncontended.
         let deadline = Instant::now() + self.policy.deadline;
         // The resource's own lease, and its parent's when the policy names one (rare). The
         // parent's key is a prefix of the resource's, so it sorts first: keys are always taken
         // in sorted order (as `lease::acquire_all` does), so writers cannot deadlock.
         let mut parent = None;
         let own = if self.policy.leases.enabled && !is_safe(original.method) {
-            let wait = || deadline.saturating_duration_since(Instant::now());
+            // Nothing has been waited for yet.
+            let mut wait = self.policy.deadline;
             if let Some(id) = self.policy.leases.parent_to_lock(&original.resource) {
                 // Through the store's boxed future: a parent is rare, and its own inline
                 // future would double this one's size.
                 let ttl = self.policy.leases.ttl;
-                let lease = self.leases.acquire(id.key(), ttl, wait()).await;
+                let lease = self.leases.acquire(id.key(), ttl, wait).await;
                 parent = Some(lease.map_err(Failure::Conflict)?);
+                wait = deadline.saturating_duration_since(Instant::now());
             }
-            let lease = self.lease(&original.resource, wait()).await;
+            let lease = self.lease(&original.resource, wait).await;
             Some(lease.map_err(Failure::Conflict)?)
         } else {
             None
@@ -513,7 +517,8 @@ impl Engine {
             report.journal_seq = Some(seq);
         }
         let status = result.as_ref().ok().map(|(r, _)| T::status(r).as_u16());
-        self.journal.end(seq, status);
+        let ended = Instant::now();
+        self.journal.end(seq, status, ended);
 
         if let (Some(lease), Ok((response, _))) = (&own, &result)
             && leaves_transition(
@@ -524,9 +529,8 @@ impl Engine {
         {
             // An in-process lease records the flag, and when it was set, in its key's state;
             // another store is told, and the clock notes the start.
-            if !lease.record_transitioning(true) {
-                self.clock
-                    .started(original.resource.shared_key(), Instant::now());
+            if !lease.record_transition(Some(ended)) {
+                self.clock.started(original.resource.shared_key(), ended);
                 if let Err(error) = self.leases.set_transitioning(lease, true).await {
                     tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
                 }
@@ -587,7 +591,7 @@ impl Engine {
                 waited: waiting.elapsed(),
             });
         }
-        if lease.record_transitioning(false) {
+        if lease.record_transition(None) {
             return Ok(());
         }
         self.leases.set_transitioning(lease, false).await

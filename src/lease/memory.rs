@@ -335,13 +335,9 @@ impl Held {
         self.store.live(self.flag.load(Ordering::Relaxed))
     }
 
-    /// Records whether the resource is left in transition, from now.
-    pub(super) fn set_transitioning(&self, transitioning: bool) {
-        let stamp = if transitioning {
-            self.store.stamp(Instant::now())
-        } else {
-            0
-        };
+    /// Records that the resource is left in a transition that started `since`, or is not.
+    pub(super) fn set_transition(&self, since: Option<Instant>) {
+        let stamp = since.map_or(0, |at| self.store.stamp(at));
         self.flag.store(stamp, Ordering::Relaxed);
     }
 }
@@ -406,7 +402,8 @@ impl LeaseStore for MemoryLeases {
         transitioning: bool,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            self.held(lease)?.set_transitioning(transitioning);
+            self.held(lease)?
+                .set_transition(transitioning.then(Instant::now));
             Ok(())
         })
     }

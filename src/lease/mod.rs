@@ -147,14 +147,15 @@ impl Lease {
         self.held()?.transition_start()
     }
 
-    /// Records at once whether the resource is left in transition, when the store allows it
+    /// Records at once that the resource is left in a transition that started `since` (a
+    /// reading of the clock the caller has anyway), or that it is not, when the store allows it
     /// without a call (a [`MemoryLeases`] lease holds its key's state); `false` when the store
     /// must be asked through [`LeaseStore::set_transitioning`].
-    pub(crate) fn record_transitioning(&self, transitioning: bool) -> bool {
+    pub(crate) fn record_transition(&self, since: Option<tokio::time::Instant>) -> bool {
         let Some(held) = self.held() else {
             return false;
         };
-        held.set_transitioning(transitioning);
+        held.set_transition(since);
         true
     }
 
