@@ -114,9 +114,13 @@ impl Request {
 
 struct Bench {
     rt: Runtime,
+    /// The simulator on the clients' own runtime: a request's latency is then the client's CPU
+    /// time plus the server's, the strictest setting for a ratio.
     sim: Sim,
+    /// The same simulator on a thread and runtime of its own, as a server in another process
+    /// would be: a request also waits for the wake-ups between the two threads.
+    apart: Sim,
     clients: Vec<(&'static str, Client)>,
-    get_url: String,
     /// The path of the one resource GETs read.
     read_me: String,
     body: Bytes,
@@ -130,11 +134,13 @@ impl Bench {
             .enable_all()
             .build()
             .expect("runtime");
-        let sim = rt.block_on(Sim::start(SimConfig {
+        let config = SimConfig {
             transition: Duration::ZERO,
             delete_transition: Duration::ZERO,
             ..SimConfig::default()
-        }));
+        };
+        let sim = rt.block_on(Sim::start(config.clone()));
+        let apart = sim_on_own_thread(config);
         let nsg = format!("{PREFIX}/read-me");
         let inner = reqwest::Client::new();
         let stack = |middleware: Option<ConflictMiddleware>| {
@@ -184,43 +190,52 @@ impl Bench {
                 .to_string(),
         );
         let bench = Self {
-            get_url: sim.url(&format!("{nsg}?{API}")),
             read_me: nsg,
             rt,
             sim,
+            apart,
             clients,
             body,
             counter: AtomicU64::new(0),
         };
-        bench.fresh_sim();
+        bench.fresh_sim(&bench.sim);
+        bench.fresh_sim(&bench.apart);
         bench
     }
 
     /// Empties the simulator but for the resource the GETs read. Every PUT creates a resource,
     /// and a simulator holding hundreds of thousands of them answers more slowly: without this,
     /// whichever client is measured last would pay for the ones measured before it.
-    fn fresh_sim(&self) {
-        self.sim.reset();
-        self.sim.seed(
+    fn fresh_sim(&self, sim: &Sim) {
+        sim.reset();
+        sim.seed(
             &self.read_me,
             serde_json::json!({"location": "westus", "properties": {"securityRules": []}}),
         );
     }
 
-    fn fresh_url(&self) -> String {
+    fn fresh_url(&self, sim: &Sim) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.sim.url(&format!("{PREFIX}/nsg{n}?{API}"))
+        sim.url(&format!("{PREFIX}/nsg{n}?{API}"))
+    }
+
+    fn get_url(&self, sim: &Sim) -> String {
+        sim.url(&format!("{}?{API}", self.read_me))
     }
 
     /// `iters` requests of one kind through one client, timed as a whole.
     async fn run(&self, client: &Client, put: bool, iters: u64) -> Duration {
-        self.fresh_sim();
+        self.fresh_sim(&self.sim);
+        let get_url = self.get_url(&self.sim);
         let started = Instant::now();
         for _ in 0..iters {
             if put {
-                client.put(&self.fresh_url(), &self.body).run(201).await;
+                client
+                    .put(&self.fresh_url(&self.sim), &self.body)
+                    .run(201)
+                    .await;
             } else {
-                client.get(&self.get_url).run(200).await;
+                client.get(&get_url).run(200).await;
             }
         }
         started.elapsed()
@@ -228,7 +243,15 @@ impl Bench {
 
     /// Per-request latencies, `rounds` × `per_round` per client, clients interleaved (in a
     /// rotating order) so that slow phases of a noisy machine hit every client alike.
-    fn paired(&self, names: &[&str], put: bool, rounds: usize, per_round: usize) -> Vec<f64> {
+    fn paired(
+        &self,
+        sim: &Sim,
+        names: &[&str],
+        put: bool,
+        rounds: usize,
+        per_round: usize,
+    ) -> Vec<f64> {
+        let get_url = self.get_url(sim);
         let clients: Vec<&Client> = names
             .iter()
             .map(|n| &self.clients.iter().find(|(name, _)| name == n).unwrap().1)
@@ -236,15 +259,18 @@ impl Bench {
         let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds * per_round); names.len()];
         self.rt.block_on(async {
             for round in 0..rounds {
-                self.fresh_sim();
+                self.fresh_sim(sim);
                 for k in 0..clients.len() {
                     let i = (round + k) % clients.len();
                     for _ in 0..per_round {
                         let started = Instant::now();
                         if put {
-                            clients[i].put(&self.fresh_url(), &self.body).run(201).await;
+                            clients[i]
+                                .put(&self.fresh_url(sim), &self.body)
+                                .run(201)
+                                .await;
                         } else {
-                            clients[i].get(&self.get_url).run(200).await;
+                            clients[i].get(&get_url).run(200).await;
                         }
                         samples[i].push(started.elapsed().as_secs_f64());
                     }
@@ -333,35 +359,32 @@ fn main() {
         }
     }
 
-    println!("\ninterleaved check (30 rounds × 200 requests per client, per-request medians):");
-    for (label, put, names, target) in [
-        (
-            "get_passthrough",
-            false,
-            &[
-                "bare_middleware",
-                "conflict",
-                "reqwest",
-                "resend_floor",
-                "reqwest_retry",
-            ][..],
-            GET_TARGET,
-        ),
-        (
-            "put_uncontended",
-            true,
-            &[
-                "bare_middleware",
-                "conflict",
-                "conflict_no_leases",
-                "reqwest",
-                "resend_floor",
-                "reqwest_retry",
-            ][..],
-            PUT_TARGET,
-        ),
+    for (sim, setting) in [
+        (&bench.sim, "the simulator on the clients' runtime"),
+        (&bench.apart, "the simulator on a thread of its own"),
     ] {
-        let medians = bench.paired(names, put, 30, 200);
+        println!(
+            "\ninterleaved check, {setting} (30 rounds × 200 requests per client, per-request medians):"
+        );
+        interleaved(&bench, sim);
+    }
+
+    same_resource(&bench);
+}
+
+/// Every client's median latency against `bare_middleware`'s, clients interleaved, on `sim`.
+fn interleaved(bench: &Bench, sim: &Sim) {
+    const OTHERS: [&str; 3] = ["reqwest", "resend_floor", "reqwest_retry"];
+    for (label, put, target) in [
+        ("get_passthrough", false, GET_TARGET),
+        ("put_uncontended", true, PUT_TARGET),
+    ] {
+        let mut names = vec!["bare_middleware", "conflict"];
+        if put {
+            names.push("conflict_no_leases");
+        }
+        names.extend(OTHERS);
+        let medians = bench.paired(sim, &names, put, 30, 200);
         for (name, m) in names.iter().zip(&medians) {
             let ratio = m / medians[0];
             let check = if *name == "conflict" {
@@ -375,8 +398,22 @@ fn main() {
             );
         }
     }
+}
 
-    same_resource(&bench);
+/// A simulator serving from a thread and runtime of its own, for as long as the bench runs.
+fn sim_on_own_thread(config: SimConfig) -> Sim {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            tx.send(Sim::start(config).await).expect("bench is waiting");
+            std::future::pending::<()>().await
+        });
+    });
+    rx.recv().expect("simulator started")
 }
 
 /// Sequential updates of one existing resource — no concurrency, nothing to conflict with. The
