@@ -322,8 +322,15 @@ fn decimal_len(n: u16) -> usize {
 /// The `api-version` parameter of a query string, decoded only when it is encoded.
 fn api_version_in(query: &str) -> Option<Cow<'_, str>> {
     const NAME: &[u8] = b"api-version=";
+    let encoded = |s: &str| s.bytes().any(|b| b == b'%' || b == b'+');
+    // What ARM clients send, on every write: the parameter first, as spelled here.
+    if let Some(rest) = query.strip_prefix("api-version=") {
+        let value = rest.split_once('&').map_or(rest, |(value, _)| value);
+        if !encoded(value) {
+            return Some(Cow::Borrowed(value));
+        }
+    }
     query.split('&').find_map(|pair| {
-        let encoded = |s: &str| s.bytes().any(|b| b == b'%' || b == b'+');
         // The common spelling first: a plain `api-version=…`.
         if let Some(value) = pair
             .as_bytes()
@@ -676,6 +683,9 @@ mod tests {
     fn api_version_spellings() {
         for (query, expected) in [
             ("api-version=2024-07-01", Some("2024-07-01")),
+            ("api-version=2024-07-01&x=1", Some("2024-07-01")),
+            ("api-version=&x=1", Some("")),
+            ("api-version=a%2Db&x=1", Some("a-b")),
             ("x=1&API-Version=2024-07-01&y=2", Some("2024-07-01")),
             ("api%2Dversion=2024%2D07%2D01", Some("2024-07-01")),
             ("api-version=a+b", Some("a b")),
