@@ -465,7 +465,7 @@ impl Engine {
         original: &Original<'_>,
     ) -> Result<Answer<T::Response>, Failure<T::Error>> {
         // The clock is read here, when the journal entry opens and when the answer is back (and
-        // once more after waiting for a parent): a reading costs a sixth of an uncontended lease.
+        // once more after waiting for a parent): a reading costs about a fifth of an uncontended lease.
         let deadline = Instant::now() + self.policy.deadline;
         // The resource's own lease, and its parent's when the policy names one (rare). The
         // parent's key is a prefix of the resource's, so it sorts first: keys are always taken
