@@ -159,6 +159,8 @@ impl ConflictMiddleware {
 /// What is kept of a request while the engine runs: the request itself when its body can be
 /// copied (every send, the first included, is then a copy of it, so the write's future holds
 /// one request, not two); else its head alone, the request being sent once, as it is.
+// The large variant is the common one: boxing it would add an allocation to every write.
+#[allow(clippy::large_enum_variant)]
 enum Kept {
     Resendable(Request),
     Head(Box<(Method, Url, HeaderMap)>),
