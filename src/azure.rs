@@ -41,6 +41,7 @@ use crate::{
         BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport,
         engine_accessors, is_safe,
     },
+    resource::Target,
 };
 
 /// Resolves 409 Conflict and 412 Precondition Failed answers in an `azure_core` pipeline.
@@ -147,7 +148,7 @@ impl Policy for AzureConflictPolicy {
         let headers = header_map(request.headers());
         let original = Original {
             method: &method,
-            resource: ResourceId::from_url(&url),
+            resource: Target::of(&url),
             url: &url,
             headers: &headers,
             overrides: overrides(ctx),
@@ -163,7 +164,8 @@ impl Policy for AzureConflictPolicy {
                 if let (Some(report), Some(reports)) = (report, ctx.value::<ConflictReports>()) {
                     reports.push(*report);
                 }
-                Ok(self.remember(Some(original.resource), answer.raw))
+                let resource = self.engine.to_remember(original.resource);
+                Ok(self.remember(resource, answer.raw))
             }
             Err(Failure::Transport(error)) => Err(error),
             Err(Failure::Conflict(error)) => Err(error.into()),

@@ -12,6 +12,7 @@ use crate::{
         BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport,
         engine_accessors, is_safe,
     },
+    resource::Target,
 };
 
 /// Resolves 409 Conflict and 412 Precondition Failed answers for a `reqwest-middleware` client.
@@ -130,7 +131,7 @@ impl ConflictMiddleware {
             let (method, url, headers) = kept.head();
             let original = Original {
                 method,
-                resource: ResourceId::from_url(url),
+                resource: Target::of(url),
                 url,
                 headers,
                 overrides,
@@ -147,7 +148,8 @@ impl ConflictMiddleware {
                     if let Some(report) = report {
                         response.extensions_mut().insert(*report);
                     }
-                    Ok(self.remember(Some(original.resource), response))
+                    let resource = self.engine.to_remember(original.resource);
+                    Ok(self.remember(resource, response))
                 }
                 Err(Failure::Transport(error)) => Err(error),
                 Err(Failure::Conflict(error)) => Err(reqwest_middleware::Error::middleware(error)),

@@ -216,11 +216,15 @@ impl LeasePolicy {
     /// is listed in [`lock_parent_of`](Self::lock_parent_of).
     pub(crate) fn parent_to_lock(&self, resource: &crate::ResourceId) -> Option<crate::ResourceId> {
         let t = resource.resource_type()?;
-        self.lock_parent_of
-            .iter()
-            .any(|listed| listed.eq_ignore_ascii_case(t))
+        self.locks_parent(|listed| listed.eq_ignore_ascii_case(t))
             .then(|| resource.parent())
             .flatten()
+    }
+
+    /// Whether a resource whose type `is_type` says is one of [`lock_parent_of`](Self::lock_parent_of)
+    /// (asked of each listed type): the engine asks without making the type's string.
+    pub(crate) fn locks_parent(&self, is_type: impl Fn(&str) -> bool) -> bool {
+        self.lock_parent_of.iter().any(|listed| is_type(listed))
     }
 }
 

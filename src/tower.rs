@@ -37,6 +37,7 @@ use crate::{
         BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport,
         engine_accessors, is_safe,
     },
+    resource::Target,
 };
 
 mod response_body;
@@ -219,7 +220,7 @@ where
     };
     let original = Original {
         method: &head.method,
-        resource: ResourceId::from_url(&url),
+        resource: Target::of(&url),
         url: &url,
         headers: &head.headers,
         overrides: Overrides::from_extensions(&head.extensions),
@@ -235,7 +236,8 @@ where
             if let Some(report) = report {
                 response.extensions_mut().insert(*report);
             }
-            Ok(remember(&engine, Some(original.resource), response))
+            let resource = engine.to_remember(original.resource);
+            Ok(remember(&engine, resource, response))
         }
         Err(Failure::Transport(error)) => Err(error),
         Err(Failure::Conflict(error)) => Err(Box::new(error)),

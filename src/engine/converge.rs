@@ -185,7 +185,7 @@ impl Engine {
                                 "operation status {} answered 404; polling the resource instead",
                                 redact(&target)
                             ));
-                            target = original.resource.fetch_url(original.url);
+                            target = original.resource.id().fetch_url(original.url);
                             source = Source::Resource;
                             delay = Duration::ZERO;
                             trail.observe("operation not found", false);
@@ -275,7 +275,10 @@ impl Engine {
                 Err(_) => notes.push("referenced resource is not a valid ARM ID".to_owned()),
             }
         }
-        (original.resource.fetch_url(original.url), Source::Resource)
+        (
+            original.resource.id().fetch_url(original.url),
+            Source::Resource,
+        )
     }
 
     /// Polls go to the request's own origin, or to an allow-listed host over https.

@@ -29,7 +29,7 @@ use url::Url;
 use crate::{
     Classifier, ConflictKind, ConflictPolicy, ConflictReport, ConflictStats, Error, Journal, Lease,
     LeaseStore, MemoryLeases, MergeBase, PolicyOverride, PreconditionStrategy, Prerequisite,
-    ResourceId, report::Outcome,
+    ResourceId, report::Outcome, resource::Target,
 };
 
 /// A boxed, sendable future, as the adapters' own stacks use.
@@ -123,7 +123,7 @@ pub(crate) struct Original<'a> {
     pub method: &'a http::Method,
     pub url: &'a Url,
     pub headers: &'a HeaderMap,
-    pub resource: ResourceId,
+    pub resource: Target<'a>,
     /// Per-request settings from the request's extensions.
     pub overrides: Overrides,
 }
@@ -258,15 +258,10 @@ static AZURE_ASYNC_OPERATION: http::HeaderName =
 /// long-running operations, or names an `Azure-AsyncOperation` to poll. Judged from the head
 /// alone, so successful bodies are never read. Other APIs have no such contract (a 201 from
 /// `POST /items` is just "created"), so they are never marked.
-pub(crate) fn leaves_transition(
-    resource: &ResourceId,
-    status: StatusCode,
-    headers: &HeaderMap,
-) -> bool {
-    resource.is_arm()
-        && (status == StatusCode::CREATED
-            || status == StatusCode::ACCEPTED
-            || (status.is_success() && headers.contains_key(&AZURE_ASYNC_OPERATION)))
+pub(crate) fn leaves_transition(arm: bool, status: StatusCode, headers: &HeaderMap) -> bool {
+    arm && (status == StatusCode::CREATED
+        || status == StatusCode::ACCEPTED
+        || (status.is_success() && headers.contains_key(&AZURE_ASYNC_OPERATION)))
 }
 
 /// Whether a status is one this crate resolves.
@@ -341,9 +336,14 @@ impl Engine {
     /// This engine with the policy for `original`: its resource type's override, then the
     /// request's own. Borrowed (free) when neither exists.
     fn for_request(&self, original: &Original<'_>) -> Cow<'_, Engine> {
-        let typed = match original.resource.resource_type() {
-            Some(t) if !self.by_type.is_empty() => self.by_type.get(&t.to_ascii_lowercase()),
-            _ => None,
+        // The type's string is made (with the whole ID) only when some type has an override.
+        let typed = match self.by_type.is_empty() {
+            true => None,
+            false => original
+                .resource
+                .id()
+                .resource_type()
+                .and_then(|t| self.by_type.get(&t.to_ascii_lowercase())),
         };
         let request = original.overrides.policy.as_ref();
         if typed.is_none() && request.is_none() {
@@ -364,6 +364,11 @@ impl Engine {
     /// Whether successful bodies are wanted as merge bases (the policy merges).
     pub(crate) fn remembers(&self) -> bool {
         self.remembered.is_some()
+    }
+
+    /// The ID a write's answer is remembered under, when the policy merges (made only then).
+    pub(crate) fn to_remember(&self, resource: Target<'_>) -> Option<ResourceId> {
+        self.remembers().then(|| resource.into_id())
     }
 
     /// The headers a re-fetch, poll or prerequisite action carries: only the original's headers
@@ -423,12 +428,12 @@ impl Engine {
     }
 
     /// Takes the lease on `id`.
-    async fn lease(&self, id: &ResourceId, wait: std::time::Duration) -> Result<Lease, Error> {
+    async fn lease(&self, key: &Arc<str>, wait: std::time::Duration) -> Result<Lease, Error> {
         match &self.memory {
-            Some(memory) => memory.lease(id.shared_key(), wait).await,
+            Some(memory) => memory.lease(key, wait).await,
             None => {
                 let ttl = self.policy.leases.ttl;
-                self.leases.acquire(id.key(), ttl, wait).await
+                self.leases.acquire(key, ttl, wait).await
             }
         }
     }
@@ -474,7 +479,13 @@ impl Engine {
         let own = if self.policy.leases.enabled && !is_safe(original.method) {
             // Nothing has been waited for yet.
             let mut wait = self.policy.deadline;
-            if let Some(id) = self.policy.leases.parent_to_lock(&original.resource) {
+            if let Some(id) = self
+                .policy
+                .leases
+                .locks_parent(|t| original.resource.is_type(t))
+                .then(|| original.resource.id().parent())
+                .flatten()
+            {
                 // Through the store's boxed future: a parent is rare, and its own inline
                 // future would double this one's size.
                 let ttl = self.policy.leases.ttl;
@@ -482,7 +493,7 @@ impl Engine {
                 parent = Some(lease.map_err(Failure::Conflict)?);
                 wait = deadline.saturating_duration_since(Instant::now());
             }
-            let lease = self.lease(&original.resource, wait).await;
+            let lease = self.lease(original.resource.shared_key(), wait).await;
             Some(lease.map_err(Failure::Conflict)?)
         } else {
             None
@@ -522,7 +533,7 @@ impl Engine {
 
         if let (Some(lease), Ok((response, _))) = (&own, &result)
             && leaves_transition(
-                &original.resource,
+                original.resource.is_arm(),
                 T::status(response),
                 T::headers(response),
             )
@@ -564,7 +575,7 @@ impl Engine {
             return Ok(());
         }
         let key = original.resource.key();
-        let kind = original.resource.resource_type().unwrap_or_default();
+        let kind = original.resource.id().resource_type().unwrap_or_default();
         let start = lease
             .transition_start()
             .or_else(|| self.clock.take_start(key));
@@ -572,7 +583,7 @@ impl Engine {
             planned: self.clock.plan(start, kind, self.policy.poll.min_delay),
             lenient: true,
             ..converge::Watch::state(
-                original.resource.fetch_url(original.url),
+                original.resource.id().fetch_url(original.url),
                 state::Source::Resource,
             )
         };
@@ -614,7 +625,7 @@ impl Engine {
         let span = tracing::info_span!(
             "conflict_resolution",
             resource = %original.resource.key(),
-            resource_type = original.resource.resource_type().unwrap_or(""),
+            resource_type = original.resource.id().resource_type().unwrap_or(""),
             kind = Empty,
             code = Empty,
             attempts = Empty,
@@ -634,7 +645,7 @@ impl Engine {
                     Ok((_, Some(report))) => report,
                     _ => scratch.insert(Box::new(ConflictReport::new(
                         original.resource.key().to_owned(),
-                        original.resource.resource_type().map(str::to_owned),
+                        original.resource.id().resource_type().map(str::to_owned),
                         &crate::Classification::default(),
                     ))),
                 };
@@ -643,7 +654,7 @@ impl Engine {
                     tracing::warn!(steps = ?lost.steps, notes = ?lost.notes, "restored after a failed request");
                 }
             }
-            let resource_type = original.resource.resource_type();
+            let resource_type = original.resource.id().resource_type();
             match &result {
                 Ok((_, Some(report))) => self.stats.resolution(resource_type, report),
                 Ok((_, None)) | Err(Failure::Transport(_)) => {}
@@ -695,13 +706,13 @@ impl Engine {
             let report = report.get_or_insert_with(|| {
                 ConflictReport::new(
                     original.resource.key().to_owned(),
-                    original.resource.resource_type().map(str::to_owned),
+                    original.resource.id().resource_type().map(str::to_owned),
                     &classification,
                 )
             });
             report.conflicts += 1;
             self.stats
-                .conflict(original.resource.resource_type(), &classification);
+                .conflict(original.resource.id().resource_type(), &classification);
             tracing::debug!(
                 kind = %classification.kind,
                 code = classification.code.as_deref().unwrap_or(""),

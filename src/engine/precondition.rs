@@ -128,7 +128,7 @@ impl Engine {
         report: &mut ConflictReport,
         deadline: Instant,
     ) -> Option<Fetched> {
-        let url = original.resource.fetch_url(original.url);
+        let url = original.resource.id().fetch_url(original.url);
         let remaining = deadline.saturating_duration_since(Instant::now());
         let fetch = transport.fetch(
             url,

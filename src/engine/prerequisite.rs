@@ -21,7 +21,12 @@ impl Engine {
         self.policy
             .prerequisites
             .iter()
-            .find(|p| p.matches(original.resource.resource_type(), &report.classification))
+            .find(|p| {
+                p.matches(
+                    original.resource.id().resource_type(),
+                    &report.classification,
+                )
+            })
             .cloned()
     }
 
@@ -61,7 +66,10 @@ impl Engine {
             return;
         };
         let deadline = Instant::now() + self.policy.deadline;
-        let resource = Watch::state(original.resource.fetch_url(original.url), Source::Resource);
+        let resource = Watch::state(
+            original.resource.id().fetch_url(original.url),
+            Source::Resource,
+        );
         let mut seen = Observations::default();
         if !self
             .poll(transport, original, resource, deadline, &mut seen)
@@ -198,7 +206,7 @@ pub(super) enum Prepared {
 
 /// `{resource}/{path}` on the request's origin, with its `api-version`.
 fn under(original: &Original<'_>, path: &str) -> Url {
-    let mut url = original.resource.fetch_url(original.url);
+    let mut url = original.resource.id().fetch_url(original.url);
     let path = path.trim_matches('/');
     if !path.is_empty() {
         let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
