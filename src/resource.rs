@@ -296,6 +296,8 @@ pub(crate) struct Target<'u> {
     /// `None` when the path is not an ARM resource ID (the ID is then made at once: its key is
     /// most of it).
     shape: Option<Shape<'u>>,
+    /// The length of the resource type's string (asked of every type the policy lists).
+    type_len: usize,
     id: OnceLock<ResourceId>,
 }
 
@@ -306,6 +308,7 @@ impl<'u> Target<'u> {
             Ok(shape) => Self {
                 url,
                 key: arm_key(&url.path()[..shape.resource_end]),
+                type_len: shape.type_len(),
                 shape: Some(shape),
                 id: OnceLock::new(),
             },
@@ -315,6 +318,7 @@ impl<'u> Target<'u> {
                     url,
                     key: id.key.clone(),
                     shape: None,
+                    type_len: 0,
                     id: OnceLock::from(id),
                 }
             }
@@ -347,7 +351,7 @@ impl<'u> Target<'u> {
             Kind::ResourceGroup => resource_type.eq_ignore_ascii_case(RESOURCE_GROUPS),
             // The lengths first: they tell most types apart, and this runs for every listed
             // type on every write.
-            Kind::Provider if resource_type.len() != shape.type_len() => false,
+            Kind::Provider if resource_type.len() != self.type_len => false,
             Kind::Provider => {
                 let mut rest = resource_type.as_bytes();
                 shape.type_segs().enumerate().all(|(k, seg)| {
