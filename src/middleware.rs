@@ -172,7 +172,13 @@ impl Kept {
     /// What to keep of `request`, and the request to send first when it cannot be copied
     /// (boxed: a streamed body is rare, and the write's future stays small without it).
     fn new(request: Request) -> (Self, Option<Box<Request>>) {
+        // reqwest copies a body exactly when it holds its bytes (`as_bytes`); told apart without
+        // making a copy here, which the first send makes.
         if request.body().is_none_or(|body| body.as_bytes().is_some()) {
+            debug_assert!(
+                request.try_clone().is_some(),
+                "a body in memory can be copied"
+            );
             return (Self::Resendable(request), None);
         }
         let head = (

@@ -286,18 +286,17 @@ fn arm_key(path: &str) -> Arc<str> {
 }
 
 /// The resource a request writes, as far as a write that meets no conflict needs it: its key,
-/// whether it is an ARM resource, and its type, compared in place. The whole [`ResourceId`] —
-/// the path as spelled, the origin, the action, the `api-version`, all of which only re-fetches,
-/// reports and merge bases use — is made on first use: a write that meets no conflict makes one
-/// allocation here, not two (about 1 % of a loopback round trip; see BENCHMARKS.md).
+/// whether it is an ARM resource, and the length of its type. The whole [`ResourceId`] — the path
+/// as spelled, the origin, the action, the `api-version`, all of which only re-fetches, reports,
+/// merge bases and parent leases use — is made on first use: a write that meets no conflict
+/// makes one allocation here, not two (about 1 % of a loopback round trip; see BENCHMARKS.md).
+/// Small, since every write's future holds one.
 pub(crate) struct Target<'u> {
     url: &'u Url,
     key: Arc<str>,
-    /// `None` when the path is not an ARM resource ID (the ID is then made at once: its key is
-    /// most of it).
-    shape: Option<Shape<'u>>,
-    /// The length of the resource type's string (asked of every type the policy lists).
-    type_len: usize,
+    /// The length of the resource type's string; `None` when the path is not an ARM resource ID
+    /// (the ID is then made at once: its key is most of it).
+    type_len: Option<usize>,
     id: OnceLock<ResourceId>,
 }
 
@@ -308,8 +307,7 @@ impl<'u> Target<'u> {
             Ok(shape) => Self {
                 url,
                 key: arm_key(&url.path()[..shape.resource_end]),
-                type_len: shape.type_len(),
-                shape: Some(shape),
+                type_len: Some(shape.type_len()),
                 id: OnceLock::new(),
             },
             Err(_) => {
@@ -317,8 +315,7 @@ impl<'u> Target<'u> {
                 Self {
                     url,
                     key: id.key.clone(),
-                    shape: None,
-                    type_len: 0,
+                    type_len: None,
                     id: OnceLock::from(id),
                 }
             }
@@ -337,35 +334,19 @@ impl<'u> Target<'u> {
 
     /// [`ResourceId::is_arm`].
     pub(crate) fn is_arm(&self) -> bool {
-        self.shape.is_some()
+        self.type_len.is_some()
     }
 
-    /// Whether the resource type is `resource_type`, compared as ARM compares it (ignoring case),
-    /// without making the type's string.
+    /// Whether the resource type is `resource_type`, compared as ARM compares it (ignoring case).
+    /// The lengths first: they tell most types apart without making the ID, and this is asked of
+    /// every type the policy lists, on every write. Types of equal length are compared on the
+    /// ID, which a match needs anyway (to find the parent).
     pub(crate) fn is_type(&self, resource_type: &str) -> bool {
-        let Some(shape) = &self.shape else {
-            return false;
-        };
-        match shape.kind {
-            Kind::Subscription => resource_type.eq_ignore_ascii_case(SUBSCRIPTIONS),
-            Kind::ResourceGroup => resource_type.eq_ignore_ascii_case(RESOURCE_GROUPS),
-            // The lengths first: they tell most types apart, and this runs for every listed
-            // type on every write.
-            Kind::Provider if resource_type.len() != self.type_len => false,
-            Kind::Provider => {
-                let mut rest = resource_type.as_bytes();
-                shape.type_segs().enumerate().all(|(k, seg)| {
-                    // Equal lengths: every cut below is within `rest`.
-                    let separated = k == 0 || rest.first() == Some(&b'/');
-                    if k > 0 {
-                        rest = rest.get(1..).unwrap_or_default();
-                    }
-                    let (head, tail) = rest.split_at(seg.len().min(rest.len()));
-                    rest = tail;
-                    separated && head.eq_ignore_ascii_case(seg.as_bytes())
-                })
-            }
-        }
+        self.type_len == Some(resource_type.len())
+            && self
+                .id()
+                .resource_type()
+                .is_some_and(|t| t.eq_ignore_ascii_case(resource_type))
     }
 
     /// The whole ID, made on first use.
@@ -381,21 +362,18 @@ impl<'u> Target<'u> {
         }
     }
 
+    /// The ID of an ARM target (another has its ID from the start), its path parsed again: a
+    /// shape is too large to keep in every write's future for the few that need it.
     fn make(&self) -> ResourceId {
-        match &self.shape {
-            Some(shape) => {
+        let path = self.url.path();
+        match Shape::of(path) {
+            Ok(shape) => {
                 let api_version = self.url.query().and_then(api_version_in);
-                let path = self.url.path();
-                ResourceId::arm(
-                    Some(self.url),
-                    path,
-                    shape,
-                    api_version,
-                    Some(self.key.clone()),
-                )
+                let key = Some(self.key.clone());
+                ResourceId::arm(Some(self.url), path, &shape, api_version, key)
             }
-            // Made in `of`: a target without a shape always has its ID.
-            None => ResourceId::from_url(self.url),
+            // The same path parsed in `of`: never, but it would be a non-ARM ID.
+            Err(_) => ResourceId::from_url(self.url),
         }
     }
 }
@@ -806,45 +784,89 @@ mod tests {
         assert!(!is_keyword("résourcegroups", "resourcegroups"));
     }
 
+    /// Asserts that the lazy target of `url` is, in every respect the engine uses, the ID
+    /// `ResourceId::from_url` makes, and that it makes nothing it was not asked for.
+    fn assert_target_is_its_id(url: &Url, types: &[&str]) {
+        let expected = ResourceId::from_url(url);
+        let target = Target::of(url);
+        assert_eq!(target.key(), expected.key(), "{url}");
+        assert_eq!(target.is_arm(), expected.is_arm(), "{url}");
+        // An ARM target has made no ID yet; another made it at once.
+        assert_eq!(target.id.get().is_some(), !expected.is_arm(), "{url}");
+        let mut types = types.to_vec();
+        types.extend(expected.resource_type());
+        let upper = expected.resource_type().map(str::to_ascii_uppercase);
+        types.extend(upper.as_deref());
+        // Of the same length, the last letter differing.
+        let near = expected.resource_type().and_then(|t| {
+            let mut near = t.to_owned();
+            near.pop().filter(char::is_ascii)?;
+            near.push('#');
+            Some(near)
+        });
+        types.extend(near.as_deref());
+        for t in types {
+            let same = expected
+                .resource_type()
+                .is_some_and(|rt| rt.eq_ignore_ascii_case(t));
+            assert_eq!(target.is_type(t), same, "{url} is {t:?}");
+        }
+        assert_eq!(target.id(), &expected, "{url}");
+        assert_eq!(target.id().parent(), expected.parent(), "{url}");
+        assert_eq!(Target::of(url).into_id(), expected, "{url}");
+        // Made once, sharing the key the lease and the journal hold.
+        assert!(Arc::ptr_eq(target.shared_key(), &target.id().key));
+    }
+
     #[test]
     fn a_target_is_its_resource_id_made_lazily() {
+        let types = [
+            "Microsoft.Network/virtualNetworks/subnets",
+            "microsoft.network/VIRTUALNETWORKS/subnets",
+            "Microsoft.Network/virtualNetworks",
+            "Microsoft.Network/virtualNetworks/subnets/x",
+            // The length of `Microsoft.Network/virtualNetworks/subnets`, the type differing.
+            "Microsoft.Network/virtualNetworkssubnets/",
+            "Microsoft.Network/virtualNetworks/subnetz",
+            "Microsoft.Network/virtualNetworks/subnet/",
+            "Microsoft.Network/virtualNetworks/subnéts",
+            "Microsoft.Compute/virtualMachines",
+            "Microsoft.Compute/virtualMachinez",
+            "Microsoft.Insights/diagnosticSettings",
+            "Microsoft.Insights/diagnosticSettingz",
+            "Microsoft.Resources/resourceGroups",
+            "Microsoft.Resources/subscriptions",
+            "",
+        ];
         for url in [
             "https://management.azure.com/subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/V/subnets/Default?api-version=2024-05-01",
+            "https://management.azure.com/SUBSCRIPTIONS/S/RESOURCEGROUPS/RG/Providers/Microsoft.Network/virtualNetworks/V/subnets/Default/",
             "https://management.azure.com/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/vm/deallocate?x=1&api-version=2024-07-01",
             "https://management.azure.com/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/vm/providers/Microsoft.Insights/diagnosticSettings/d",
+            "https://management.azure.com/subscriptions/S/resourceGroups/R%20G/providers/Microsoft.Web/sites/s%2Fx//",
+            "https://management.azure.com/subscriptions/S/resourceGroups/RG/exportTemplate",
             "https://management.azure.com/subscriptions/S/resourceGroups/RG",
+            "https://management.azure.com/subscriptions/S/register",
             "https://management.azure.com/subscriptions/S",
             "https://example.com/items/42?x=1",
             "https://management.azure.com/subscriptions//resourceGroups/rg",
         ] {
-            let url = Url::parse(url).unwrap();
-            let expected = ResourceId::from_url(&url);
-            let target = Target::of(&url);
-            assert_eq!(target.key(), expected.key(), "{url}");
-            assert_eq!(target.is_arm(), expected.is_arm(), "{url}");
-            for t in [
-                "Microsoft.Network/virtualNetworks/subnets",
-                "microsoft.network/VIRTUALNETWORKS/subnets",
-                "Microsoft.Network/virtualNetworks",
-                "Microsoft.Network/virtualNetworks/subnets/x",
-                "Microsoft.Network/virtualNetworkssubnets/",
-                "Microsoft.Network/virtualNetworks/subnetz",
-                "Microsoft.Network/virtualNetworks/subnet/",
-                "Microsoft.Compute/virtualMachines",
-                "Microsoft.Insights/diagnosticSettings",
-                "Microsoft.Resources/resourceGroups",
-                "Microsoft.Resources/subscriptions",
-                "",
-            ] {
-                let same = expected
-                    .resource_type()
-                    .is_some_and(|rt| rt.eq_ignore_ascii_case(t));
-                assert_eq!(target.is_type(t), same, "{url} is {t:?}");
+            assert_target_is_its_id(&Url::parse(url).unwrap(), &types);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3_000))]
+
+        #[test]
+        fn a_target_is_its_resource_id_for_any_path(
+            path in "(/(subscriptions|SUBSCRIPTIONS)/s1(/(resourceGroups|RESOURCEGROUPS)/g)?)?((/(providers|Providers)/Microsoft\\.[A-Za-z]{1,3}(/[a-zA-Z]{1,4}/[a-zA-Z0-9é%.-]{1,4}){1,3})|/[a-zA-Zé0-9%.-]{0,5}){0,4}/{0,2}",
+            query in "(\\?(api-version=[0-9-]{0,10}|x=1&API-Version=2)?)?",
+            other in "[a-zA-Z./]{0,45}",
+        ) {
+            if let Ok(url) = Url::parse(&format!("https://management.azure.com{path}{query}")) {
+                assert_target_is_its_id(&url, &[&other]);
             }
-            assert_eq!(target.id(), &expected, "{url}");
-            assert_eq!(Target::of(&url).into_id(), expected, "{url}");
-            // Made once, sharing the key the lease and the journal hold.
-            assert!(Arc::ptr_eq(target.shared_key(), &target.id().key));
         }
     }
 
