@@ -18,13 +18,16 @@
 //!
 //! The simulator runs with zero-length transitions. Every PUT creates a resource of its own (a
 //! counter in the name), so no PUT ever meets a 409, nor a lease held by another writer, nor a
-//! transition left by an earlier write to the same resource. Client and server share one
-//! current-thread runtime, so a request's latency is the client's CPU time plus the server's.
+//! transition left by an earlier write to the same resource. For criterion, client and server
+//! share one current-thread runtime, so a request's latency is the client's CPU time plus the
+//! server's: the strictest setting for a ratio.
 //!
 //! After criterion, unless a filter was given, the bench prints the ratio of criterion's medians
 //! (each client against `bare_middleware`), then a second estimate less exposed to a noisy
-//! machine: rounds of 200 requests per client, interleaved, per-request latencies, medians, ratio.
-//! Last, it times sequential updates of ONE resource (not a criterion bench: see the note there).
+//! machine: rounds of 200 requests per client, interleaved, per-request latencies, medians, ratio
+//! — once with the simulator on the clients' runtime, once with it on a thread and runtime of its
+//! own, as a server in another process would be. Last, it times sequential updates of ONE
+//! resource (not a criterion bench: see the note there).
 
 use std::{
     path::PathBuf,
