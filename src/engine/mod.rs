@@ -337,13 +337,11 @@ impl Engine {
     /// request's own. Borrowed (free) when neither exists.
     fn for_request(&self, original: &Original<'_>) -> Cow<'_, Engine> {
         // The type's string is made (with the whole ID) only when some type has an override.
-        let typed = match self.by_type.is_empty() {
-            true => None,
-            false => original
-                .resource
-                .id()
-                .resource_type()
-                .and_then(|t| self.by_type.get(&t.to_ascii_lowercase())),
+        let typed = if self.by_type.is_empty() {
+            None
+        } else {
+            let resource_type = original.resource.id().resource_type();
+            resource_type.and_then(|t| self.by_type.get(&t.to_ascii_lowercase()))
         };
         let request = original.overrides.policy.as_ref();
         if typed.is_none() && request.is_none() {
@@ -427,7 +425,7 @@ impl Engine {
         engine
     }
 
-    /// Takes the lease on `id`.
+    /// Takes the lease on `key`.
     async fn lease(&self, key: &Arc<str>, wait: std::time::Duration) -> Result<Lease, Error> {
         match &self.memory {
             Some(memory) => memory.lease(key, wait).await,
@@ -470,7 +468,8 @@ impl Engine {
         original: &Original<'_>,
     ) -> Result<Answer<T::Response>, Failure<T::Error>> {
         // The clock is read here, when the journal entry opens and when the answer is back (and
-        // once more after waiting for a parent): a reading costs about a fifth of an uncontended lease.
+        // once more after waiting for a parent): a reading costs about a fifth of an uncontended
+        // lease.
         let deadline = Instant::now() + self.policy.deadline;
         // The resource's own lease, and its parent's when the policy names one (rare). The
         // parent's key is a prefix of the resource's, so it sorts first: keys are always taken
