@@ -130,6 +130,19 @@ fn config(transition: Duration) -> SimConfig {
     }
 }
 
+/// A simulator whose resources are all `Updating` and never leave it.
+async fn stuck_sim() -> Sim {
+    let sim = sim(config(Duration::from_millis(40))).await;
+    sim.set_faults(Faults {
+        never_converge: true,
+        ..Faults::default()
+    });
+    for path in widgets() {
+        sim.begin_transition(&path, "Updating", None);
+    }
+    sim
+}
+
 /// Puts every resource in transition for `duration`, so the first writer of each meets a 409.
 fn busy(sim: &Sim, duration: Duration) {
     for path in widgets() {
@@ -421,14 +434,7 @@ async fn malformed_and_truncated_409_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_that_never_converges() {
-    let sim = sim(config(Duration::from_millis(40))).await;
-    sim.set_faults(Faults {
-        never_converge: true,
-        ..Faults::default()
-    });
-    for path in widgets() {
-        sim.begin_transition(&path, "Updating", None);
-    }
+    let sim = stuck_sim().await;
     let outcomes = run(&sim, policy(Duration::from_millis(1000))).await;
     for outcome in &outcomes {
         match outcome {
@@ -493,14 +499,7 @@ async fn an_operation_uri_that_404s_falls_back_to_polling_the_resource() {
 async fn callers_that_give_up_mid_resolution_release_their_leases() {
     // Cancellation: every call is dropped while it waits (in the lease queue or polling a state
     // that never converges). Dropping the future must release whatever it held.
-    let sim = sim(config(Duration::from_millis(40))).await;
-    sim.set_faults(Faults {
-        never_converge: true,
-        ..Faults::default()
-    });
-    for path in widgets() {
-        sim.begin_transition(&path, "Updating", None);
-    }
+    let sim = stuck_sim().await;
     let leases = MemoryLeases::new();
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(

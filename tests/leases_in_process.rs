@@ -24,10 +24,21 @@ async fn permissive_sim() -> Sim {
 }
 
 async fn sixteen_writers(sim: &Sim, middleware: ConflictMiddleware) -> usize {
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(middleware)
-        .build();
-    sixteen_writers_through(sim, &[client]).await
+    sixteen_writers_through(sim, &clients(1, || middleware.clone())).await
+}
+
+/// `n` clients, each with a middleware of its own from `middleware`.
+fn clients(
+    n: usize,
+    middleware: impl Fn() -> ConflictMiddleware,
+) -> Vec<reqwest_middleware::ClientWithMiddleware> {
+    (0..n)
+        .map(|_| {
+            ClientBuilder::new(reqwest::Client::new())
+                .with(middleware())
+                .build()
+        })
+        .collect()
 }
 
 /// Sixteen concurrent writes to the VM, spread over `clients`; how many succeeded.
@@ -233,13 +244,9 @@ async fn middlewares_sharing_a_memory_store_serialize_each_others_writers() {
     // one store given to two middlewares must still be one store.
     let sim = permissive_sim().await;
     let leases = MemoryLeases::new();
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            ClientBuilder::new(reqwest::Client::new())
-                .with(ConflictMiddleware::new(fast_policy()).with_leases(leases.clone()))
-                .build()
-        })
-        .collect();
+    let clients = clients(2, || {
+        ConflictMiddleware::new(fast_policy()).with_leases(leases.clone())
+    });
     assert_eq!(sixteen_writers_through(&sim, &clients).await, 16);
     assert_eq!(sim.overlapping_transitions(), 0);
     assert_eq!(sim.count("PUT", VM, Some(409)), 0);
@@ -255,13 +262,9 @@ async fn a_journal_given_to_two_middlewares_records_both_within_its_window() {
     })
     .await;
     let journal = reqwest_conflict::Journal::with_capacity(3);
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            ClientBuilder::new(reqwest::Client::new())
-                .with(ConflictMiddleware::new(fast_policy()).with_journal(journal.clone()))
-                .build()
-        })
-        .collect();
+    let clients = clients(2, || {
+        ConflictMiddleware::new(fast_policy()).with_journal(journal.clone())
+    });
     for i in 0..4 {
         let path = format!("{VM}{i}");
         let response = clients[i % 2]
