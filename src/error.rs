@@ -63,29 +63,4 @@ pub enum Error {
         /// What the store said, without credentials.
         message: String,
     },
-    /// A request made by a helper such as [`update`](crate::update()) failed on the way.
-    #[error("request failed: {0}")]
-    Http(#[source] reqwest_middleware::Error),
-    /// A helper got an answer it cannot continue from (not found, forbidden, a permanent conflict).
-    #[error("unexpected HTTP {status}: {body}")]
-    Status {
-        /// The status.
-        status: u16,
-        /// The start of the body (at most 4 KiB), for diagnosis.
-        body: String,
-    },
-    /// A representation could not be used: not JSON, or no ETag to write it back with.
-    #[error("unusable representation: {0}")]
-    InvalidBody(String),
-    /// The caller's closure gave up; its error is the source.
-    #[error("the update was aborted: {0}")]
-    Aborted(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// Every attempt of a read-modify-write met a newer ETag.
-    #[error("the update lost the race {attempts} time(s) within {waited:?}")]
-    UpdateExhausted {
-        /// Read-modify-write rounds made.
-        attempts: u32,
-        /// Time spent.
-        waited: Duration,
-    },
 }

@@ -1,8 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-#[cfg(feature = "azure-core")]
-mod azure;
+mod adapters;
 mod body;
 pub mod classify;
 mod engine;
@@ -10,20 +9,20 @@ mod error;
 mod journal;
 pub mod lease;
 mod merge;
-mod middleware;
 mod policy;
 mod prerequisite;
+mod redact;
 mod report;
 mod resource;
+mod shared;
 mod stats;
-#[cfg(feature = "tower")]
-mod tower;
 mod update;
 
-#[cfg(feature = "tower")]
-pub use crate::tower::{ConflictBody, ConflictLayer, ConflictService};
 #[cfg(feature = "azure-core")]
-pub use azure::{AzureConflictPolicy, ConflictReports};
+pub use adapters::azure::{AzureConflictPolicy, ConflictReports};
+pub use adapters::reqwest::ConflictMiddleware;
+#[cfg(feature = "tower")]
+pub use adapters::tower::{ConflictBody, ConflictLayer, ConflictService};
 pub use classify::{Classification, Classifier, ConflictKind};
 pub use error::Error;
 pub use journal::{Journal, JournalEntry};
@@ -32,7 +31,6 @@ pub use lease::BlobLeases;
 #[cfg(feature = "redis")]
 pub use lease::RedisLeases;
 pub use lease::{Lease, LeaseStore, MemoryLeases};
-pub use middleware::ConflictMiddleware;
 pub use policy::{
     ConflictPolicy, LeasePolicy, MergeBase, PolicyOverride, PollSchedule, PreconditionStrategy,
 };
@@ -40,4 +38,4 @@ pub use prerequisite::{Action, Prerequisite, StateCheck};
 pub use report::{ConflictReport, Outcome};
 pub use resource::ResourceId;
 pub use stats::{ConflictCount, ConflictStats, StatsSnapshot};
-pub use update::{BoxError, UpdateOptions, update, update_as, update_with};
+pub use update::{BoxError, UpdateError, UpdateOptions, update, update_as, update_with};

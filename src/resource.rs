@@ -154,6 +154,11 @@ impl ResourceId {
         &self.key
     }
 
+    /// The key, shared.
+    pub(crate) fn shared_key(&self) -> &Arc<str> {
+        &self.key
+    }
+
     /// Whether this is an ARM resource ID.
     pub fn is_arm(&self) -> bool {
         self.arm

@@ -14,10 +14,54 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::time::{Instant, sleep};
 
-use crate::{Error, PollSchedule};
+use crate::PollSchedule;
 
 /// The error a mutation closure may return to stop an update.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an [`update`] did not write its change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// A request failed on the way (reqwest's own errors without their URL, which may carry a
+    /// SAS). A conflict the middleware gave up on is a [`crate::Error`] inside
+    /// `reqwest_middleware::Error::Middleware`.
+    #[error("request failed: {0}")]
+    Http(#[source] reqwest_middleware::Error),
+    /// An answer it cannot continue from (not found, forbidden, a permanent conflict).
+    #[error("unexpected HTTP {status}: {body}")]
+    Status {
+        /// The status.
+        status: u16,
+        /// The start of the body (at most 4 KiB), for diagnosis.
+        body: String,
+    },
+    /// A representation could not be used: not JSON, too large, or no ETag to write it back with.
+    #[error("unusable representation: {0}")]
+    InvalidBody(String),
+    /// The caller's closure gave up; its error is the source.
+    #[error("the update was aborted: {0}")]
+    Aborted(#[source] BoxError),
+    /// Every round met a newer ETag.
+    #[error("the update lost the race {attempts} time(s) within {waited:?}")]
+    Exhausted {
+        /// Read-modify-write rounds made.
+        attempts: u32,
+        /// Time spent.
+        waited: Duration,
+    },
+}
+
+impl From<reqwest_middleware::Error> for UpdateError {
+    fn from(error: reqwest_middleware::Error) -> Self {
+        match error {
+            reqwest_middleware::Error::Reqwest(e) => {
+                Self::Http(reqwest_middleware::Error::Reqwest(e.without_url()))
+            }
+            other => Self::Http(other),
+        }
+    }
+}
 
 /// Bounds and method of an [`update_with`] loop.
 #[derive(Clone, Debug)]
@@ -58,7 +102,7 @@ impl Default for UpdateOptions {
 /// answer had no JSON body).
 ///
 /// ```no_run
-/// # async fn f(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_conflict::Error> {
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_conflict::UpdateError> {
 /// let url = "https://management.azure.com/subscriptions/…/networkSecurityGroups/nsg?api-version=2024-05-01";
 /// reqwest_conflict::update(&client, url, |nsg| {
 ///     nsg["tags"]["owner"] = "platform".into();
@@ -67,7 +111,11 @@ impl Default for UpdateOptions {
 /// .await?;
 /// # Ok(()) }
 /// ```
-pub async fn update<F>(client: &ClientWithMiddleware, url: &str, mutate: F) -> Result<Value, Error>
+pub async fn update<F>(
+    client: &ClientWithMiddleware,
+    url: &str,
+    mutate: F,
+) -> Result<Value, UpdateError>
 where
     F: FnMut(&mut Value) -> Result<(), BoxError>,
 {
@@ -81,7 +129,7 @@ pub async fn update_as<T, F>(
     url: &str,
     options: &UpdateOptions,
     mut mutate: F,
-) -> Result<T, Error>
+) -> Result<T, UpdateError>
 where
     T: Serialize + DeserializeOwned,
     F: FnMut(&mut T) -> Result<(), BoxError>,
@@ -93,7 +141,7 @@ where
         Ok(())
     })
     .await?;
-    serde_json::from_value(written).map_err(|e| Error::InvalidBody(e.to_string()))
+    serde_json::from_value(written).map_err(|e| UpdateError::InvalidBody(e.to_string()))
 }
 
 /// [`update`] with explicit bounds and method.
@@ -102,7 +150,7 @@ pub async fn update_with<F>(
     url: &str,
     options: &UpdateOptions,
     mut mutate: F,
-) -> Result<Value, Error>
+) -> Result<Value, UpdateError>
 where
     F: FnMut(&mut Value) -> Result<(), BoxError>,
 {
@@ -111,35 +159,34 @@ where
     let mut backoff = options.backoff.backoff();
     let attempts = options.max_attempts.max(1);
     for attempt in 1..=attempts {
-        let current = client.get(url).send().await.map_err(Error::Http)?;
+        let current = client.get(url).send().await?;
         let current = expect_success(current).await?;
         let etag = current.headers().get(header::ETAG).cloned();
         let body = read_body(current, options.max_body.saturating_add(1)).await?;
         if body.len() > options.max_body {
-            return Err(Error::InvalidBody(format!(
+            return Err(UpdateError::InvalidBody(format!(
                 "the resource is larger than {} bytes",
                 options.max_body
             )));
         }
         let mut value: Value = serde_json::from_slice(&body)
-            .map_err(|e| Error::InvalidBody(format!("the resource is not JSON: {e}")))?;
+            .map_err(|e| UpdateError::InvalidBody(format!("the resource is not JSON: {e}")))?;
         let etag = match etag {
             Some(etag) => etag,
             None => value
                 .get("etag")
                 .and_then(Value::as_str)
                 .and_then(|e| e.parse().ok())
-                .ok_or_else(|| Error::InvalidBody("the resource has no ETag".to_owned()))?,
+                .ok_or_else(|| UpdateError::InvalidBody("the resource has no ETag".to_owned()))?,
         };
-        mutate(&mut value).map_err(Error::Aborted)?;
+        mutate(&mut value).map_err(UpdateError::Aborted)?;
         let written = client
             .request(options.method.clone(), url)
             .header(header::IF_MATCH, etag)
             .header(header::CONTENT_TYPE, "application/json")
             .body(value.to_string())
             .send()
-            .await
-            .map_err(Error::Http)?;
+            .await?;
         if written.status() != StatusCode::PRECONDITION_FAILED {
             let written = expect_success(written).await?;
             let answer = read_body(written, options.max_body).await?;
@@ -150,34 +197,34 @@ where
         let pause = backoff.next().unwrap_or(options.backoff.max_delay);
         let left = deadline.saturating_duration_since(Instant::now());
         if attempt == attempts || left.is_zero() {
-            return Err(Error::UpdateExhausted {
+            return Err(UpdateError::Exhausted {
                 attempts: attempt,
                 waited: started.elapsed(),
             });
         }
         sleep(pause.min(left)).await;
     }
-    Err(Error::UpdateExhausted {
+    Err(UpdateError::Exhausted {
         attempts,
         waited: started.elapsed(),
     })
 }
 
-/// The response if it is a success, else [`Error::Status`] with the start of its body.
-async fn expect_success(response: reqwest::Response) -> Result<reqwest::Response, Error> {
+/// The response if it is a success, else [`UpdateError::Status`] with the start of its body.
+async fn expect_success(response: reqwest::Response) -> Result<reqwest::Response, UpdateError> {
     if response.status().is_success() {
         return Ok(response);
     }
     let status = response.status().as_u16();
     let body = read_body(response, 4096).await.unwrap_or_default();
     let body = String::from_utf8_lossy(&body).into_owned();
-    Err(Error::Status { status, body })
+    Err(UpdateError::Status { status, body })
 }
 
 /// At most `cap` bytes of a response body.
-async fn read_body(response: reqwest::Response, cap: usize) -> Result<bytes::Bytes, Error> {
+async fn read_body(response: reqwest::Response, cap: usize) -> Result<bytes::Bytes, UpdateError> {
     let body = http::Response::<reqwest::Body>::from(response).into_body();
     crate::body::read_capped(body, cap)
         .await
-        .map_err(|e| Error::Http(reqwest_middleware::Error::Reqwest(e)))
+        .map_err(|e| UpdateError::from(reqwest_middleware::Error::Reqwest(e)))
 }

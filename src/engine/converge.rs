@@ -14,10 +14,15 @@ use tokio::time::{Instant, sleep, timeout};
 use url::Url;
 
 use super::{
-    Engine, Original, Transport, redact, scrub,
+    Transport,
+    run::Run,
     state::{Source, is_terminal, read_state},
 };
-use crate::{Classification, ConflictReport, Error, ResourceId, StateCheck, classify::retry_after};
+use crate::{
+    Classification, ConflictReport, Error, ResourceId, StateCheck,
+    classify::retry_after,
+    redact::{redact, scrub},
+};
 
 /// Where a poll loop writes down what it saw.
 pub(super) trait Trail {
@@ -86,27 +91,23 @@ impl Watch {
     }
 }
 
-impl Engine {
+impl Run<'_> {
     /// Polls until a terminal state is seen, or fails with [`Error::NotConverged`] at `deadline`.
     /// The time spent is added to the report either way.
     pub(super) async fn converge<T: Transport>(
         &self,
         transport: &mut T,
-        original: &Original<'_>,
-        deadline: Instant,
         report: &mut ConflictReport,
     ) -> Result<(), Error> {
         let waiting = Instant::now();
-        let watch = self.poll_target(original, report);
-        let converged = self
-            .poll(transport, original, watch, deadline, report)
-            .await;
+        let watch = self.poll_target(report);
+        let converged = self.poll(transport, watch, report).await;
         report.waited += waiting.elapsed();
         if converged {
             return Ok(());
         }
         Err(Error::NotConverged {
-            resource: original.resource.key().to_owned(),
+            resource: self.original.resource.key().to_owned(),
             last_state: report.last_state().map(str::to_owned),
             classification: Some(Box::new(report.classification.clone())),
             attempts: report.attempts,
@@ -114,16 +115,27 @@ impl Engine {
         })
     }
 
-    /// Whether a terminal state was seen before `deadline`.
+    /// Whether a terminal state (or the watch's condition) was seen before the request's
+    /// deadline.
     pub(super) async fn poll<T: Transport>(
         &self,
         transport: &mut T,
-        original: &Original<'_>,
+        watch: Watch,
+        trail: &mut impl Trail,
+    ) -> bool {
+        self.poll_until(transport, watch, self.deadline, trail)
+            .await
+    }
+
+    /// Whether a terminal state (or the watch's condition) was seen before `deadline`.
+    pub(super) async fn poll_until<T: Transport>(
+        &self,
+        transport: &mut T,
         watch: Watch,
         deadline: Instant,
         trail: &mut impl Trail,
     ) -> bool {
-        let policy = self.policy();
+        let policy = &*self.policy;
         let Watch {
             mut target,
             mut source,
@@ -132,7 +144,7 @@ impl Engine {
             until,
             lenient,
         } = watch;
-        let headers = self.fetch_headers(original.headers);
+        let headers = self.fetch_headers();
         let mut schedule = policy.poll.backoff();
         let mut planned = planned.into_iter();
         let mut delay = match planned.next() {
@@ -146,7 +158,12 @@ impl Engine {
             if remaining.is_zero() {
                 return false;
             }
-            let fetch = transport.fetch(target.clone(), headers.clone(), policy.max_fetch_body);
+            let fetch = transport.call(
+                http::Method::GET,
+                target.clone(),
+                headers.clone(),
+                policy.max_fetch_body,
+            );
             let mut hint = None;
             let mut done = None;
             let state = match timeout(remaining, fetch).await {
@@ -185,7 +202,7 @@ impl Engine {
                                 "operation status {} answered 404; polling the resource instead",
                                 redact(&target)
                             ));
-                            target = original.resource.id().fetch_url(original.url);
+                            target = self.resource_url();
                             source = Source::Resource;
                             delay = Duration::ZERO;
                             trail.observe("operation not found", false);
@@ -225,23 +242,23 @@ impl Engine {
     ) -> Duration {
         match hint {
             Some(hint) => self.clamp_hint(hint),
-            None => schedule.next().unwrap_or(self.policy().poll.max_delay),
+            None => schedule.next().unwrap_or(self.policy.poll.max_delay),
         }
     }
 
     /// A server's `Retry-After`, capped by the policy and floored by the poll schedule, so neither
     /// `999999` nor `0` can make us sleep for days or spin.
     fn clamp_hint(&self, hint: Duration) -> Duration {
-        hint.min(self.policy().retry_after_cap)
-            .max(self.policy().poll.min_delay)
+        hint.min(self.policy.retry_after_cap)
+            .max(self.policy.poll.min_delay)
     }
 
     /// What to poll for this conflict, noting in the report anything named but not usable.
-    fn poll_target(&self, original: &Original<'_>, report: &mut ConflictReport) -> Watch {
+    fn poll_target(&self, report: &mut ConflictReport) -> Watch {
         let classification = &report.classification;
         let first_delay = classification.retry_after.map(|hint| self.clamp_hint(hint));
         let mut notes = Vec::new();
-        let (target, source) = self.choose_target(original, classification, &mut notes);
+        let (target, source) = self.choose_target(classification, &mut notes);
         for note in notes {
             report.note(note);
         }
@@ -253,13 +270,12 @@ impl Engine {
 
     fn choose_target(
         &self,
-        original: &Original<'_>,
         classification: &Classification,
         notes: &mut Vec<String>,
     ) -> (Url, Source) {
         if let Some(uri) = &classification.operation_uri {
             match Url::parse(uri) {
-                Ok(url) if self.may_poll(original.url, &url) => return (url, Source::Operation),
+                Ok(url) if self.may_poll(&url) => return (url, Source::Operation),
                 Ok(url) => notes.push(format!(
                     "operation URI host {} is not allowed; polling the resource instead",
                     url.host_str().unwrap_or("")
@@ -270,25 +286,44 @@ impl Engine {
         if let Some(id) = &classification.referenced_resource {
             match ResourceId::parse(id) {
                 Ok(referenced) => {
-                    return (referenced.fetch_url(original.url), Source::Resource);
+                    return (referenced.fetch_url(self.original.url), Source::Resource);
                 }
                 Err(_) => notes.push("referenced resource is not a valid ARM ID".to_owned()),
             }
         }
-        (
-            original.resource.id().fetch_url(original.url),
-            Source::Resource,
-        )
+        (self.resource_url(), Source::Resource)
     }
 
     /// Polls go to the request's own origin, or to an allow-listed host over https.
-    fn may_poll(&self, request: &Url, target: &Url) -> bool {
-        if request.origin() == target.origin() {
+    fn may_poll(&self, target: &Url) -> bool {
+        if self.original.url.origin() == target.origin() {
             return true;
         }
         target.scheme() == "https"
             && target
                 .host_str()
-                .is_some_and(|host| self.policy().host_allowed(host))
+                .is_some_and(|host| self.policy.host_allowed(host))
+    }
+
+    /// Where the resource itself is read: the request's origin, its path without an action.
+    pub(super) fn resource_url(&self) -> Url {
+        self.original.resource.fetch_url(self.original.url)
+    }
+
+    /// The headers a re-fetch, poll or prerequisite action carries: only the original's headers
+    /// named in the policy's `poll_headers` (authorization, tracing ids, API version). Nothing
+    /// that describes the original's body or makes it conditional, and no other secret a caller
+    /// may have put on the write.
+    pub(super) fn fetch_headers(&self) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for name in &self.policy.poll_headers {
+            let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                continue;
+            };
+            for value in self.original.headers.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers
     }
 }

@@ -17,8 +17,8 @@ use lru::LruCache;
 use serde_json::Value;
 use tokio::time::{Instant, timeout};
 
-use super::{Engine, Failure, Fetched, Original, Transport, scrub};
-use crate::{ConflictReport, PreconditionStrategy, merge, report::Outcome};
+use super::{Changes, Fetched, Transport, run::Run};
+use crate::{ConflictReport, PreconditionStrategy, merge, redact::scrub, report::Outcome};
 
 /// Representations the caller has seen, by (resource key, ETag): the bases of three-way merges.
 #[derive(Debug)]
@@ -41,25 +41,26 @@ impl Remembered {
 }
 
 /// What became of a stale precondition.
-pub(super) enum Stale<R> {
+pub(super) enum Refreshed<R> {
     /// Return the conflict response with this outcome.
     Surface(Outcome),
-    /// The write is already in place; answer with this response if the stack could make one.
-    AlreadyApplied(Option<R>),
-    /// A new attempt was sent; this is its answer.
-    Sent(R),
+    /// The write is already in place; answer with the fresh representation.
+    AlreadyApplied(R),
+    /// Send the request again with these changes (the fresh ETag, perhaps a merged body).
+    Resend(Changes),
 }
 
-impl Engine {
-    pub(super) async fn stale<T: Transport>(
+impl Run<'_> {
+    /// Re-fetches the resource, then: a write already in place is success; otherwise `strategy`
+    /// decides whether (and with what body) to send again under the fresh ETag.
+    pub(super) async fn refresh<T: Transport>(
         &self,
         transport: &mut T,
-        original: &Original<'_>,
         report: &mut ConflictReport,
-        deadline: Instant,
-    ) -> Result<Stale<T::Response>, Failure<T::Error>> {
-        let Some(fresh) = self.refetch(transport, original, report, deadline).await else {
-            return Ok(Stale::Surface(Outcome::Surfaced));
+        strategy: PreconditionStrategy,
+    ) -> Refreshed<T::Response> {
+        let Some(fresh) = self.refetch(transport, report).await else {
+            return Refreshed::Surface(Outcome::Surfaced);
         };
         let fresh_json: Option<Value> = serde_json::from_slice(&fresh.body).ok();
         let etag = fresh
@@ -74,12 +75,15 @@ impl Engine {
         report.fresh_etag.clone_from(&etag);
         report.fresh.clone_from(&fresh_json);
 
-        let ours: Option<Value> = transport
-            .body()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let ours: Option<Value> = self
+            .original
+            .body
+            .bytes()
+            .and_then(|b| serde_json::from_slice(b).ok());
+        let patch = *self.original.method == http::Method::PATCH;
         if let (Some(fresh_json), Some(ours)) = (&fresh_json, &ours)
             && ours.as_object().is_some_and(|o| !o.is_empty())
-            && merge::contains(fresh_json, ours, *original.method == http::Method::PATCH)
+            && merge::contains(fresh_json, ours, patch)
         {
             let mut headers = HeaderMap::new();
             for name in [header::CONTENT_TYPE, header::ETAG] {
@@ -87,52 +91,44 @@ impl Engine {
                     headers.insert(name, value.clone());
                 }
             }
-            let replacement = transport.respond(StatusCode::OK, headers, fresh.body.clone());
-            return Ok(Stale::AlreadyApplied(replacement));
+            return Refreshed::AlreadyApplied(transport.respond(
+                StatusCode::OK,
+                headers,
+                fresh.body,
+            ));
         }
 
-        let strategy = self.policy.precondition;
         let body = match strategy {
-            PreconditionStrategy::Surface => return Ok(Stale::Surface(Outcome::Surfaced)),
+            PreconditionStrategy::Surface => return Refreshed::Surface(Outcome::Surfaced),
             PreconditionStrategy::Overwrite => None,
             PreconditionStrategy::Merge => {
-                let merged = match self.merge(original, report, ours.as_ref(), fresh_json.as_ref())
-                {
-                    Some(merged) => merged,
-                    None => return Ok(Stale::Surface(Outcome::Surfaced)),
-                };
-                Some(Bytes::from(merged.to_string()))
+                match self.merge(report, ours.as_ref(), fresh_json.as_ref()) {
+                    Some(merged) => Some(Bytes::from(merged.to_string())),
+                    None => return Refreshed::Surface(Outcome::Surfaced),
+                }
             }
         };
-        if let Some(outcome) = self.blocked(transport, report, deadline) {
-            return Ok(Stale::Surface(outcome));
+        if let Some(outcome) = self.blocked(report) {
+            return Refreshed::Surface(outcome);
         }
         let Some(if_match) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) else {
             report.note("the fresh representation carries no usable ETag".to_owned());
-            return Ok(Stale::Surface(Outcome::Surfaced));
+            return Refreshed::Surface(Outcome::Surfaced);
         };
-        match transport.send_variant(if_match, body) {
-            Some(sent) => Ok(Stale::Sent(sent.await.map_err(Failure::Transport)?)),
-            None => {
-                report.note("this HTTP stack cannot resend a modified request".to_owned());
-                Ok(Stale::Surface(Outcome::Surfaced))
-            }
-        }
+        Refreshed::Resend(self.changes(if_match, body))
     }
 
     /// GETs the resource's fresh state, within the deadline. `None` (noted) when it cannot.
     async fn refetch<T: Transport>(
         &self,
         transport: &mut T,
-        original: &Original<'_>,
         report: &mut ConflictReport,
-        deadline: Instant,
     ) -> Option<Fetched> {
-        let url = original.resource.id().fetch_url(original.url);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let fetch = transport.fetch(
-            url,
-            self.fetch_headers(original.headers),
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let fetch = transport.call(
+            http::Method::GET,
+            self.resource_url(),
+            self.fetch_headers(),
             self.policy.max_fetch_body,
         );
         report.polls += 1;
@@ -156,7 +152,6 @@ impl Engine {
     /// The merged body, or `None` with the reason in the report.
     fn merge(
         &self,
-        original: &Original<'_>,
         report: &mut ConflictReport,
         ours: Option<&Value>,
         fresh: Option<&Value>,
@@ -165,12 +160,11 @@ impl Engine {
             report.note("merge needs JSON bodies on both sides".to_owned());
             return None;
         };
+        let original = self.original;
         let base = original.overrides.merge_base.clone().or_else(|| {
             let sent = original.headers.get(header::IF_MATCH)?.to_str().ok()?;
-            let bytes = self
-                .remembered
-                .as_ref()?
-                .get(original.resource.key(), sent)?;
+            let remembered = self.engine.remembered.as_ref()?;
+            let bytes = remembered.get(original.resource.key(), sent)?;
             serde_json::from_slice(&bytes).ok()
         });
         let Some(base) = base else {

@@ -5,49 +5,28 @@ use tokio::time::{Instant, timeout};
 use url::Url;
 
 use super::{
-    Engine, Original, Transport,
+    Transport,
     converge::{Observations, Watch},
+    run::Run,
     state::Source,
 };
-use crate::{Action, ConflictReport, Error, Prerequisite, StateCheck};
+use crate::{Action, ConflictReport, Error, Prerequisite, StateCheck, redact::scrub};
 
-impl Engine {
-    /// The configured prerequisite that handles the report's conflict, if any.
-    pub(super) fn prerequisite_for(
-        &self,
-        original: &Original<'_>,
-        report: &ConflictReport,
-    ) -> Option<Prerequisite> {
-        self.policy
-            .prerequisites
-            .iter()
-            .find(|p| {
-                p.matches(
-                    original.resource.id().resource_type(),
-                    &report.classification,
-                )
-            })
-            .cloned()
-    }
-
+impl Run<'_> {
     /// Runs `rule.action` and waits until `rule.until` holds.
     pub(super) async fn prepare<T: Transport>(
         &self,
         transport: &mut T,
-        original: &Original<'_>,
         rule: &Prerequisite,
-        deadline: Instant,
         report: &mut ConflictReport,
     ) -> Result<Prepared, Error> {
-        match self
-            .act(transport, original, &rule.action, deadline, report)
-            .await
-        {
+        let deadline = self.deadline;
+        match self.act(transport, &rule.action, deadline, report).await {
             Acted::Accepted => {}
             Acted::Refused => return Ok(Prepared::NotTaken),
             Acted::Unknown => return Ok(Prepared::Unknown),
         }
-        self.wait_until(transport, original, &rule.until, deadline, report)
+        self.wait_until(transport, &rule.until, deadline, report)
             .await?;
         Ok(Prepared::Ready)
     }
@@ -58,7 +37,6 @@ impl Engine {
     pub(super) async fn restore<T: Transport>(
         &self,
         transport: &mut T,
-        original: &Original<'_>,
         rule: &Prerequisite,
         report: &mut ConflictReport,
     ) {
@@ -66,13 +44,10 @@ impl Engine {
             return;
         };
         let deadline = Instant::now() + self.policy.deadline;
-        let resource = Watch::state(
-            original.resource.id().fetch_url(original.url),
-            Source::Resource,
-        );
+        let resource = Watch::state(self.resource_url(), Source::Resource);
         let mut seen = Observations::default();
         if !self
-            .poll(transport, original, resource, deadline, &mut seen)
+            .poll_until(transport, resource, deadline, &mut seen)
             .await
         {
             report.note(format!(
@@ -81,17 +56,11 @@ impl Engine {
             ));
             return;
         }
-        if self
-            .act(transport, original, action, deadline, report)
-            .await
-            != Acted::Accepted
-        {
+        if self.act(transport, action, deadline, report).await != Acted::Accepted {
             return;
         }
         if let Some(check) = &rule.restore_until
-            && let Err(error) = self
-                .wait_until(transport, original, check, deadline, report)
-                .await
+            && let Err(error) = self.wait_until(transport, check, deadline, report).await
         {
             report.note(format!("restore `{}` did not finish: {error}", action.path));
         }
@@ -101,7 +70,6 @@ impl Engine {
     async fn act<T: Transport>(
         &self,
         transport: &mut T,
-        original: &Original<'_>,
         action: &Action,
         deadline: Instant,
         report: &mut ConflictReport,
@@ -110,8 +78,8 @@ impl Engine {
             report.note(format!("`{}` is not an HTTP method", action.method));
             return Acted::Refused;
         };
-        let url = under(original, &action.path);
-        let headers = self.fetch_headers(original.headers);
+        let url = self.under(&action.path);
+        let headers = self.fetch_headers();
         let cap = self.policy.max_fetch_body;
         let call = transport.call(method.clone(), url, headers, cap);
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -133,7 +101,7 @@ impl Engine {
                 report.note(format!(
                     "{method} {} failed: {}",
                     action.path,
-                    super::scrub(&error.to_string())
+                    scrub(&error.to_string())
                 ));
                 Acted::Unknown
             }
@@ -148,20 +116,17 @@ impl Engine {
     async fn wait_until<T: Transport>(
         &self,
         transport: &mut T,
-        original: &Original<'_>,
         check: &StateCheck,
         deadline: Instant,
         report: &mut ConflictReport,
     ) -> Result<(), Error> {
         let watch = Watch {
             until: Some(check.clone()),
-            ..Watch::state(under(original, &check.path), Source::Resource)
+            ..Watch::state(self.under(&check.path), Source::Resource)
         };
         let waiting = Instant::now();
         let mut seen = Observations::default();
-        let reached = self
-            .poll(transport, original, watch, deadline, &mut seen)
-            .await;
+        let reached = self.poll_until(transport, watch, deadline, &mut seen).await;
         report.waited += waiting.elapsed();
         report.polls += seen.polls.len() as u32;
         if reached {
@@ -173,7 +138,7 @@ impl Engine {
             return Ok(());
         }
         Err(Error::NotConverged {
-            resource: original.resource.key().to_owned(),
+            resource: self.original.resource.key().to_owned(),
             classification: Some(Box::new(report.classification.clone())),
             last_state: seen.last,
             attempts: report.attempts,
@@ -204,13 +169,15 @@ pub(super) enum Prepared {
     Unknown,
 }
 
-/// `{resource}/{path}` on the request's origin, with its `api-version`.
-fn under(original: &Original<'_>, path: &str) -> Url {
-    let mut url = original.resource.id().fetch_url(original.url);
-    let path = path.trim_matches('/');
-    if !path.is_empty() {
-        let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
-        url.set_path(&joined);
+impl Run<'_> {
+    /// `{resource}/{path}` on the request's origin, with its `api-version`.
+    fn under(&self, path: &str) -> Url {
+        let mut url = self.resource_url();
+        let path = path.trim_matches('/');
+        if !path.is_empty() {
+            let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
+            url.set_path(&joined);
+        }
+        url
     }
-    url
 }

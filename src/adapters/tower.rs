@@ -15,32 +15,27 @@
 //! a clone ready before each request it sends.
 
 use std::{
-    future::{Future, poll_fn},
-    pin::Pin,
+    future::poll_fn,
     task::{Context, Poll},
 };
 
 use ::tower::{BoxError, Layer, Service};
 use bytes::Bytes;
-use http::{
-    Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-};
+use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use url::Url;
 
-pub use response_body::ConflictBody;
+pub use body::ConflictBody;
 
+use super::engine_accessors;
 use crate::{
-    ConflictPolicy, ConflictStats, Journal, ResourceId, body,
-    engine::{
-        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport,
-        engine_accessors, is_safe,
-    },
-    resource::Target,
+    ConflictPolicy, ConflictStats, Journal, ResourceId,
+    engine::{Changes, Engine, Failure, Fetched, Original, Overrides, Replay, Route, Transport},
+    shared::BoxFuture,
 };
 
-mod response_body;
+mod body;
 
 /// The largest request body kept in memory so that it can be sent again.
 const MAX_RETRY_BODY: usize = 16 * 1024 * 1024;
@@ -155,7 +150,7 @@ where
 {
     type Response = Response<ConflictBody<RB>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -183,24 +178,25 @@ where
     RB: Body<Data = Bytes> + Send + Unpin + 'static,
     RB::Error: Into<BoxError>,
 {
-    let method = request.method().clone();
-    // Reads pass straight through; their URL is parsed only when a merging policy remembers them.
-    let url = if is_safe(&method) {
-        None
-    } else {
-        absolute_url(request.uri())
+    // Requests without an absolute URI (a server-side service) have no resource to speak of.
+    let route = engine.route(request.method());
+    let url = match route {
+        Route::Pass => None,
+        Route::Remember | Route::Write => absolute_url(request.uri()),
     };
-    let url = match url {
-        Some(url) => url,
-        None => {
-            let resource = (method == Method::GET && engine.remembers())
-                .then(|| absolute_url(request.uri()))
-                .flatten()
-                .map(|url| ResourceId::from_url(&url));
-            let response = ready.call(request).await.map_err(Into::into)?;
-            return Ok(remember(&engine, resource, response.map(ConflictBody::new)));
-        }
+    let Some(url) = url else {
+        let response = ready.call(request).await.map_err(Into::into)?;
+        return Ok(response.map(ConflictBody::new));
     };
+    if route == Route::Remember {
+        let response = ready.call(request).await.map_err(Into::into)?;
+        let resource = ResourceId::from_url(&url);
+        return Ok(remember(
+            &engine,
+            &resource,
+            response.map(ConflictBody::new),
+        ));
+    }
     // The wait for a lease and for convergence may last minutes: give back what `poll_ready`
     // reserved, and poll a clone ready before each request instead.
     let service = ready.clone();
@@ -214,30 +210,26 @@ where
         headers: parts.headers,
         extensions: parts.extensions,
     };
-    let (first, copy) = match buffer(body).await? {
+    let (first, kept) = match buffer(body).await? {
         Ok(bytes) => (head.request(B::from(bytes.clone())), Some(bytes)),
-        Err(body) => (head.request(body), None),
+        Err(stream) => (head.request(stream), None),
     };
-    let original = Original {
-        method: &head.method,
-        resource: Target::of(&url),
-        url: &url,
-        headers: &head.headers,
-        overrides: Overrides::from_extensions(&head.extensions),
-    };
+    let replay = kept.clone().map_or(Replay::Once, Replay::Bytes);
+    let overrides = Overrides::from_extensions(&head.extensions);
+    let original = Original::new(&head.method, &url, &head.headers, replay, overrides);
     let mut transport = TowerTransport {
         service,
         head: &head,
         first: Some(first),
-        body: copy,
+        body: kept,
     };
     match engine.execute(&mut transport, &original).await {
-        Ok((mut response, report)) => {
-            if let Some(report) = report {
+        Ok(answered) => {
+            let mut response = answered.response;
+            if let Some(report) = answered.report {
                 response.extensions_mut().insert(*report);
             }
-            let resource = engine.to_remember(original.resource);
-            Ok(remember(&engine, resource, response))
+            Ok(remember(&engine, &original.resource, response))
         }
         Err(Failure::Transport(error)) => Err(error),
         Err(Failure::Conflict(error)) => Err(Box::new(error)),
@@ -266,29 +258,21 @@ where
     }
 }
 
-/// When the policy merges stale writes, copies a successful representation with an ETag as it
-/// streams to the caller, to serve as a later merge base. Otherwise returns `response` untouched.
+/// Copies a successful answer's body as it streams to the caller, when it may serve as a merge
+/// base; otherwise returns `response` untouched.
 fn remember<RB>(
     engine: &Engine,
-    resource: Option<ResourceId>,
+    resource: &ResourceId,
     response: Response<ConflictBody<RB>>,
 ) -> Response<ConflictBody<RB>>
 where
     RB: Body<Data = Bytes> + Send + Unpin + 'static,
 {
-    if !engine.remembers() {
-        return response;
-    }
-    let etag = response
-        .headers()
-        .get(http::header::ETAG)
-        .and_then(|v| v.to_str().ok());
-    let Some((cap, sink)) = engine.merge_base_sink(resource, response.status(), etag) else {
+    let sink = engine.merge_base_sink(resource, response.status(), response.headers());
+    let Some((cap, sink)) = sink else {
         return response;
     };
-    let (parts, body) = response.into_parts();
-    let tee = body::Tee::new(body, cap, sink);
-    Response::from_parts(parts, ConflictBody::boxed(tee))
+    response.map(|body| ConflictBody::boxed(crate::body::Tee::new(body, cap, sink)))
 }
 
 /// The request's head, kept to build every attempt and re-fetch from.
@@ -350,78 +334,44 @@ where
     type Response = Response<ConflictBody<RB>>;
     type Error = BoxError;
 
-    fn status(response: &Self::Response) -> StatusCode {
-        response.status()
+    fn head(response: &Self::Response) -> (StatusCode, &HeaderMap) {
+        (response.status(), response.headers())
     }
 
-    fn headers(response: &Self::Response) -> &HeaderMap {
-        response.headers()
+    fn send(
+        &mut self,
+        changes: Option<Changes>,
+    ) -> BoxFuture<'_, Result<Self::Response, BoxError>> {
+        let request = self.first.take().filter(|_| changes.is_none()).or_else(|| {
+            let kept = self.body.clone()?;
+            let Some(changes) = changes else {
+                return Some(self.head.request(B::from(kept)));
+            };
+            let mut request = self.head.request(B::from(changes.body.unwrap_or(kept)));
+            *request.headers_mut() = changes.headers;
+            Some(request)
+        });
+        Box::pin(async move {
+            let request = request.ok_or_else(|| BoxError::from(NotRetryable))?;
+            Ok(self.dispatch(request).await?.map(ConflictBody::new))
+        })
     }
 
-    fn peek_body(
+    fn peek(
         response: Self::Response,
         cap: usize,
         deadline: tokio::time::Instant,
-    ) -> BoxFuture<'static, Peeked<Self::Response, BoxError>> {
+    ) -> BoxFuture<'static, Result<(Self::Response, Bytes), BoxError>> {
         Box::pin(async move {
             let (parts, body) = response.into_parts();
-            let (body, peeked) = body::peek(body, cap, deadline).await.map_err(Into::into)?;
+            let (body, peeked) = crate::body::peek(body, cap, deadline)
+                .await
+                .map_err(Into::into)?;
             Ok((
                 Response::from_parts(parts, ConflictBody::boxed(body)),
                 peeked,
             ))
         })
-    }
-
-    fn send(&mut self) -> impl Future<Output = Result<Self::Response, BoxError>> + Send + '_ {
-        let request = self.first.take().or_else(|| {
-            let body = self.body.clone()?;
-            Some(self.head.request(B::from(body)))
-        });
-        async move {
-            let request = request.ok_or_else(|| BoxError::from(NotRetryable))?;
-            Ok(self.dispatch(request).await?.map(ConflictBody::new))
-        }
-    }
-
-    fn can_resend(&self) -> bool {
-        self.body.is_some()
-    }
-
-    fn body(&self) -> Option<Bytes> {
-        self.body.clone()
-    }
-
-    fn send_variant(
-        &mut self,
-        if_match: HeaderValue,
-        body: Option<Bytes>,
-    ) -> Option<BoxFuture<'_, Result<Self::Response, BoxError>>> {
-        let kept = self.body.clone()?;
-        let changed = body.is_some();
-        let mut request = self.head.request(B::from(body.unwrap_or(kept)));
-        request
-            .headers_mut()
-            .insert(http::header::IF_MATCH, if_match);
-        if changed {
-            // The length is the new body's, set when it is sent.
-            request.headers_mut().remove(http::header::CONTENT_LENGTH);
-        }
-        Some(Box::pin(async move {
-            Ok(self.dispatch(request).await?.map(ConflictBody::new))
-        }))
-    }
-
-    fn respond(
-        &self,
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> Option<Self::Response> {
-        let mut response = Response::new(ConflictBody::full(body));
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        Some(response)
     }
 
     fn call(
@@ -431,45 +381,32 @@ where
         headers: HeaderMap,
         cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, BoxError>> {
-        Box::pin(self.exchange(method, url, headers, cap))
-    }
-}
-
-impl<S, B, RB> TowerTransport<'_, S, B>
-where
-    S: Service<Request<B>, Response = Response<RB>> + Send,
-    S::Error: Into<BoxError>,
-    S::Future: Send,
-    B: From<Bytes> + Send,
-    RB: Body<Data = Bytes> + Send + Unpin + 'static,
-    RB::Error: Into<BoxError>,
-{
-    /// A bodiless request (a re-fetch, a poll, a prerequisite action) through the wrapped
-    /// service, its answer read up to `cap` bytes.
-    async fn exchange(
-        &mut self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
-    ) -> Result<Fetched, BoxError> {
-        let mut request = Request::new(B::from(Bytes::new()));
-        *request.method_mut() = method;
-        *request.uri_mut() = url.as_str().parse()?;
-        *request.version_mut() = self.head.version;
-        *request.headers_mut() = headers;
-        *request.extensions_mut() = self.head.extensions.clone();
-        let (parts, body) = self.dispatch(request).await?.into_parts();
-        let body = body::read_capped(body, cap).await.map_err(Into::into)?;
-        Ok(Fetched {
-            status: parts.status,
-            headers: parts.headers,
-            body,
+        Box::pin(async move {
+            let mut request = self.head.request(B::from(Bytes::new()));
+            *request.method_mut() = method;
+            *request.uri_mut() = url.as_str().parse()?;
+            *request.headers_mut() = headers;
+            let (parts, body) = self.dispatch(request).await?.into_parts();
+            let body = crate::body::read_capped(body, cap)
+                .await
+                .map_err(Into::into)?;
+            Ok(Fetched {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
         })
     }
+
+    fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> Self::Response {
+        let mut response = Response::new(ConflictBody::full(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
 }
 
-/// The engine asked to resend a request whose body could not be kept; it never does.
+/// The engine asked to resend a request whose body was not kept; it never does.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body was not kept, so it cannot be sent again")]
 struct NotRetryable;

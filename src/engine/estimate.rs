@@ -3,7 +3,7 @@
 //! Polling on a growing schedule finds the end of a transition late: with 100 ms transitions and
 //! a 20 ms × 1.5 schedule, the end is seen up to 60 ms after it happened, and a queue of writers
 //! pays that on every write. But transitions of one resource type tend to take about as long each
-//! time, and this process saw when each one started (the previous write's answer). So the clock
+//! time, and this process saw when each one started (the previous write's answer). So `Estimates`
 //! keeps, per resource type, the longest elapsed time at which a transition was still running
 //! (`lo`) and the shortest at which one was over (`hi`), and plans the next polls: at the midpoint
 //! while the two are far apart (narrowing them, as a bisection would), then at `hi`. With steady
@@ -36,7 +36,7 @@ struct Estimate {
 }
 
 #[derive(Debug)]
-pub(crate) struct Clock(Mutex<Inner>);
+pub(crate) struct Estimates(Mutex<Inner>);
 
 #[derive(Debug)]
 struct Inner {
@@ -44,7 +44,7 @@ struct Inner {
     estimates: LruCache<String, Estimate>,
 }
 
-impl Default for Clock {
+impl Default for Estimates {
     fn default() -> Self {
         let capacity = NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN);
         Self(Mutex::new(Inner {
@@ -54,7 +54,7 @@ impl Default for Clock {
     }
 }
 
-impl Clock {
+impl Estimates {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -142,10 +142,13 @@ mod tests {
 
     #[test]
     fn narrows_to_one_poll_at_the_end() {
-        let clock = Clock::default();
+        let estimates = Estimates::default();
         let t0 = Instant::now();
-        let flat = clock.plan(Some(t0), "T", 10 * MS);
-        assert_eq!(clock.plan(None, "T", 10 * MS).len(), FLAT_POLLS as usize);
+        let flat = estimates.plan(Some(t0), "T", 10 * MS);
+        assert_eq!(
+            estimates.plan(None, "T", 10 * MS).len(),
+            FLAT_POLLS as usize
+        );
         assert_eq!(
             flat.len(),
             FLAT_POLLS as usize,
@@ -153,34 +156,34 @@ mod tests {
         );
         assert_eq!(flat[1] - flat[0], 10 * MS);
         // First transition: seen running at 95 ms, over at 160 ms.
-        clock.learn(
+        estimates.learn(
             Some(t0),
             "T",
             &[(t0 + 95 * MS, false), (t0 + 160 * MS, true)],
         );
         assert_eq!(
-            clock.plan(Some(t0), "T", MS),
+            estimates.plan(Some(t0), "T", MS),
             [t0 + 127 * MS + MS / 2, t0 + 160 * MS]
         );
         // Over at the midpoint: the upper bound comes down.
-        clock.learn(Some(t0), "T", &[(t0 + 127 * MS, true)]);
-        clock.learn(
+        estimates.learn(Some(t0), "T", &[(t0 + 127 * MS, true)]);
+        estimates.learn(
             Some(t0),
             "T",
             &[(t0 + 100 * MS, false), (t0 + 103 * MS, true)],
         );
         assert_eq!(
-            clock.plan(Some(t0), "T", MS),
+            estimates.plan(Some(t0), "T", MS),
             [t0 + 101 * MS + MS / 2, t0 + 103 * MS],
             "3 ms apart: still narrowing"
         );
-        clock.learn(
+        estimates.learn(
             Some(t0),
             "T",
             &[(t0 + 102 * MS + MS / 2, false), (t0 + 103 * MS, true)],
         );
         assert_eq!(
-            clock.plan(Some(t0), "T", MS),
+            estimates.plan(Some(t0), "T", MS),
             [t0 + 103 * MS],
             "one poll once the bounds are close"
         );
@@ -188,24 +191,27 @@ mod tests {
 
     #[test]
     fn crossed_bounds_start_over() {
-        let clock = Clock::default();
+        let estimates = Estimates::default();
         let t0 = Instant::now();
-        clock.learn(Some(t0), "T", &[(t0 + 50 * MS, true)]);
+        estimates.learn(Some(t0), "T", &[(t0 + 50 * MS, true)]);
         // Transitions got slower: still running past the old end.
-        clock.learn(
+        estimates.learn(
             Some(t0),
             "T",
             &[(t0 + 80 * MS, false), (t0 + 120 * MS, true)],
         );
-        assert_eq!(clock.plan(Some(t0), "T", MS), [t0 + 60 * MS, t0 + 120 * MS]);
+        assert_eq!(
+            estimates.plan(Some(t0), "T", MS),
+            [t0 + 60 * MS, t0 + 120 * MS]
+        );
     }
 
     #[test]
     fn a_start_is_taken_once() {
-        let clock = Clock::default();
+        let estimates = Estimates::default();
         let t0 = Instant::now();
-        clock.started(&"k".into(), t0);
-        assert_eq!(clock.take_start("k"), Some(t0));
-        assert_eq!(clock.take_start("k"), None);
+        estimates.started(&"k".into(), t0);
+        assert_eq!(estimates.take_start("k"), Some(t0));
+        assert_eq!(estimates.take_start("k"), None);
     }
 }

@@ -23,25 +23,21 @@ use azure_core::{
     error::ErrorKind,
     http::{
         AsyncRawResponse, Body as RequestBody, Context, Request, StatusCode as AzureStatus,
-        headers as azure_headers,
         policies::{Policy, PolicyResult},
     },
 };
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyDataStream;
 use url::Url;
 
 use convert::{Frames, azure_header_map, azure_method, header_map, http_method, http_status};
 
+use super::engine_accessors;
 use crate::{
-    ConflictPolicy, ConflictReport, MergeBase, PolicyOverride, PreconditionStrategy, ResourceId,
-    body,
-    engine::{
-        BoxFuture, Engine, Failure, Fetched, Original, Overrides, Peeked, Transport,
-        engine_accessors, is_safe,
-    },
-    resource::Target,
+    ConflictPolicy, ConflictReport, ResourceId, body,
+    engine::{Changes, Engine, Failure, Fetched, Original, Overrides, Replay, Route, Transport},
+    shared::BoxFuture,
 };
 
 /// Resolves 409 Conflict and 412 Precondition Failed answers in an `azure_core` pipeline.
@@ -56,7 +52,8 @@ use crate::{
 ///
 /// - **The report**: put a [`ConflictReports`] into the call's [`Context`]; every request of the
 ///   call that met a conflict leaves its [`ConflictReport`] there.
-/// - **Per-call settings**: a [`PolicyOverride`], [`PreconditionStrategy`] or [`MergeBase`] in the
+/// - **Per-call settings**: a [`PolicyOverride`](crate::PolicyOverride),
+///   [`PreconditionStrategy`](crate::PreconditionStrategy) or [`MergeBase`](crate::MergeBase) in the
 ///   `Context` applies to that call, as it does in a reqwest request's extensions.
 /// - **Errors**: the pipeline's own errors pass through untouched. When the engine gives up it
 ///   returns an `azure_core::Error` whose source is the [`crate::Error`] (get it back with
@@ -102,22 +99,18 @@ impl AzureConflictPolicy {
 
     engine_accessors!("policy");
 
-    /// When the policy merges stale writes, copies a successful representation with an ETag as it
-    /// streams to the caller, to serve as a later merge base. Otherwise returns `response` untouched.
-    fn remember(
-        &self,
-        resource: Option<ResourceId>,
-        response: AsyncRawResponse,
-    ) -> AsyncRawResponse {
-        if !self.engine.remembers() {
-            return response;
-        }
-        let etag = response.headers().get_optional_str(&azure_headers::ETAG);
-        let status = http_status(response.status());
-        let Some((cap, sink)) = self.engine.merge_base_sink(resource, status, etag) else {
-            return response;
+    /// Copies a successful answer's body as it streams to the caller, when it may serve as a
+    /// merge base; otherwise returns `response` untouched.
+    fn remember(&self, resource: &ResourceId, response: AzureResponse) -> AsyncRawResponse {
+        let AzureResponse {
+            status,
+            headers,
+            raw,
+        } = response;
+        let Some((cap, sink)) = self.engine.merge_base_sink(resource, status, &headers) else {
+            return raw;
         };
-        let (status, headers, body) = response.deconstruct();
+        let (status, headers, body) = raw.deconstruct();
         let tee = body::Tee::new(Frames(body), cap, sink);
         AsyncRawResponse::new(status, headers, Box::pin(BodyDataStream::new(tee)))
     }
@@ -138,21 +131,24 @@ impl Policy for AzureConflictPolicy {
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
         let method = http_method(request.method());
-        if is_safe(&method) {
-            let resource = (method == Method::GET && self.engine.remembers())
-                .then(|| ResourceId::from_url(request.url()));
-            let response = forward(ctx, request, next).await?;
-            return Ok(self.remember(resource, response));
+        match self.engine.route(&method) {
+            Route::Pass => return forward(ctx, request, next).await,
+            Route::Remember => {
+                let resource = ResourceId::from_url(request.url());
+                let response = AzureResponse::new(forward(ctx, request, next).await?);
+                return Ok(self.remember(&resource, response));
+            }
+            Route::Write => {}
         }
         let url = request.url().clone();
         let headers = header_map(request.headers());
-        let original = Original {
-            method: &method,
-            resource: Target::of(&url),
-            url: &url,
-            headers: &headers,
-            overrides: overrides(ctx),
+        let replay = match request.body() {
+            RequestBody::Bytes(bytes) => Replay::Bytes(bytes.clone()),
+            // Reset before each resend, as azure_core's own retry policy does.
+            RequestBody::SeekableStream(_) => Replay::Rewind,
         };
+        let overrides = Overrides::read(ctx.value(), ctx.value(), ctx.value());
+        let original = Original::new(&method, &url, &headers, replay, overrides);
         let mut transport = AzureTransport {
             ctx,
             request,
@@ -160,12 +156,13 @@ impl Policy for AzureConflictPolicy {
             sent: false,
         };
         match self.engine.execute(&mut transport, &original).await {
-            Ok((answer, report)) => {
-                if let (Some(report), Some(reports)) = (report, ctx.value::<ConflictReports>()) {
+            Ok(answered) => {
+                if let (Some(report), Some(reports)) =
+                    (answered.report, ctx.value::<ConflictReports>())
+                {
                     reports.push(*report);
                 }
-                let resource = self.engine.to_remember(original.resource);
-                Ok(self.remember(resource, answer.raw))
+                Ok(self.remember(&original.resource, answered.response))
             }
             Err(Failure::Transport(error)) => Err(error),
             Err(Failure::Conflict(error)) => Err(error.into()),
@@ -254,21 +251,6 @@ impl ConflictReports {
     }
 }
 
-/// The per-call settings in `ctx`, read as the other adapters read a request's extensions.
-fn overrides(ctx: &Context<'_>) -> Overrides {
-    let mut extensions = http::Extensions::new();
-    if let Some(policy) = ctx.value::<PolicyOverride>() {
-        extensions.insert(policy.clone());
-    }
-    if let Some(strategy) = ctx.value::<PreconditionStrategy>() {
-        extensions.insert(*strategy);
-    }
-    if let Some(base) = ctx.value::<MergeBase>() {
-        extensions.insert(base.clone());
-    }
-    Overrides::from_extensions(&extensions)
-}
-
 /// Sends `request` down the rest of the pipeline.
 async fn forward(
     ctx: &Context<'_>,
@@ -285,13 +267,13 @@ async fn forward(
 }
 
 /// A response with its status and headers as the engine reads them.
-struct Answer {
+struct AzureResponse {
     status: StatusCode,
     headers: HeaderMap,
     raw: AsyncRawResponse,
 }
 
-impl Answer {
+impl AzureResponse {
     fn new(raw: AsyncRawResponse) -> Self {
         Self {
             status: http_status(raw.status()),
@@ -310,100 +292,51 @@ struct AzureTransport<'a, 'c> {
 }
 
 impl Transport for AzureTransport<'_, '_> {
-    type Response = Answer;
+    type Response = AzureResponse;
     type Error = azure_core::Error;
 
-    fn status(response: &Answer) -> StatusCode {
-        response.status
+    fn head(response: &AzureResponse) -> (StatusCode, &HeaderMap) {
+        (response.status, &response.headers)
     }
 
-    fn headers(response: &Answer) -> &HeaderMap {
-        &response.headers
-    }
-
-    fn peek_body(
-        response: Answer,
-        cap: usize,
-        deadline: tokio::time::Instant,
-    ) -> BoxFuture<'static, Peeked<Answer, azure_core::Error>> {
+    fn send(
+        &mut self,
+        changes: Option<Changes>,
+    ) -> BoxFuture<'_, Result<AzureResponse, azure_core::Error>> {
         Box::pin(async move {
-            let Answer {
-                status,
-                headers,
-                raw,
-            } = response;
-            let (raw_status, raw_headers, body) = raw.deconstruct();
-            let (body, peeked) = body::peek(Frames(body), cap, deadline).await?;
-            let raw =
-                AsyncRawResponse::new(raw_status, raw_headers, Box::pin(BodyDataStream::new(body)));
-            Ok((
-                Answer {
-                    status,
-                    headers,
-                    raw,
-                },
-                peeked,
-            ))
+            let response = match changes {
+                None => {
+                    if self.sent {
+                        self.request.body_mut().reset().await?;
+                    }
+                    self.sent = true;
+                    forward(self.ctx, self.request, self.next).await
+                }
+                Some(changes) => {
+                    let mut copy = self.request.clone();
+                    *copy.headers_mut() = azure_header_map(&changes.headers);
+                    match changes.body {
+                        Some(body) => copy.set_body(body),
+                        None => copy.body_mut().reset().await?,
+                    }
+                    forward(self.ctx, &mut copy, self.next).await
+                }
+            };
+            response.map(AzureResponse::new)
         })
     }
 
-    async fn send(&mut self) -> Result<Answer, azure_core::Error> {
-        if self.sent {
-            // As azure_core's retry policy does before it sends a request again.
-            self.request.body_mut().reset().await?;
-        }
-        self.sent = true;
-        forward(self.ctx, self.request, self.next)
-            .await
-            .map(Answer::new)
-    }
-
-    fn can_resend(&self) -> bool {
-        // Bytes are cloned by the transport; a seekable stream is reset first.
-        true
-    }
-
-    fn body(&self) -> Option<Bytes> {
-        match self.request.body() {
-            RequestBody::Bytes(bytes) => Some(bytes.clone()),
-            RequestBody::SeekableStream(_) => None,
-        }
-    }
-
-    fn send_variant(
-        &mut self,
-        if_match: HeaderValue,
-        body: Option<Bytes>,
-    ) -> Option<BoxFuture<'_, Result<Answer, azure_core::Error>>> {
-        let if_match = if_match.to_str().ok()?.to_owned();
-        let mut request = self.request.clone();
-        request.insert_header(azure_headers::IF_MATCH, if_match);
-        let changed = body.is_some();
-        if let Some(body) = body {
-            // The length is the new body's, set when it is sent.
-            request.headers_mut().remove(azure_headers::CONTENT_LENGTH);
-            request.set_body(body);
-        }
-        Some(Box::pin(async move {
-            if !changed {
-                request.body_mut().reset().await?;
-            }
-            forward(self.ctx, &mut request, self.next)
-                .await
-                .map(Answer::new)
-        }))
-    }
-
-    fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> Option<Answer> {
-        let raw = AsyncRawResponse::from_bytes(
-            AzureStatus::from(status.as_u16()),
-            azure_header_map(&headers),
-            body,
-        );
-        Some(Answer {
-            status,
-            headers,
-            raw,
+    fn peek(
+        response: AzureResponse,
+        cap: usize,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'static, Result<(AzureResponse, Bytes), azure_core::Error>> {
+        Box::pin(async move {
+            let (raw_status, raw_headers, body) = response.raw.deconstruct();
+            let (body, peeked) = body::peek(Frames(body), cap, deadline).await?;
+            let stream = Box::pin(BodyDataStream::new(body));
+            let raw = AsyncRawResponse::new(raw_status, raw_headers, stream);
+            Ok((AzureResponse { raw, ..response }, peeked))
         })
     }
 
@@ -414,30 +347,29 @@ impl Transport for AzureTransport<'_, '_> {
         headers: HeaderMap,
         cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, azure_core::Error>> {
-        Box::pin(self.exchange(method, url, headers, cap))
-    }
-}
-
-impl AzureTransport<'_, '_> {
-    /// A new bodiless request (a re-fetch, a poll, a prerequisite action) down the rest of the
-    /// pipeline, its answer read up to `cap` bytes.
-    async fn exchange(
-        &mut self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
-    ) -> Result<Fetched, azure_core::Error> {
-        let mut request = Request::new(url, azure_method(&method)?);
-        *request.headers_mut() = azure_header_map(&headers);
-        let (status, headers, body) = forward(self.ctx, &mut request, self.next)
-            .await?
-            .deconstruct();
-        let body = body::read_capped(Frames(body), cap).await?;
-        Ok(Fetched {
-            status: http_status(status),
-            headers: header_map(&headers),
-            body,
+        Box::pin(async move {
+            let mut request = Request::new(url, azure_method(&method)?);
+            *request.headers_mut() = azure_header_map(&headers);
+            let (status, headers, body) = forward(self.ctx, &mut request, self.next)
+                .await?
+                .deconstruct();
+            let body = body::read_capped(Frames(body), cap).await?;
+            Ok(Fetched {
+                status: http_status(status),
+                headers: header_map(&headers),
+                body,
+            })
         })
+    }
+
+    fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> AzureResponse {
+        let azure_headers = azure_header_map(&headers);
+        let raw =
+            AsyncRawResponse::from_bytes(AzureStatus::from(status.as_u16()), azure_headers, body);
+        AzureResponse {
+            status,
+            headers,
+            raw,
+        }
     }
 }

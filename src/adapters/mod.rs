@@ -1,0 +1,57 @@
+//! The adapters: each translates one HTTP stack's types onto the engine, and nothing more.
+//!
+//! | adapter | stack | file |
+//! |---|---|---|
+//! | [`ConflictMiddleware`](crate::ConflictMiddleware) | `reqwest-middleware` | `reqwest.rs` |
+//! | [`ConflictLayer`](crate::ConflictLayer) | any `tower::Service` over `http` | `tower.rs` |
+//! | [`AzureConflictPolicy`](crate::AzureConflictPolicy) | an `azure_core` pipeline | `azure.rs` |
+//!
+//! Each implements the engine's five-function `Transport` for its request and response types,
+//! routes reads past the engine, and hands writes to `Engine::execute`.
+
+#[cfg(feature = "azure-core")]
+pub(crate) mod azure;
+pub(crate) mod reqwest;
+#[cfg(feature = "tower")]
+pub(crate) mod tower;
+
+/// The builder and accessor methods every adapter shares, delegating to its `engine` field.
+macro_rules! engine_accessors {
+    ($adapter:literal) => {
+        #[doc = concat!("The same ", $adapter, " with another lease store, e.g. `RedisLeases` to serialize writers")]
+        /// across processes. The default is a [`MemoryLeases`](crate::MemoryLeases) of its own.
+        pub fn with_leases(self, store: impl crate::LeaseStore) -> Self {
+            self.with_shared_leases(std::sync::Arc::new(store))
+        }
+
+        #[doc = concat!("The same ", $adapter, " sharing `store` with others (several clients in one process).")]
+        pub fn with_shared_leases(mut self, store: std::sync::Arc<dyn crate::LeaseStore>) -> Self {
+            self.engine = self.engine.with_leases(store);
+            self
+        }
+
+        /// The policy in force (after clamping values that would make the engine spin).
+        pub fn policy(&self) -> &crate::ConflictPolicy {
+            self.engine.policy()
+        }
+
+        #[doc = concat!("Conflict counts by resource type, kind and code, for this ", $adapter, " and its clones.")]
+        pub fn stats(&self) -> &crate::ConflictStats {
+            self.engine.stats()
+        }
+
+        #[doc = concat!("The journal of the writes that went through this ", $adapter, " and its clones.")]
+        pub fn journal(&self) -> &crate::Journal {
+            self.engine.journal()
+        }
+
+        #[doc = concat!("The same ", $adapter, " writing to `journal`: one with a window of another size")]
+        /// ([`Journal::with_capacity`](crate::Journal::with_capacity)), or one shared with other
+        /// clients. The default keeps the last 1,024 writes.
+        pub fn with_journal(mut self, journal: crate::Journal) -> Self {
+            self.engine = self.engine.with_journal(journal);
+            self
+        }
+    };
+}
+pub(crate) use engine_accessors;

@@ -1,0 +1,251 @@
+//! The `reqwest-middleware` adapter: a thin translation onto the engine.
+
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
+use reqwest::{Request, Response, ResponseBuilderExt};
+use reqwest_middleware::{Error, Middleware, Next};
+use tokio::time::Instant;
+use url::Url;
+
+use super::engine_accessors;
+use crate::{
+    ConflictPolicy, ResourceId, body,
+    engine::{Changes, Engine, Failure, Fetched, Original, Overrides, Replay, Route, Transport},
+    shared::BoxFuture,
+};
+
+/// Resolves 409 Conflict and 412 Precondition Failed answers for a `reqwest-middleware` client.
+///
+/// Safe methods (GET, HEAD, OPTIONS, TRACE) pass straight through. A write whose answer is not a
+/// 409/412 passes through too, untouched and unbuffered. Otherwise the engine classifies the
+/// conflict and, for a state conflict, waits until the resource converges and retries — re-fetches
+/// and polls go through the rest of the middleware chain, so authentication added by earlier
+/// middleware applies to them. The response carries a [`ConflictReport`](crate::ConflictReport) in
+/// its extensions; a wait that outlives the policy's deadline fails with
+/// [`Error::NotConverged`](crate::Error::NotConverged) inside
+/// `reqwest_middleware::Error::Middleware`.
+///
+/// ```no_run
+/// use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
+/// use reqwest_middleware::ClientBuilder;
+///
+/// let client = ClientBuilder::new(reqwest::Client::new())
+///     .with(ConflictMiddleware::new(ConflictPolicy::azure_arm()))
+///     .build();
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConflictMiddleware {
+    engine: Engine,
+}
+
+impl ConflictMiddleware {
+    /// A middleware applying `policy`.
+    pub fn new(policy: ConflictPolicy) -> Self {
+        Self {
+            engine: Engine::new(policy),
+        }
+    }
+
+    engine_accessors!("middleware");
+
+    /// Copies a successful answer's body as it streams to the caller, when it may serve as a
+    /// merge base; otherwise returns `response` untouched.
+    fn remember(&self, resource: &ResourceId, response: Response) -> Response {
+        let sink = self
+            .engine
+            .merge_base_sink(resource, response.status(), response.headers());
+        let Some((cap, sink)) = sink else {
+            return response;
+        };
+        let url = response.url().clone();
+        let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
+        let tee = body::Tee::new(body, cap, sink);
+        rebuild(parts, reqwest::Body::wrap(tee), url)
+    }
+
+    /// A write, through the engine.
+    async fn write(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let overrides = Overrides::from_extensions(extensions);
+        // Every attempt is a copy of the request without its body (`template`) plus the body,
+        // when it is held in memory (reqwest hands its bytes out without a copy); a streamed
+        // body is sent once, with the request itself.
+        let (template, body, stream, replay) = match request.body_mut().take() {
+            None => (request, None, None, Replay::Bytes(Bytes::new())),
+            Some(body) if body.as_bytes().is_some() => {
+                let bytes = body.collect().await?.to_bytes();
+                (request, Some(bytes.clone()), None, Replay::Bytes(bytes))
+            }
+            Some(stream) => {
+                let template = without_body(&request);
+                *request.body_mut() = Some(stream);
+                (template, None, Some(request), Replay::Once)
+            }
+        };
+        let (method, url, headers) = (template.method(), template.url(), template.headers());
+        let original = Original::new(method, url, headers, replay, overrides);
+        let mut transport = ReqwestTransport {
+            next,
+            extensions,
+            template: &template,
+            body,
+            stream,
+        };
+        match self.engine.execute(&mut transport, &original).await {
+            Ok(answered) => {
+                let mut response = answered.response;
+                if let Some(report) = answered.report {
+                    response.extensions_mut().insert(*report);
+                }
+                Ok(self.remember(&original.resource, response))
+            }
+            Err(Failure::Transport(error)) => Err(error),
+            Err(Failure::Conflict(error)) => Err(Error::middleware(error)),
+        }
+    }
+}
+
+impl Default for ConflictMiddleware {
+    fn default() -> Self {
+        Self::new(ConflictPolicy::default())
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for ConflictMiddleware {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        match self.engine.route(request.method()) {
+            Route::Pass => next.run(request, extensions).await,
+            Route::Remember => {
+                let resource = ResourceId::from_url(request.url());
+                let response = next.run(request, extensions).await?;
+                Ok(self.remember(&resource, response))
+            }
+            Route::Write => self.write(request, extensions, next).await,
+        }
+    }
+}
+
+struct ReqwestTransport<'a> {
+    next: Next<'a>,
+    extensions: &'a mut Extensions,
+    /// The request without its body: every copy starts from it.
+    template: &'a Request,
+    /// The body of every copy, when it is held in memory.
+    body: Option<Bytes>,
+    /// The request itself, with its streamed body, until it is sent.
+    stream: Option<Request>,
+}
+
+impl Transport for ReqwestTransport<'_> {
+    type Response = Response;
+    type Error = Error;
+
+    fn head(response: &Response) -> (StatusCode, &HeaderMap) {
+        (response.status(), response.headers())
+    }
+
+    fn send(&mut self, changes: Option<Changes>) -> BoxFuture<'_, Result<Response, Error>> {
+        let request = self.stream.take().unwrap_or_else(|| {
+            let mut copy = without_body(self.template);
+            let mut body = self.body.clone();
+            if let Some(changes) = changes {
+                *copy.headers_mut() = changes.headers;
+                body = changes.body.or(body);
+            }
+            *copy.body_mut() = body.map(reqwest::Body::from);
+            copy
+        });
+        self.next.clone().run(request, self.extensions)
+    }
+
+    fn peek(
+        response: Response,
+        cap: usize,
+        deadline: Instant,
+    ) -> BoxFuture<'static, Result<(Response, Bytes), Error>> {
+        Box::pin(async move {
+            let url = response.url().clone();
+            let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
+            let (body, peeked) = body::peek(body, cap, deadline).await?;
+            Ok((rebuild(parts, reqwest::Body::wrap(body), url), peeked))
+        })
+    }
+
+    fn call(
+        &mut self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        cap: usize,
+    ) -> BoxFuture<'_, Result<Fetched, Error>> {
+        let origin = url.origin();
+        let mut request = Request::new(method, url);
+        *request.headers_mut() = headers;
+        let response = self.next.clone().run(request, self.extensions);
+        Box::pin(async move {
+            let response = response.await?;
+            // The client followed a redirect elsewhere: whatever answered there is not the
+            // resource's state. (Clients should not follow redirects at all; see SECURITY.md.)
+            if response.url().origin() != origin {
+                return Err(Error::middleware(RedirectedAway));
+            }
+            let (status, headers) = (response.status(), response.headers().clone());
+            let body = http::Response::<reqwest::Body>::from(response).into_body();
+            let body = body::read_capped(body, cap).await?;
+            Ok(Fetched {
+                status,
+                headers,
+                body,
+            })
+        })
+    }
+
+    fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> Response {
+        let mut response = http::Response::new(reqwest::Body::from(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        let (parts, body) = response.into_parts();
+        rebuild(parts, body, self.template.url().clone())
+    }
+}
+
+/// A copy of `request` without its body: everything `try_clone` copies (which it always can
+/// when there is no body to copy), else the head as far as reqwest lets it be read.
+fn without_body(request: &Request) -> Request {
+    if request.body().is_none()
+        && let Some(copy) = request.try_clone()
+    {
+        return copy;
+    }
+    let mut copy = Request::new(request.method().clone(), request.url().clone());
+    *copy.headers_mut() = request.headers().clone();
+    *copy.version_mut() = request.version();
+    *copy.timeout_mut() = request.timeout().copied();
+    copy
+}
+
+/// A `reqwest::Response` again, with its URL, from parts taken apart to read or copy the body.
+fn rebuild(parts: http::response::Parts, body: reqwest::Body, url: Url) -> Response {
+    let mut response = http::Response::from_parts(parts, body);
+    // reqwest keeps the URL in a private extension that only its builder extension can set.
+    if let Some(with_url) = http::Response::builder().url(url).extensions_mut() {
+        response.extensions_mut().extend(std::mem::take(with_url));
+    }
+    Response::from(response)
+}
+
+/// A re-fetch or poll was redirected to another origin by the client.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer came from another origin (the client follows redirects); it is not trusted")]
+struct RedirectedAway;

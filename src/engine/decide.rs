@@ -1,0 +1,326 @@
+//! What to do about a conflict: a pure function of the classification, the policy and the budget
+//! left, apart from the loop that carries it out (as tower's retry `Policy` stands apart from its
+//! service, and reqwest-retry's `RetryableStrategy` from its middleware). The loop in `resolve`
+//! only executes the [`Step`] this returns; every branch here is tested without HTTP.
+
+use crate::{
+    Classification, ConflictKind, ConflictPolicy, PreconditionStrategy, Prerequisite,
+    report::Outcome,
+};
+
+/// The next thing to do about a conflict.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Step<'p> {
+    /// Hand the conflict response to the caller, with this outcome.
+    Surface(Outcome),
+    /// Wait until the resource (or the operation or dependency the error names) is in a terminal
+    /// state, then send the request again.
+    WaitAndRetry,
+    /// Re-fetch the resource for its fresh ETag and representation, then apply `strategy`
+    /// (the re-fetch also finds a write that is already in place).
+    Refresh(PreconditionStrategy),
+    /// Put the resource in the state the request needs (e.g. deallocated), then send it again.
+    Prepare(&'p Prerequisite),
+}
+
+/// What is left of a request's budget.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budget {
+    /// How many times the request was sent.
+    pub attempts: u32,
+    /// Whether it can be sent again (its body could be kept).
+    pub resendable: bool,
+    /// Whether the deadline has passed.
+    pub expired: bool,
+    /// Whether a prerequisite transition ran already (one per request: a second would mean the
+    /// first did not give the state it promised).
+    pub prepared: bool,
+}
+
+/// The next step for a conflict classified `classification`, on a resource of `resource_type`.
+pub(crate) fn decide<'p>(
+    classification: &Classification,
+    resource_type: Option<&str>,
+    policy: &'p ConflictPolicy,
+    budget: Budget,
+) -> Step<'p> {
+    let retry = |then: Step<'p>| match blocked(policy, budget) {
+        Some(outcome) => Step::Surface(outcome),
+        None => then,
+    };
+    match classification.kind {
+        ConflictKind::StateConflict => retry(Step::WaitAndRetry),
+        ConflictKind::Unknown if policy.retry_unknown => retry(Step::WaitAndRetry),
+        // The re-fetch comes first whatever the budget: it is how a write already in place is
+        // found, and how a surfaced 412 carries the fresh state.
+        ConflictKind::StalePrecondition => Step::Refresh(policy.precondition),
+        ConflictKind::PrerequisiteRequired if !budget.prepared => {
+            let rule = policy
+                .prerequisites
+                .iter()
+                .find(|rule| rule.matches(resource_type, classification));
+            match rule {
+                Some(rule) => retry(Step::Prepare(rule)),
+                None => Step::Surface(Outcome::Surfaced),
+            }
+        }
+        _ => Step::Surface(Outcome::Surfaced),
+    }
+}
+
+/// Why the request may not be sent again, if it may not.
+pub(crate) fn blocked(policy: &ConflictPolicy, budget: Budget) -> Option<Outcome> {
+    if !budget.resendable {
+        Some(Outcome::NotRetryable)
+    } else if budget.attempts >= policy.max_attempts {
+        Some(Outcome::Exhausted)
+    } else if budget.expired {
+        Some(Outcome::DeadlineExceeded)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Action, StateCheck};
+
+    const VM: Option<&str> = Some("Microsoft.Compute/virtualMachines");
+
+    fn fresh() -> Budget {
+        Budget {
+            attempts: 1,
+            resendable: true,
+            expired: false,
+            prepared: false,
+        }
+    }
+
+    fn classified(kind: ConflictKind, code: &str) -> Classification {
+        Classification {
+            kind,
+            code: Some(code.to_owned()),
+            ..Classification::default()
+        }
+    }
+
+    fn deallocate() -> Prerequisite {
+        let check = |equals: &str| StateCheck {
+            path: "instanceView".to_owned(),
+            pointer: "/statuses".to_owned(),
+            equals: equals.to_owned(),
+        };
+        Prerequisite {
+            name: Some("deallocate_before_resize".to_owned()),
+            resource_type: "Microsoft.Compute/virtualMachines".to_owned(),
+            codes: vec!["OperationNotAllowed".to_owned()],
+            message_contains: Vec::new(),
+            action: Action {
+                method: "POST".to_owned(),
+                path: "deallocate".to_owned(),
+            },
+            until: check("PowerState/deallocated"),
+            restore: None,
+            restore_until: None,
+        }
+    }
+
+    /// One row per case: the kind and code, the policy's knobs, the budget, and the step.
+    #[test]
+    fn every_kind_and_budget() {
+        use ConflictKind::*;
+        use Outcome::*;
+        let spent = Budget {
+            attempts: 10,
+            ..fresh()
+        };
+        let stream = Budget {
+            resendable: false,
+            ..fresh()
+        };
+        let late = Budget {
+            expired: true,
+            ..fresh()
+        };
+        let prepared = Budget {
+            prepared: true,
+            ..fresh()
+        };
+        let plain = ConflictPolicy::azure_arm();
+        let retry_unknown = ConflictPolicy {
+            retry_unknown: true,
+            ..ConflictPolicy::azure_arm()
+        };
+        let merge = ConflictPolicy {
+            precondition: PreconditionStrategy::Merge,
+            ..ConflictPolicy::azure_arm()
+        };
+        let with_rule = ConflictPolicy {
+            prerequisites: vec![deallocate()],
+            ..ConflictPolicy::azure_arm()
+        };
+        let rule = &with_rule.prerequisites[0];
+        let cases: &[(
+            ConflictKind,
+            &str,
+            &ConflictPolicy,
+            Budget,
+            Option<&str>,
+            Step<'_>,
+        )] = &[
+            (
+                StateConflict,
+                "AnotherOperationInProgress",
+                &plain,
+                fresh(),
+                VM,
+                Step::WaitAndRetry,
+            ),
+            (
+                StateConflict,
+                "AnotherOperationInProgress",
+                &plain,
+                spent,
+                VM,
+                Step::Surface(Exhausted),
+            ),
+            (
+                StateConflict,
+                "AnotherOperationInProgress",
+                &plain,
+                stream,
+                VM,
+                Step::Surface(NotRetryable),
+            ),
+            (
+                StateConflict,
+                "AnotherOperationInProgress",
+                &plain,
+                late,
+                VM,
+                Step::Surface(DeadlineExceeded),
+            ),
+            (Unknown, "", &plain, fresh(), VM, Step::Surface(Surfaced)),
+            (Unknown, "", &retry_unknown, fresh(), VM, Step::WaitAndRetry),
+            (
+                Unknown,
+                "",
+                &retry_unknown,
+                spent,
+                VM,
+                Step::Surface(Exhausted),
+            ),
+            (
+                StalePrecondition,
+                "PreconditionFailed",
+                &plain,
+                fresh(),
+                VM,
+                Step::Refresh(PreconditionStrategy::Surface),
+            ),
+            (
+                StalePrecondition,
+                "PreconditionFailed",
+                &merge,
+                spent,
+                VM,
+                Step::Refresh(PreconditionStrategy::Merge),
+            ),
+            (
+                PrerequisiteRequired,
+                "OperationNotAllowed",
+                &plain,
+                fresh(),
+                VM,
+                Step::Surface(Surfaced),
+            ),
+            (
+                PrerequisiteRequired,
+                "OperationNotAllowed",
+                &with_rule,
+                fresh(),
+                VM,
+                Step::Prepare(rule),
+            ),
+            (
+                PrerequisiteRequired,
+                "OperationNotAllowed",
+                &with_rule,
+                fresh(),
+                Some("Microsoft.Web/sites"),
+                Step::Surface(Surfaced),
+            ),
+            (
+                PrerequisiteRequired,
+                "OperationNotAllowed",
+                &with_rule,
+                prepared,
+                VM,
+                Step::Surface(Surfaced),
+            ),
+            (
+                PrerequisiteRequired,
+                "OperationNotAllowed",
+                &with_rule,
+                stream,
+                VM,
+                Step::Surface(NotRetryable),
+            ),
+            (
+                PrerequisiteRequired,
+                "OperationNotAllowed",
+                &with_rule,
+                spent,
+                VM,
+                Step::Surface(Exhausted),
+            ),
+            (
+                AlreadyExists,
+                "RoleAssignmentExists",
+                &retry_unknown,
+                fresh(),
+                VM,
+                Step::Surface(Surfaced),
+            ),
+            (
+                Permanent,
+                "ScopeLocked",
+                &retry_unknown,
+                fresh(),
+                VM,
+                Step::Surface(Surfaced),
+            ),
+        ];
+        for (kind, code, policy, budget, resource_type, expected) in cases {
+            let step = decide(&classified(*kind, code), *resource_type, policy, *budget);
+            assert_eq!(
+                &step, expected,
+                "{kind:?} {code} {budget:?} {resource_type:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn blocked_checks_the_body_first_then_attempts_then_time() {
+        let policy = ConflictPolicy::azure_arm();
+        let everything = Budget {
+            attempts: 99,
+            resendable: false,
+            expired: true,
+            prepared: false,
+        };
+        assert_eq!(blocked(&policy, everything), Some(Outcome::NotRetryable));
+        let resendable = Budget {
+            resendable: true,
+            ..everything
+        };
+        assert_eq!(blocked(&policy, resendable), Some(Outcome::Exhausted));
+        let one_left = Budget {
+            attempts: policy.max_attempts - 1,
+            ..resendable
+        };
+        assert_eq!(blocked(&policy, one_left), Some(Outcome::DeadlineExceeded));
+        assert_eq!(blocked(&policy, fresh()), None);
+    }
+}

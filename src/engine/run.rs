@@ -1,0 +1,161 @@
+//! One write, from its leases to its answer.
+//!
+//! A [`Run`] is what a single request carries through the engine: the shared engine, the policy
+//! in force for this request (its resource type's, with its own override), the request itself and
+//! its deadline. The steps of the resolution (`resolve`, `converge`, `precondition`,
+//! `prerequisite`) are its methods, so none of them reaches for another request's policy.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, StatusCode};
+use tokio::time::Instant;
+
+use super::{
+    Answered, Engine, Failure, Original, Transport, converge, is_conflict, is_safe, state::Source,
+};
+use crate::{ConflictPolicy, Error, Lease, lease::acquire_all};
+
+/// One request through the engine.
+pub(super) struct Run<'r> {
+    pub engine: &'r Engine,
+    pub policy: Arc<ConflictPolicy>,
+    pub original: &'r Original<'r>,
+    /// When the whole request, waits included, must be over.
+    pub deadline: Instant,
+}
+
+impl<'r> Run<'r> {
+    pub(super) fn new(
+        engine: &'r Engine,
+        policy: Arc<ConflictPolicy>,
+        original: &'r Original<'r>,
+    ) -> Self {
+        let deadline = Instant::now() + policy.deadline;
+        Self {
+            engine,
+            policy,
+            original,
+            deadline,
+        }
+    }
+
+    /// Takes the write's leases, waits for a transition the previous holder left, sends the
+    /// request, resolves a 409/412, and records the write in the journal.
+    pub(super) async fn write<T: Transport>(
+        &self,
+        transport: &mut T,
+    ) -> Result<Answered<T::Response>, Failure<T::Error>> {
+        let leases = self.leases().await.map_err(Failure::Conflict)?;
+        // The resource's own lease sorts after its parent's (a parent's key is a prefix).
+        let own = leases
+            .iter()
+            .find(|lease| lease.key() == self.original.resource.key());
+        if let Some(lease) = own {
+            self.guard(transport, lease)
+                .await
+                .map_err(Failure::Conflict)?;
+        }
+
+        let resource = self.original.resource.shared_key();
+        let token = own.map(Lease::token);
+        let seq = self
+            .engine
+            .journal
+            .begin(resource, self.original.method, token);
+        let mut result = match transport.send(None).await {
+            Ok(first) if is_conflict(T::head(&first).0) => self.resolve(transport, first).await,
+            Ok(first) => Ok(Answered {
+                response: first,
+                report: None,
+            }),
+            Err(error) => Err(Failure::Transport(error)),
+        };
+        if let Ok(Answered {
+            report: Some(report),
+            ..
+        }) = &mut result
+        {
+            report.lease_token = token;
+            report.journal_seq = Some(seq);
+        }
+        let ended = Instant::now();
+        let status = result.as_ref().ok().map(|a| T::head(&a.response).0);
+        self.engine
+            .journal
+            .end(seq, status.map(|s| s.as_u16()), ended);
+
+        if let (Some(lease), Ok(answered)) = (own, &result) {
+            let (status, headers) = T::head(&answered.response);
+            if leaves_transition(self.original.resource.is_arm(), status, headers) {
+                self.engine.estimates.started(resource, ended);
+                if let Err(error) = self.engine.leases.set_transitioning(lease, true).await {
+                    tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
+                }
+            }
+        }
+        // Released explicitly, so a remote store has them back before the caller goes on (a
+        // process that exits right after its write must not leave its lease to expire).
+        for lease in leases {
+            lease.release().await;
+        }
+        result
+    }
+
+    /// The write's leases, when the policy takes them: the resource's, and its parent's when
+    /// its type is listed (`LeasePolicy::keys_for`), taken in sorted order so writers cannot
+    /// deadlock.
+    async fn leases(&self) -> Result<Vec<Lease>, Error> {
+        let leases = &self.policy.leases;
+        if !leases.enabled || is_safe(self.original.method) {
+            return Ok(Vec::new());
+        }
+        let keys = leases.keys_for(&self.original.resource);
+        let wait = self.deadline.saturating_duration_since(Instant::now());
+        acquire_all(&*self.engine.leases, &keys, leases.ttl, wait).await
+    }
+
+    /// The state guard: if the previous holder left the resource in transition, wait (polling
+    /// it) until it is terminal, so this writer is not the one that eats the 409.
+    async fn guard<T: Transport>(&self, transport: &mut T, lease: &Lease) -> Result<(), Error> {
+        let transitioning = match lease.transitioning() {
+            Some(known) => known,
+            None => self.engine.leases.is_transitioning(lease).await?,
+        };
+        if !transitioning {
+            return Ok(());
+        }
+        let resource = &self.original.resource;
+        let kind = resource.resource_type().unwrap_or_default();
+        let estimates = &self.engine.estimates;
+        let start = estimates.take_start(resource.key());
+        let watch = converge::Watch {
+            planned: estimates.plan(start, kind, self.policy.poll.min_delay),
+            lenient: true,
+            ..converge::Watch::state(resource.fetch_url(self.original.url), Source::Resource)
+        };
+        let mut seen = converge::Observations::default();
+        let waiting = Instant::now();
+        let converged = self.poll(transport, watch, &mut seen).await;
+        estimates.learn(start, kind, &seen.polls);
+        if !converged {
+            return Err(Error::NotConverged {
+                resource: resource.key().to_owned(),
+                classification: None,
+                last_state: seen.last,
+                attempts: 0,
+                waited: waiting.elapsed(),
+            });
+        }
+        self.engine.leases.set_transitioning(lease, false).await
+    }
+}
+
+/// Whether a successful write to an ARM resource left it in transition: ARM answers 201/202 for
+/// long-running operations, or names an `Azure-AsyncOperation` to poll. Judged from the head
+/// alone, so successful bodies are never read. Other APIs have no such contract (a 201 from
+/// `POST /items` is just "created"), so they are never marked.
+fn leaves_transition(arm: bool, status: StatusCode, headers: &HeaderMap) -> bool {
+    arm && (status == StatusCode::CREATED
+        || status == StatusCode::ACCEPTED
+        || (status.is_success() && headers.contains_key("azure-asyncoperation")))
+}
