@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Prerequisite, classify::Rule};
 
-/// The longest deadline a policy may set: a week (longer ones are clamped to it).
+mod bounds;
+
+/// The longest deadline a policy may set: a week. Every duration a policy holds is bounded by it
+/// (see `bounds`), since each is added to the clock and `Instant` arithmetic panics on overflow.
 pub(crate) const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How conflicts are resolved. `ConflictPolicy::default()` is [`ConflictPolicy::azure_arm`].
@@ -45,7 +48,8 @@ pub struct ConflictPolicy {
     #[serde(with = "humantime_serde")]
     pub retry_after_cap: Duration,
     /// Hosts other than the request's own that polls may go to (operation-status URIs are often
-    /// regional). `*.example.com` matches any subdomain. Such hosts must be reached over https.
+    /// regional). `*.example.com` matches any subdomain; a `*.` pattern needs at least two labels
+    /// after it, so `*`, `*.` and `*.com` are refused. Such hosts must be reached over https.
     pub allowed_hosts: Vec<String>,
     /// The headers of the original request that re-fetches, polls and prerequisite actions carry
     /// (compared ignoring case). Authentication and tracing ids, by default; anything else a
@@ -143,6 +147,21 @@ impl PolicyOverride {
         }
         if let Some(v) = &self.leases {
             policy.leases = v.clone();
+        }
+    }
+
+    /// An override of the same fields as this one, holding `policy`'s values: given this override
+    /// applied to a policy and then clamped, this override clamped. It lists the fields
+    /// [`apply_to`](Self::apply_to) writes; a field added to one belongs in the other.
+    fn set_from(&self, policy: &ConflictPolicy) -> PolicyOverride {
+        PolicyOverride {
+            max_attempts: self.max_attempts.map(|_| policy.max_attempts),
+            deadline: self.deadline.map(|_| policy.deadline),
+            poll: self.poll.as_ref().map(|_| policy.poll.clone()),
+            retry_after_cap: self.retry_after_cap.map(|_| policy.retry_after_cap),
+            retry_unknown: self.retry_unknown.map(|_| policy.retry_unknown),
+            precondition: self.precondition.map(|_| policy.precondition),
+            leases: self.leases.as_ref().map(|_| policy.leases.clone()),
         }
     }
 }
@@ -353,66 +372,92 @@ impl ConflictPolicy {
             .map(|(_, o)| o)
     }
 
-    /// Checks the values no type can: a budget of at least one attempt, a schedule that grows and
-    /// cannot spin, buffers of a sane size.
+    /// Checks the values no type can rule out, here and in every `resource_types` override:
+    /// `max_attempts` in 1..=1000; `deadline` from 1ms to 7 days; `poll.min_delay` from 1ms, and
+    /// `poll.max_delay` from `poll.min_delay`, to 7 days; `poll.factor` in 1..=100;
+    /// `retry_after_cap` at most 7 days; `max_error_body` and `max_fetch_body` from 1 byte to
+    /// 64 MiB; `leases.ttl` from 1s to 7 days; `remember_representations` at most 65,536; every
+    /// `allowed_hosts` pattern a host name, or `*.` and a host name of two labels or more.
+    ///
+    /// The error names the first field out of bounds, under its override's quoted path when it
+    /// is in one (`resource_types."Microsoft.Web/sites".max_attempts`).
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |path: &str, message: &str| {
-            Err(Error::InvalidPolicy {
-                path: path.into(),
-                message: message.into(),
-            })
-        };
-        if self.max_attempts == 0 {
-            return bad("max_attempts", "must be at least 1");
-        }
-        if self.deadline.is_zero() || self.deadline > MAX_DEADLINE {
-            return bad("deadline", "must be more than 0 and at most 7 days");
-        }
-        if self.poll.min_delay < Duration::from_millis(1) {
-            return bad("poll.min_delay", "must be at least 1ms");
-        }
-        if self.poll.max_delay < self.poll.min_delay {
-            return bad("poll.max_delay", "must not be less than poll.min_delay");
-        }
-        if !(self.poll.factor.is_finite() && self.poll.factor >= 1.0) {
-            return bad("poll.factor", "must be a finite number of at least 1");
-        }
-        const MAX_BUFFER: usize = 64 * 1024 * 1024;
-        if !(1..=MAX_BUFFER).contains(&self.max_error_body) {
-            return bad("max_error_body", "must be between 1 byte and 64 MiB");
-        }
-        if !(1..=MAX_BUFFER).contains(&self.max_fetch_body) {
-            return bad("max_fetch_body", "must be between 1 byte and 64 MiB");
-        }
-        if self.leases.ttl < Duration::from_secs(1) {
-            return bad("leases.ttl", "must be at least 1s");
-        }
+        bounds::check(self).map_err(|v| v.into_error("", ""))?;
         for (resource_type, o) in &self.resource_types {
             let mut merged = self.clone();
             merged.resource_types.clear();
             o.apply_to(&mut merged);
-            merged.validate().map_err(|e| match e {
-                Error::InvalidPolicy { path, message } => Error::InvalidPolicy {
-                    path: format!("resource_types.{}.{path}", quote_key(resource_type)),
-                    message,
-                },
-                other => other,
+            bounds::check(&merged).map_err(|v| {
+                v.into_error(&format!("resource_types.{}.", quote_key(resource_type)), "")
             })?;
         }
         Ok(())
     }
 
-    /// TEMPORARY until the bounds table lands.
-    pub(crate) fn clamped(self) -> Self {
+    /// This policy with every value moved into the bounds [`validate`](Self::validate) checks,
+    /// its `resource_types` overrides included, for a hand-built policy given to a constructor
+    /// that cannot fail. An `allowed_hosts` pattern that is not one is dropped. Each change is
+    /// logged as a warning naming the field. A valid policy comes back unchanged.
+    pub(crate) fn clamped(mut self) -> Self {
+        bounds::clamp(&mut self, "");
+        let types = std::mem::take(&mut self.resource_types);
+        self.resource_types = types
+            .into_iter()
+            .map(|(resource_type, o)| {
+                // The table reads and writes whole policies: clamp the override as applied to
+                // this one, then keep only the fields it sets.
+                let mut merged = self.clone();
+                o.apply_to(&mut merged);
+                let prefix = format!("resource_types.{}.", quote_key(&resource_type));
+                bounds::clamp(&mut merged, &prefix);
+                let o = o.set_from(&merged);
+                (resource_type, o)
+            })
+            .collect();
         self
     }
 
-    /// TEMPORARY until the bounds table lands.
+    /// This policy with a per-request override applied, checked against the same bounds as
+    /// [`from_json`](Self::from_json): a request can never set what a policy file may not. The
+    /// error names the field and says the value came from a per-request override.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use reqwest_conflict::{ConflictPolicy, Error, LeasePolicy, PolicyOverride};
+    ///
+    /// let policy = ConflictPolicy::azure_arm();
+    /// let longer = PolicyOverride {
+    ///     deadline: Some(Duration::from_secs(3600)),
+    ///     ..PolicyOverride::default()
+    /// };
+    /// assert_eq!(policy.with_override(&longer)?.deadline, Duration::from_secs(3600));
+    ///
+    /// // A lease that expires at once would let a second writer in during the first one's write.
+    /// let no_ttl = PolicyOverride {
+    ///     leases: Some(LeasePolicy { ttl: Duration::ZERO, ..LeasePolicy::default() }),
+    ///     ..PolicyOverride::default()
+    /// };
+    /// match policy.with_override(&no_ttl) {
+    ///     Err(Error::InvalidPolicy { path, message }) => {
+    ///         assert_eq!(path, "leases.ttl");
+    ///         assert!(message.contains("per-request override"), "{message}");
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn with_override(&self, o: &PolicyOverride) -> Result<ConflictPolicy, Error> {
-        let mut p = self.clone();
-        o.apply_to(&mut p);
-        p.validate()?;
-        Ok(p)
+        let mut policy = self.clone();
+        o.apply_to(&mut policy);
+        match bounds::check(&policy) {
+            Ok(()) => Ok(policy),
+            Err(v) => {
+                // A hand-built policy can be out of bounds by itself: blame the override only
+                // for what it broke.
+                bounds::check(self).map_err(|own| own.into_error("", ""))?;
+                Err(v.into_error("", " (set by a per-request override)"))
+            }
+        }
     }
 
     /// Whether polls may go to `host` (besides the request's own host, which always may).
