@@ -233,17 +233,9 @@ impl LeasePolicy {
 
     /// The parent a write to `resource` must hold as well: `Some` only when the resource's type
     /// is listed in [`lock_parent_of`](Self::lock_parent_of).
-    pub(crate) fn parent_to_lock(&self, resource: &crate::ResourceId) -> Option<crate::ResourceId> {
-        let t = resource.resource_type()?;
-        self.locks_parent(|listed| listed.eq_ignore_ascii_case(t))
-            .then(|| resource.parent())
-            .flatten()
-    }
-
-    /// Whether a resource whose type `is_type` says is one of [`lock_parent_of`](Self::lock_parent_of)
-    /// (asked of each listed type): the engine asks without making the type's string.
-    pub(crate) fn locks_parent(&self, is_type: impl Fn(&str) -> bool) -> bool {
-        self.lock_parent_of.iter().any(|listed| is_type(listed))
+    fn parent_to_lock(&self, resource: &crate::ResourceId) -> Option<crate::ResourceId> {
+        let listed = self.lock_parent_of.iter().any(|t| resource.is_type(t));
+        listed.then(|| resource.parent()).flatten()
     }
 }
 

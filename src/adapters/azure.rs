@@ -7,17 +7,17 @@
 //! engine makes is itself retried for 429/5xx and connection errors as usual; and re-fetches and
 //! polls, sent down the rest of the pipeline, are authenticated by the per-try policies.
 //!
-//! An `azure_core` response has no extensions, so the [`ConflictReport`] travels the way
+//! An `azure_core` response has no extensions, so the [`ConflictReport`](crate::ConflictReport) travels the way
 //! `azure_core` passes per-call values: through the call's [`Context`]. A caller who wants it puts
 //! a [`ConflictReports`] there and reads it after the call — also when the call failed, as a
 //! surfaced 409 does once a client library checks the status.
 
 mod convert;
+mod reports;
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
-};
+pub use reports::ConflictReports;
+
+use std::sync::Arc;
 
 use azure_core::{
     error::ErrorKind,
@@ -33,10 +33,12 @@ use url::Url;
 
 use convert::{Frames, azure_header_map, azure_method, header_map, http_method, http_status};
 
-use super::engine_accessors;
+use super::adapter_methods;
 use crate::{
-    ConflictPolicy, ConflictReport, ResourceId, body,
-    engine::{Changes, Engine, Failure, Fetched, Original, Overrides, Replay, Route, Transport},
+    ResourceId, body,
+    engine::{
+        Changes, Engine, Failure, Fetched, Original, Overrides, Peeked, Replay, Route, Transport,
+    },
     shared::BoxFuture,
 };
 
@@ -51,7 +53,7 @@ use crate::{
 /// the pipeline with the original's headers (less those describing its body or preconditions).
 ///
 /// - **The report**: put a [`ConflictReports`] into the call's [`Context`]; every request of the
-///   call that met a conflict leaves its [`ConflictReport`] there.
+///   call that met a conflict leaves its [`ConflictReport`](crate::ConflictReport) there.
 /// - **Per-call settings**: a [`PolicyOverride`](crate::PolicyOverride),
 ///   [`PreconditionStrategy`](crate::PreconditionStrategy) or [`MergeBase`](crate::MergeBase) in the
 ///   `Context` applies to that call, as it does in a reqwest request's extensions.
@@ -89,16 +91,9 @@ pub struct AzureConflictPolicy {
     engine: Engine,
 }
 
+adapter_methods!(AzureConflictPolicy, "policy");
+
 impl AzureConflictPolicy {
-    /// A policy applying `policy`.
-    pub fn new(policy: ConflictPolicy) -> Self {
-        Self {
-            engine: Engine::new(policy),
-        }
-    }
-
-    engine_accessors!("policy");
-
     /// Copies a successful answer's body as it streams to the caller, when it may serve as a
     /// merge base; otherwise returns `response` untouched.
     fn remember(&self, resource: &ResourceId, response: AzureResponse) -> AsyncRawResponse {
@@ -113,12 +108,6 @@ impl AzureConflictPolicy {
         let (status, headers, body) = raw.deconstruct();
         let tee = body::Tee::new(Frames(body), cap, sink);
         AsyncRawResponse::new(status, headers, Box::pin(BodyDataStream::new(tee)))
-    }
-}
-
-impl Default for AzureConflictPolicy {
-    fn default() -> Self {
-        Self::new(ConflictPolicy::default())
     }
 }
 
@@ -187,67 +176,6 @@ impl From<crate::Error> for azure_core::Error {
             _ => ErrorKind::Other,
         };
         azure_core::Error::new(kind, error)
-    }
-}
-
-/// How many reports a [`ConflictReports`] keeps; the oldest go first.
-const MAX_REPORTS: usize = 64;
-
-/// Where [`AzureConflictPolicy`] leaves the [`ConflictReport`] of every request that met a
-/// conflict, for the caller to read after the call. Put one into the call's [`Context`]
-/// (`Context::with_value`, or `ClientMethodOptions::context` of an SDK client method); clones share
-/// the same reports. It keeps the latest 64.
-///
-/// ```
-/// use azure_core::http::Context;
-/// use reqwest_conflict::ConflictReports;
-///
-/// let reports = ConflictReports::new();
-/// let ctx = Context::new().with_value(reports.clone());
-/// // ... send the request with `ctx` ...
-/// assert!(reports.take().is_empty());
-/// ```
-#[derive(Clone, Debug, Default)]
-pub struct ConflictReports(Arc<Mutex<VecDeque<ConflictReport>>>);
-
-impl ConflictReports {
-    /// An empty collection.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Removes and returns the reports, oldest first.
-    pub fn take(&self) -> Vec<ConflictReport> {
-        self.lock().drain(..).collect()
-    }
-
-    /// The latest report, if any.
-    pub fn last(&self) -> Option<ConflictReport> {
-        self.lock().back().cloned()
-    }
-
-    /// How many reports are held.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no report is held.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    fn push(&self, report: ConflictReport) {
-        let mut reports = self.lock();
-        if reports.len() >= MAX_REPORTS {
-            reports.pop_front();
-        }
-        reports.push_back(report);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ConflictReport>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -330,7 +258,7 @@ impl Transport for AzureTransport<'_, '_> {
         response: AzureResponse,
         cap: usize,
         deadline: tokio::time::Instant,
-    ) -> BoxFuture<'static, Result<(AzureResponse, Bytes), azure_core::Error>> {
+    ) -> BoxFuture<'static, Peeked<AzureResponse, azure_core::Error>> {
         Box::pin(async move {
             let (raw_status, raw_headers, body) = response.raw.deconstruct();
             let (body, peeked) = body::peek(Frames(body), cap, deadline).await?;

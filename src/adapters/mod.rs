@@ -15,16 +15,31 @@ pub(crate) mod reqwest;
 #[cfg(feature = "tower")]
 pub(crate) mod tower;
 
-/// The builder and accessor methods every adapter shares, delegating to its `engine` field.
-macro_rules! engine_accessors {
-    ($adapter:literal) => {
-        #[doc = concat!("The same ", $adapter, " with another lease store, e.g. `RedisLeases` to serialize writers")]
+/// The constructor, builder and accessor methods every adapter shares, delegating to its
+/// `engine` field, and its `Default` (the [`azure_arm`](crate::ConflictPolicy::azure_arm) policy).
+macro_rules! adapter_methods {
+    ($adapter:ident, $name:literal) => {
+        impl Default for $adapter {
+            fn default() -> Self {
+                Self::new(crate::ConflictPolicy::default())
+            }
+        }
+
+        impl $adapter {
+        #[doc = concat!("A ", $name, " applying `policy`.")]
+        pub fn new(policy: crate::ConflictPolicy) -> Self {
+            Self {
+                engine: crate::engine::Engine::new(policy),
+            }
+        }
+
+        #[doc = concat!("The same ", $name, " with another lease store, e.g. `RedisLeases` to serialize writers")]
         /// across processes. The default is a [`MemoryLeases`](crate::MemoryLeases) of its own.
         pub fn with_leases(self, store: impl crate::LeaseStore) -> Self {
             self.with_shared_leases(std::sync::Arc::new(store))
         }
 
-        #[doc = concat!("The same ", $adapter, " sharing `store` with others (several clients in one process).")]
+        #[doc = concat!("The same ", $name, " sharing `store` with others (several clients in one process).")]
         pub fn with_shared_leases(mut self, store: std::sync::Arc<dyn crate::LeaseStore>) -> Self {
             self.engine = self.engine.with_leases(store);
             self
@@ -35,23 +50,24 @@ macro_rules! engine_accessors {
             self.engine.policy()
         }
 
-        #[doc = concat!("Conflict counts by resource type, kind and code, for this ", $adapter, " and its clones.")]
+        #[doc = concat!("Conflict counts by resource type, kind and code, for this ", $name, " and its clones.")]
         pub fn stats(&self) -> &crate::ConflictStats {
             self.engine.stats()
         }
 
-        #[doc = concat!("The journal of the writes that went through this ", $adapter, " and its clones.")]
+        #[doc = concat!("The journal of the writes that went through this ", $name, " and its clones.")]
         pub fn journal(&self) -> &crate::Journal {
             self.engine.journal()
         }
 
-        #[doc = concat!("The same ", $adapter, " writing to `journal`: one with a window of another size")]
+        #[doc = concat!("The same ", $name, " writing to `journal`: one with a window of another size")]
         /// ([`Journal::with_capacity`](crate::Journal::with_capacity)), or one shared with other
         /// clients. The default keeps the last 1,024 writes.
         pub fn with_journal(mut self, journal: crate::Journal) -> Self {
             self.engine = self.engine.with_journal(journal);
             self
         }
+        }
     };
 }
-pub(crate) use engine_accessors;
+pub(crate) use adapter_methods;

@@ -8,10 +8,12 @@ use reqwest_middleware::{Error, Middleware, Next};
 use tokio::time::Instant;
 use url::Url;
 
-use super::engine_accessors;
+use super::adapter_methods;
 use crate::{
-    ConflictPolicy, ResourceId, body,
-    engine::{Changes, Engine, Failure, Fetched, Original, Overrides, Replay, Route, Transport},
+    ResourceId, body,
+    engine::{
+        Changes, Engine, Failure, Fetched, Original, Overrides, Peeked, Replay, Route, Transport,
+    },
     shared::BoxFuture,
 };
 
@@ -39,16 +41,9 @@ pub struct ConflictMiddleware {
     engine: Engine,
 }
 
+adapter_methods!(ConflictMiddleware, "middleware");
+
 impl ConflictMiddleware {
-    /// A middleware applying `policy`.
-    pub fn new(policy: ConflictPolicy) -> Self {
-        Self {
-            engine: Engine::new(policy),
-        }
-    }
-
-    engine_accessors!("middleware");
-
     /// Copies a successful answer's body as it streams to the caller, when it may serve as a
     /// merge base; otherwise returns `response` untouched.
     fn remember(&self, resource: &ResourceId, response: Response) -> Response {
@@ -110,12 +105,6 @@ impl ConflictMiddleware {
     }
 }
 
-impl Default for ConflictMiddleware {
-    fn default() -> Self {
-        Self::new(ConflictPolicy::default())
-    }
-}
-
 #[async_trait::async_trait]
 impl Middleware for ConflictMiddleware {
     async fn handle(
@@ -173,7 +162,7 @@ impl Transport for ReqwestTransport<'_> {
         response: Response,
         cap: usize,
         deadline: Instant,
-    ) -> BoxFuture<'static, Result<(Response, Bytes), Error>> {
+    ) -> BoxFuture<'static, Peeked<Response, Error>> {
         Box::pin(async move {
             let url = response.url().clone();
             let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();

@@ -21,17 +21,19 @@ use std::{
 
 use ::tower::{BoxError, Layer, Service};
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, request::Parts};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use url::Url;
 
 pub use body::ConflictBody;
 
-use super::engine_accessors;
+use super::adapter_methods;
 use crate::{
-    ConflictPolicy, ConflictStats, Journal, ResourceId,
-    engine::{Changes, Engine, Failure, Fetched, Original, Overrides, Replay, Route, Transport},
+    ConflictStats, Journal, ResourceId,
+    engine::{
+        Changes, Engine, Failure, Fetched, Original, Overrides, Peeked, Replay, Route, Transport,
+    },
     shared::BoxFuture,
 };
 
@@ -85,22 +87,9 @@ pub struct ConflictLayer {
     engine: Engine,
 }
 
-impl ConflictLayer {
-    /// A layer applying `policy`.
-    pub fn new(policy: ConflictPolicy) -> Self {
-        Self {
-            engine: Engine::new(policy),
-        }
-    }
+adapter_methods!(ConflictLayer, "layer");
 
-    engine_accessors!("layer");
-}
-
-impl Default for ConflictLayer {
-    fn default() -> Self {
-        Self::new(ConflictPolicy::default())
-    }
-}
+impl ConflictLayer {}
 
 impl<S> Layer<S> for ConflictLayer {
     type Service = ConflictService<S>;
@@ -202,17 +191,13 @@ where
     let service = ready.clone();
     drop(ready);
 
-    let (parts, body) = request.into_parts();
-    let head = Head {
-        method: parts.method,
-        uri: parts.uri,
-        version: parts.version,
-        headers: parts.headers,
-        extensions: parts.extensions,
-    };
+    let (head, body) = request.into_parts();
     let (first, kept) = match buffer(body).await? {
-        Ok(bytes) => (head.request(B::from(bytes.clone())), Some(bytes)),
-        Err(stream) => (head.request(stream), None),
+        Ok(bytes) => (
+            Request::from_parts(head.clone(), B::from(bytes.clone())),
+            Some(bytes),
+        ),
+        Err(stream) => (Request::from_parts(head.clone(), stream), None),
     };
     let replay = kept.clone().map_or(Replay::Once, Replay::Bytes);
     let overrides = Overrides::from_extensions(&head.extensions);
@@ -275,51 +260,27 @@ where
     response.map(|body| ConflictBody::boxed(crate::body::Tee::new(body, cap, sink)))
 }
 
-/// The request's head, kept to build every attempt and re-fetch from.
-struct Head {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    extensions: Extensions,
-}
-
-impl Head {
-    fn request<B>(&self, body: B) -> Request<B> {
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers.clone();
-        *request.extensions_mut() = self.extensions.clone();
-        request
-    }
-}
-
 struct TowerTransport<'h, S, B> {
     /// A clone of the wrapped service, polled ready before each request.
     service: S,
-    head: &'h Head,
+    /// The request's head: every attempt and re-fetch is built from it.
+    head: &'h Parts,
     /// The request itself, until it is sent.
     first: Option<Request<B>>,
     /// The body every later attempt is rebuilt from; `None` when it could not be kept.
     body: Option<Bytes>,
 }
 
-impl<S, B, RB> TowerTransport<'_, S, B>
+/// Polls `service` ready, then sends `request` through it.
+async fn dispatch<S, B, RB>(service: &mut S, request: Request<B>) -> Result<Response<RB>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S: Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
-    S::Future: Send,
-    B: Send,
 {
-    /// Polls the service ready, then sends `request` through it.
-    async fn dispatch(&mut self, request: Request<B>) -> Result<Response<RB>, BoxError> {
-        poll_fn(|cx| self.service.poll_ready(cx))
-            .await
-            .map_err(Into::into)?;
-        self.service.call(request).await.map_err(Into::into)
-    }
+    poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    service.call(request).await.map_err(Into::into)
 }
 
 impl<S, B, RB> Transport for TowerTransport<'_, S, B>
@@ -343,17 +304,18 @@ where
         changes: Option<Changes>,
     ) -> BoxFuture<'_, Result<Self::Response, BoxError>> {
         let request = self.first.take().filter(|_| changes.is_none()).or_else(|| {
-            let kept = self.body.clone()?;
-            let Some(changes) = changes else {
-                return Some(self.head.request(B::from(kept)));
-            };
-            let mut request = self.head.request(B::from(changes.body.unwrap_or(kept)));
-            *request.headers_mut() = changes.headers;
-            Some(request)
+            let mut head = self.head.clone();
+            let mut body = self.body.clone()?;
+            if let Some(changes) = changes {
+                head.headers = changes.headers;
+                body = changes.body.unwrap_or(body);
+            }
+            Some(Request::from_parts(head, B::from(body)))
         });
         Box::pin(async move {
             let request = request.ok_or_else(|| BoxError::from(NotRetryable))?;
-            Ok(self.dispatch(request).await?.map(ConflictBody::new))
+            let response = dispatch(&mut self.service, request).await?;
+            Ok(response.map(ConflictBody::new))
         })
     }
 
@@ -361,7 +323,7 @@ where
         response: Self::Response,
         cap: usize,
         deadline: tokio::time::Instant,
-    ) -> BoxFuture<'static, Result<(Self::Response, Bytes), BoxError>> {
+    ) -> BoxFuture<'static, Peeked<Self::Response, BoxError>> {
         Box::pin(async move {
             let (parts, body) = response.into_parts();
             let (body, peeked) = crate::body::peek(body, cap, deadline)
@@ -382,11 +344,10 @@ where
         cap: usize,
     ) -> BoxFuture<'_, Result<Fetched, BoxError>> {
         Box::pin(async move {
-            let mut request = self.head.request(B::from(Bytes::new()));
-            *request.method_mut() = method;
-            *request.uri_mut() = url.as_str().parse()?;
-            *request.headers_mut() = headers;
-            let (parts, body) = self.dispatch(request).await?.into_parts();
+            let mut head = self.head.clone();
+            (head.method, head.uri, head.headers) = (method, url.as_str().parse()?, headers);
+            let request = Request::from_parts(head, B::from(Bytes::new()));
+            let (parts, body) = dispatch(&mut self.service, request).await?.into_parts();
             let body = crate::body::read_capped(body, cap)
                 .await
                 .map_err(Into::into)?;

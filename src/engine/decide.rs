@@ -126,6 +126,16 @@ mod tests {
         }
     }
 
+    /// The kind and code, the policy, the budget, the resource type, and the expected step.
+    type Case<'a> = (
+        ConflictKind,
+        &'a str,
+        &'a ConflictPolicy,
+        Budget,
+        Option<&'a str>,
+        Step<'a>,
+    );
+
     /// One row per case: the kind and code, the policy's knobs, the budget, and the step.
     #[test]
     fn every_kind_and_budget() {
@@ -161,14 +171,7 @@ mod tests {
             ..ConflictPolicy::azure_arm()
         };
         let rule = &with_rule.prerequisites[0];
-        let cases: &[(
-            ConflictKind,
-            &str,
-            &ConflictPolicy,
-            Budget,
-            Option<&str>,
-            Step<'_>,
-        )] = &[
+        let cases: &[Case<'_>] = &[
             (
                 StateConflict,
                 "AnotherOperationInProgress",

@@ -35,7 +35,7 @@ use http::{HeaderMap, Method, StatusCode};
 // TEMPORARY: until lease/ imports it from `shared`.
 pub(crate) use crate::shared::BoxFuture;
 pub(crate) use transport::{
-    Answered, Changes, Failure, Fetched, Original, Overrides, Replay, Transport,
+    Answered, Changes, Failure, Fetched, Original, Overrides, Peeked, Replay, Transport,
 };
 
 use crate::{

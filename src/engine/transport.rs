@@ -39,7 +39,7 @@ pub(crate) trait Transport: Send {
         response: Self::Response,
         cap: usize,
         deadline: Instant,
-    ) -> BoxFuture<'static, Result<(Self::Response, Bytes), Self::Error>>;
+    ) -> BoxFuture<'static, Peeked<Self::Response, Self::Error>>;
 
     /// Sends `method url` with `headers` and no body through the rest of the stack, reading at
     /// most `cap` bytes of the answer: re-fetches, polls, prerequisite actions.
@@ -55,6 +55,9 @@ pub(crate) trait Transport: Send {
     /// representation).
     fn respond(&self, status: StatusCode, headers: HeaderMap, body: Bytes) -> Self::Response;
 }
+
+/// A response whose body was peeked at, with the bytes read.
+pub(crate) type Peeked<R, E> = Result<(R, Bytes), E>;
 
 /// What a resend changes of the original request.
 #[derive(Debug)]
