@@ -3,59 +3,17 @@
 //! pipeline) — then what only one stack has. Each behaviour is written once, in `behaviour`, and
 //! instantiated per stack by `matrix!`.
 
-mod common;
 #[path = "adapters/stacks.rs"]
 mod stacks;
+mod support;
 
 use std::time::Duration;
 
-use arm_sim::{Scripted, Sim, SimConfig};
-use common::*;
+use arm_sim::{Scripted, Sim};
 use reqwest_conflict::{ConflictKind, ConflictPolicy, Error, Outcome, PreconditionStrategy};
 use serde_json::json;
 use stacks::{Adapter, AzureStack, Failed, Put, ReqwestStack, TowerStack};
-
-const COUNTER: &str = "/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.Sim/counters/c1";
-
-async fn sim_with_vm(transition: Duration) -> Sim {
-    let sim = Sim::start(SimConfig {
-        transition,
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, vm_body("Standard_D2s_v3"));
-    sim
-}
-
-/// Writes complete at once: for the ETag behaviours.
-async fn sim_with_counter(counter: i64) -> Sim {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::ZERO,
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(COUNTER, json!({"properties": {"counter": counter}}));
-    sim
-}
-
-fn busy() -> Scripted {
-    Scripted::json(
-        409,
-        json!({"error": {"code": "AnotherOperationInProgress", "message": "Another operation on this or dependent resource is in progress."}}),
-    )
-}
-
-fn scope_locked() -> serde_json::Value {
-    json!({"error": {"code": "ScopeLocked", "message": "The scope '/subscriptions/sub1/resourceGroups/rg1' cannot perform write operation because following scope(s) are locked: '/subscriptions/sub1/resourceGroups/rg1'. Please remove the lock and try again."}})
-}
-
-fn put_statuses(sim: &Sim) -> Vec<u16> {
-    sim.requests()
-        .into_iter()
-        .filter(|r| r.method == "PUT")
-        .map(|r| r.status)
-        .collect()
-}
+use support::*;
 
 /// The behaviours every adapter must show, each generic over the stack.
 mod behaviour {
@@ -64,12 +22,7 @@ mod behaviour {
     pub async fn state_conflict_is_retried_only_after_the_transition_ended<A: Adapter>() {
         let sim = sim_with_vm(Duration::from_millis(150)).await;
         // Another writer starts the transition this PUT collides with.
-        let other = reqwest::Client::new()
-            .put(url(&sim, VM))
-            .json(&vm_body("other"))
-            .send()
-            .await
-            .unwrap();
+        let other = put_by_another_writer(&sim, VM, &vm_body("other")).await;
         assert_eq!(other.status(), 200);
 
         let outcome = A::new(fast_policy())
@@ -90,22 +43,16 @@ mod behaviour {
         let ended = sim.transitions()[0]
             .end
             .expect("the first transition ended");
-        let retry = sim
-            .requests()
-            .into_iter()
-            .rfind(|r| r.method == "PUT")
-            .unwrap();
+        let retry = last_put(&sim);
         assert!(
             retry.at >= ended,
             "retry at {:?} before the transition ended at {ended:?}",
             retry.at
         );
-        let operation_polls = sim
-            .requests()
-            .iter()
-            .filter(|r| r.method == "GET" && r.path.contains("/operations/"))
-            .count();
-        assert!(operation_polls >= 1, "the operation URI was never polled");
+        assert!(
+            operation_polls(&sim) >= 1,
+            "the operation URI was never polled"
+        );
         assert_eq!(sim.overlapping_transitions(), 0);
     }
 
@@ -186,11 +133,7 @@ mod behaviour {
         assert_eq!(outcome.status, 200);
         assert_eq!(outcome.report().outcome, Outcome::Resolved);
         assert_eq!(sim.resource(COUNTER).unwrap()["properties"]["counter"], 5);
-        let puts: Vec<_> = sim
-            .requests()
-            .into_iter()
-            .filter(|r| r.method == "PUT")
-            .collect();
+        let puts = puts(&sim);
         assert_eq!(
             puts.iter().map(|r| r.status).collect::<Vec<_>>(),
             [412, 200]
@@ -229,9 +172,8 @@ mod behaviour {
             prerequisites: rule.prerequisites,
             ..fast_policy()
         };
-        let resize = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_E8s_v5"}}});
         let outcome = A::new(policy)
-            .put(Put::json(url(&sim, VM), &resize))
+            .put(Put::json(url(&sim, VM), &sized_vm("Standard_E8s_v5")))
             .await
             .unwrap();
         assert_eq!(

@@ -9,20 +9,22 @@
 //! - each call sent the original request at most `max_attempts` times, and the polls stayed within
 //!   what the deadline and the poll schedule allow.
 
+mod support;
+
 use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use arm_sim::{Faults, Scripted, Sim, SimConfig};
+use arm_sim::{Faults, Scripted, Sim};
 use reqwest_conflict::{
     ConflictKind, ConflictMiddleware, ConflictPolicy, ConflictReport, Error, LeaseStore,
     MemoryLeases, Outcome, PollSchedule, ResourceId,
 };
-use reqwest_middleware::ClientBuilder;
+use reqwest_middleware::ClientWithMiddleware;
 use serde_json::json;
+use support::*;
 
-const API: &str = "api-version=2024-07-01";
 const MAX_ATTEMPTS: u32 = 5;
 /// Concurrent calls per scenario, spread over [`RESOURCES`] resources.
 const CALLS: usize = 12;
@@ -114,25 +116,18 @@ fn ended(result: reqwest_middleware::Result<(u16, Option<ConflictReport>)>) -> E
     }
 }
 
-/// A simulator with the resources seeded.
-async fn sim(config: SimConfig) -> Sim {
-    let sim = Sim::start(config).await;
+/// A simulator (writes taking 40 ms) with the resources seeded.
+async fn sim() -> Sim {
+    let sim = start_sim(Duration::from_millis(40)).await;
     for path in widgets() {
         sim.seed(&path, json!({"location": "westus", "properties": {"n": 0}}));
     }
     sim
 }
 
-fn config(transition: Duration) -> SimConfig {
-    SimConfig {
-        transition,
-        ..SimConfig::default()
-    }
-}
-
 /// A simulator whose resources are all `Updating` and never leave it.
 async fn stuck_sim() -> Sim {
-    let sim = sim(config(Duration::from_millis(40))).await;
+    let sim = sim().await;
     sim.set_faults(Faults {
         never_converge: true,
         ..Faults::default()
@@ -143,21 +138,27 @@ async fn stuck_sim() -> Sim {
     sim
 }
 
-/// Puts every resource in transition for `duration`, so the first writer of each meets a 409.
-fn busy(sim: &Sim, duration: Duration) {
+/// A [`sim`] whose resources are all in transition for `duration`, so the first writer of each
+/// meets a 409.
+async fn busy_sim(duration: Duration) -> Sim {
+    let sim = sim().await;
     for path in widgets() {
         sim.begin_transition(&path, "Updating", Some(duration));
     }
+    sim
+}
+
+/// A client whose middleware takes its leases from `leases`.
+fn client_sharing(leases: &MemoryLeases, policy: ConflictPolicy) -> ClientWithMiddleware {
+    middleware_client(ConflictMiddleware::new(policy).with_shared_leases(Arc::new(leases.clone())))
 }
 
 /// Runs [`CALLS`] concurrent PUTs through one middleware sharing `leases`, checks the invariants
 /// every scenario shares, and returns how each call ended.
 async fn run(sim: &Sim, policy: ConflictPolicy) -> Vec<Ended> {
     let leases = MemoryLeases::new();
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(ConflictMiddleware::new(policy.clone()).with_shared_leases(Arc::new(leases.clone())))
-        .build();
-    let hang = policy.deadline * 3 + Duration::from_secs(5);
+    let client = client_sharing(&leases, policy.clone());
+    let hang = hang_limit(&policy);
     let calls: Vec<_> = (0..CALLS)
         .map(|n| {
             let client = client.clone();
@@ -285,8 +286,7 @@ fn count(outcomes: &[Ended], pred: impl Fn(&Ended) -> bool) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_percent_500s() {
-    let sim = sim(config(Duration::from_millis(40))).await;
-    busy(&sim, Duration::from_millis(100));
+    let sim = busy_sim(Duration::from_millis(100)).await;
     sim.set_faults(Faults {
         error_rate: 0.10,
         ..Faults::default()
@@ -307,8 +307,7 @@ async fn ten_percent_500s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_percent_connection_resets() {
-    let sim = sim(config(Duration::from_millis(40))).await;
-    busy(&sim, Duration::from_millis(100));
+    let sim = busy_sim(Duration::from_millis(100)).await;
     sim.set_faults(Faults {
         reset_rate: 0.05,
         ..Faults::default()
@@ -336,8 +335,7 @@ async fn five_percent_connection_resets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_responses() {
-    let sim = sim(config(Duration::from_millis(40))).await;
-    busy(&sim, Duration::from_millis(100));
+    let sim = busy_sim(Duration::from_millis(100)).await;
     sim.set_faults(Faults {
         latency: Duration::from_millis(40),
         ..Faults::default()
@@ -350,8 +348,7 @@ async fn slow_responses() {
 async fn answers_slower_than_the_poll_schedule_are_cut_by_the_deadline() {
     // Each answer takes a quarter of the deadline: waiters run out of time in the lease queue or
     // in the middle of a poll, which the deadline must cut.
-    let sim = sim(config(Duration::from_millis(40))).await;
-    busy(&sim, Duration::from_millis(600));
+    let sim = busy_sim(Duration::from_millis(600)).await;
     sim.set_faults(Faults {
         latency: Duration::from_millis(250),
         ..Faults::default()
@@ -362,8 +359,7 @@ async fn answers_slower_than_the_poll_schedule_are_cut_by_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_at_once() {
-    let sim = sim(config(Duration::from_millis(40))).await;
-    busy(&sim, Duration::from_millis(100));
+    let sim = busy_sim(Duration::from_millis(100)).await;
     sim.set_faults(Faults {
         latency: Duration::from_millis(15),
         error_rate: 0.10,
@@ -381,8 +377,7 @@ async fn every_fault_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_truncated_409_bodies() {
-    let sim = sim(config(Duration::from_millis(40))).await;
-    busy(&sim, Duration::from_millis(100));
+    let sim = busy_sim(Duration::from_millis(100)).await;
     // Every 409/412 the simulator makes itself is cut in half...
     sim.set_faults(Faults {
         malformed_rate: 1.0,
@@ -462,18 +457,14 @@ async fn a_state_that_never_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_uri_that_404s_falls_back_to_polling_the_resource() {
-    let sim = sim(config(Duration::from_millis(40))).await;
-    busy(&sim, Duration::from_millis(150));
+    let sim = busy_sim(Duration::from_millis(150)).await;
     // An operation id the simulator never issued, on its own host: polling it answers 404.
     let missing = "/subscriptions/sub1/providers/Microsoft.Sim/locations/westus/operations/0badc0de-0000-4000-a000-000000000000";
     let message = format!(
         "Another operation on this or dependent resource is in progress. To retrieve status of the operation use uri: {}.",
-        sim.url(&format!("{missing}?{API}"))
+        url(&sim, missing)
     );
-    let conflict = Scripted::json(
-        409,
-        json!({"error": {"code": "AnotherOperationInProgress", "message": message}}),
-    );
+    let conflict = in_progress(&message);
     for path in widgets() {
         sim.script("PUT", &path, vec![conflict.clone(); CALLS / RESOURCES]);
     }
@@ -501,12 +492,7 @@ async fn callers_that_give_up_mid_resolution_release_their_leases() {
     // that never converges). Dropping the future must release whatever it held.
     let sim = stuck_sim().await;
     let leases = MemoryLeases::new();
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(
-            ConflictMiddleware::new(policy(Duration::from_secs(60)))
-                .with_shared_leases(Arc::new(leases.clone())),
-        )
-        .build();
+    let client = client_sharing(&leases, policy(Duration::from_secs(60)));
     let calls: Vec<_> = (0..CALLS)
         .map(|n| {
             let client = client.clone();
@@ -570,21 +556,15 @@ impl LeaseStore for Unreachable {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_lease_store_fails_writes_before_they_are_sent() {
-    let sim = sim(config(Duration::from_millis(40))).await;
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(ConflictMiddleware::new(policy(Duration::from_millis(1000))).with_leases(Unreachable))
-        .build();
-    let url = sim.url(&format!("{}?{API}", widget(0)));
+    let sim = sim().await;
+    let client = middleware_client(
+        ConflictMiddleware::new(policy(Duration::from_millis(1000))).with_leases(Unreachable),
+    );
+    let url = url(&sim, &widget(0));
     let err = client.put(&url).json(&json!({})).send().await.unwrap_err();
-    let reqwest_middleware::Error::Middleware(err) = err else {
-        panic!("expected the engine's error, got {err:?}");
-    };
     assert!(
-        matches!(
-            err.downcast_ref::<Error>(),
-            Some(Error::LeaseBackend { .. })
-        ),
-        "{err:#}"
+        matches!(engine_error(&err), Error::LeaseBackend { .. }),
+        "{err}"
     );
     assert!(
         sim.requests().is_empty(),
@@ -594,21 +574,11 @@ async fn an_unreachable_lease_store_fails_writes_before_they_are_sent() {
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
 }
 
-/// An RFC 9110 `IMF-fixdate`.
-fn http_date(at: SystemTime) -> String {
-    httpdate::fmt_http_date(at)
-}
-
 /// Every 409 and the first polls of every resource carry `header: value`; the 409s name no
 /// operation URI, so the resource itself is polled and its answers' hints are used.
 async fn hostile_retry_after(header: &str, value: &str) -> Vec<Ended> {
-    let sim = sim(config(Duration::from_millis(40))).await;
-    busy(&sim, Duration::from_millis(100));
-    let conflict = Scripted::json(
-        409,
-        json!({"error": {"code": "AnotherOperationInProgress", "message": "Another operation is in progress."}}),
-    )
-    .header(header, value);
+    let sim = busy_sim(Duration::from_millis(100)).await;
+    let conflict = in_progress("Another operation is in progress.").header(header, value);
     let updating = Scripted::json(
         200,
         json!({"properties": {"provisioningState": "Updating"}}),

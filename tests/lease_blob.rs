@@ -7,13 +7,7 @@
 
 mod support;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use reqwest_conflict::{
     Error, LeaseStore,
@@ -40,30 +34,22 @@ async fn store(azurite: &support::Azurite) -> BlobLeases {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_writer_at_a_time_under_contention() {
     let azurite = support::start_azurite();
-    let counter = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    let mut last_tokens = Vec::new();
+    let mut stores = Vec::new();
     for _ in 0..8 {
-        let (leases, counter) = (store(&azurite).await, counter.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut tokens = Vec::new();
-            for _ in 0..4 {
-                let lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
-                let seen = counter.load(Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                counter.store(seen + 1, Ordering::Relaxed);
-                tokens.push(lease.token());
-            }
-            tokens
-        }));
+        stores.push(store(&azurite).await);
     }
-    for task in tasks {
-        last_tokens.extend(task.await.unwrap());
-    }
-    assert_eq!(counter.load(Ordering::Relaxed), 32);
+    let (counter, tokens) = support::contract::one_writer_at_a_time(
+        stores,
+        KEY,
+        TTL,
+        LONG,
+        4,
+        Duration::from_millis(5),
+    )
+    .await;
+    assert_eq!(counter, 32);
     // Every holder got its own token: 1..=32.
-    last_tokens.sort_unstable();
-    assert_eq!(last_tokens, (1..=32).collect::<Vec<u64>>());
+    assert_eq!(tokens, (1..=32).collect::<Vec<u64>>());
 }
 
 #[tokio::test]
@@ -152,11 +138,7 @@ async fn errors_never_show_the_sas() {
 /// The child side of the SIGKILL test: takes the lease, says so, and hangs until killed.
 #[test]
 fn child_hold_lease() {
-    let (Ok(url), Ok(key)) = (std::env::var(CHILD_URL), std::env::var(CHILD_KEY)) else {
-        return; // an ordinary test run: nothing to do
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
+    support::run_if_child([CHILD_URL, CHILD_KEY], |[url, key]| async move {
         let leases = BlobLeases::new(&url).unwrap();
         let lease = leases.acquire(&key, TTL, LONG).await.unwrap();
         println!("LEASE-HELD {}", lease.token());

@@ -4,13 +4,7 @@
 
 mod support;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use reqwest_conflict::{Error, LeaseStore, lease::RedisLeases};
 
@@ -29,24 +23,20 @@ async fn store(redis: &support::Redis) -> RedisLeases {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_writer_at_a_time_under_contention() {
     let redis = support::start_redis();
-    let counter = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
+    let mut stores = Vec::new();
     for _ in 0..8 {
-        // A store per task: as many clients as writers, as across processes.
-        let (leases, counter) = (store(&redis).await, counter.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..10 {
-                let _lease = leases.acquire(KEY, TTL, LONG).await.unwrap();
-                let seen = counter.load(Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                counter.store(seen + 1, Ordering::Relaxed);
-            }
-        }));
+        stores.push(store(&redis).await);
     }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    assert_eq!(counter.load(Ordering::Relaxed), 80);
+    let (counter, _) = support::contract::one_writer_at_a_time(
+        stores,
+        KEY,
+        TTL,
+        LONG,
+        10,
+        Duration::from_millis(1),
+    )
+    .await;
+    assert_eq!(counter, 80);
 }
 
 #[tokio::test]
@@ -150,11 +140,7 @@ async fn unreachable_server_is_a_backend_error_without_credentials() {
 /// The child side of the SIGKILL test: takes the lease, says so, and hangs until killed.
 #[test]
 fn child_hold_lease() {
-    let (Ok(url), Ok(key)) = (std::env::var(CHILD_URL), std::env::var(CHILD_KEY)) else {
-        return; // an ordinary test run: nothing to do
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
+    support::run_if_child([CHILD_URL, CHILD_KEY], |[url, key]| async move {
         let leases = RedisLeases::new(&url, "test:").await.unwrap();
         let lease = leases
             .acquire(&key, Duration::from_secs(1), LONG)

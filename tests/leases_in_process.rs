@@ -1,26 +1,18 @@
 //! Single writer per resource in one process: leases, the state guard, the journal, cancellation.
 
-mod common;
+mod support;
 
 use std::{sync::Arc, time::Duration};
 
 use arm_sim::{Scripted, Sim, SimConfig};
-use common::*;
 use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, LeasePolicy, MemoryLeases};
-use reqwest_middleware::ClientBuilder;
+use reqwest_middleware::ClientWithMiddleware;
 use serde_json::json;
+use support::*;
 
-/// A simulator that *accepts* writes during a transition, so overlapping transitions are recorded
-/// instead of refused: only the client's discipline can keep them apart.
+/// A simulator that *accepts* writes during a transition (see [`permissive_sim_with_vm`]).
 async fn permissive_sim() -> Sim {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(40),
-        reject_during_transition: false,
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, vm_body("0"));
-    sim
+    permissive_sim_with_vm(Duration::from_millis(40)).await
 }
 
 async fn sixteen_writers(sim: &Sim, middleware: ConflictMiddleware) -> usize {
@@ -28,24 +20,12 @@ async fn sixteen_writers(sim: &Sim, middleware: ConflictMiddleware) -> usize {
 }
 
 /// `n` clients, each with a middleware of its own from `middleware`.
-fn clients(
-    n: usize,
-    middleware: impl Fn() -> ConflictMiddleware,
-) -> Vec<reqwest_middleware::ClientWithMiddleware> {
-    (0..n)
-        .map(|_| {
-            ClientBuilder::new(reqwest::Client::new())
-                .with(middleware())
-                .build()
-        })
-        .collect()
+fn clients(n: usize, middleware: impl Fn() -> ConflictMiddleware) -> Vec<ClientWithMiddleware> {
+    (0..n).map(|_| middleware_client(middleware())).collect()
 }
 
 /// Sixteen concurrent writes to the VM, spread over `clients`; how many succeeded.
-async fn sixteen_writers_through(
-    sim: &Sim,
-    clients: &[reqwest_middleware::ClientWithMiddleware],
-) -> usize {
+async fn sixteen_writers_through(sim: &Sim, clients: &[ClientWithMiddleware]) -> usize {
     let writers: Vec<_> = (0..16)
         .map(|i| {
             let (client, url) = (clients[i % clients.len()].clone(), url(sim, VM));
@@ -109,19 +89,13 @@ async fn without_leases_the_same_load_overlaps() {
 
 #[tokio::test]
 async fn a_subnet_write_also_leases_its_virtual_network() {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(60),
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = start_sim(Duration::from_millis(60)).await;
     let vnet = SUBNET.rsplit_once("/subnets/").unwrap().0;
     sim.seed(vnet, json!({"location": "westus", "properties": {}}));
     sim.seed(SUBNET, json!({"properties": {}}));
     let middleware = ConflictMiddleware::new(fast_policy());
     let journal = middleware.journal().clone();
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(middleware)
-        .build();
+    let client = middleware_client(middleware);
     let (a, b) = tokio::join!(
         client
             .put(url(&sim, SUBNET))
@@ -147,12 +121,7 @@ async fn a_subnet_write_also_leases_its_virtual_network() {
 
 #[tokio::test]
 async fn dropping_a_request_mid_wait_releases_its_lease() {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(20),
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, vm_body("0"));
+    let sim = sim_with_vm(Duration::from_millis(20)).await;
     // The resource is stuck: the first writer will wait on it (holding the lease) for a minute.
     sim.begin_transition(VM, "Updating", None);
     sim.script("PUT", VM, vec![busy()]);
@@ -162,9 +131,7 @@ async fn dropping_a_request_mid_wait_releases_its_lease() {
         ..fast_policy()
     };
     let middleware = ConflictMiddleware::new(policy).with_shared_leases(Arc::new(leases.clone()));
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(middleware)
-        .build();
+    let client = middleware_client(middleware);
 
     let holder = tokio::spawn({
         let (client, url) = (client.clone(), url(&sim, VM));
@@ -256,11 +223,7 @@ async fn middlewares_sharing_a_memory_store_serialize_each_others_writers() {
 
 #[tokio::test]
 async fn a_journal_given_to_two_middlewares_records_both_within_its_window() {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::ZERO,
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = instant_sim().await;
     let journal = reqwest_conflict::Journal::with_capacity(3);
     let clients = clients(2, || {
         ConflictMiddleware::new(fast_policy()).with_journal(journal.clone())

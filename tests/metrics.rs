@@ -1,42 +1,29 @@
 //! Conflict metrics: the in-process snapshot, and (feature `metrics`) the `metrics` facade with
 //! its labels, seen by a recorder installed in the test.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use arm_sim::{Scripted, Sim, SimConfig};
-use common::*;
+use arm_sim::Scripted;
 use reqwest_conflict::{ConflictKind, ConflictMiddleware};
-use reqwest_middleware::ClientBuilder;
 use serde_json::json;
+use support::*;
 
 /// Two conflicts on a VM (one resolved, one permanent) and one on a NIC (resolved).
 async fn traffic(middleware: ConflictMiddleware) {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(20),
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, vm_body("0"));
+    let sim = sim_with_vm(Duration::from_millis(20)).await;
     sim.seed(NIC, json!({"location": "westus", "properties": {}}));
     let locked = Scripted::json(
         409,
         json!({"error": {"code": "ScopeLocked", "message": "locked"}}),
     );
     sim.script("PUT", NIC, vec![busy()]);
-    let client = ClientBuilder::new(reqwest::Client::new())
-        .with(middleware)
-        .build();
+    let client = middleware_client(middleware);
     // One at a time: a script is served to the next matching request, retries included.
     for script in [busy(), locked] {
         sim.script("PUT", VM, vec![script]);
-        client
-            .put(url(&sim, VM))
-            .json(&vm_body("x"))
-            .send()
-            .await
-            .unwrap();
+        put_vm(&client, &sim, "x").await;
     }
     client
         .put(url(&sim, NIC))

@@ -3,17 +3,14 @@
 //! and each make 10 writes to one resource on a simulator that *accepts* overlapping writes —
 //! so only the shared lease and state guard keep the transitions apart.
 
-mod common;
 mod support;
 
 use std::time::Duration;
 
-use arm_sim::{Sim, SimConfig};
-use common::*;
 use reqwest_conflict::{
     BlobLeases, ConflictMiddleware, ConflictPolicy, RedisLeases, lease::dev_sas_container_url,
 };
-use reqwest_middleware::ClientBuilder;
+use support::*;
 
 const CHILD_SIM: &str = "MULTI_PROCESS_SIM";
 const CHILD_STORE: &str = "MULTI_PROCESS_STORE";
@@ -30,11 +27,7 @@ fn policy() -> ConflictPolicy {
 /// The child side: ten writes through a middleware whose leases live in the shared store.
 #[test]
 fn child_writer() {
-    let (Ok(sim), Ok(store)) = (std::env::var(CHILD_SIM), std::env::var(CHILD_STORE)) else {
-        return; // an ordinary test run: nothing to do
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
+    run_if_child([CHILD_SIM, CHILD_STORE], |[sim, store]| async move {
         let middleware = match store.split_once(':') {
             Some(("redis", url)) => ConflictMiddleware::new(policy())
                 .with_leases(RedisLeases::new(url, "multi:").await.unwrap()),
@@ -43,9 +36,7 @@ fn child_writer() {
             }
             _ => panic!("unknown store {store}"),
         };
-        let client = ClientBuilder::new(reqwest::Client::new())
-            .with(middleware)
-            .build();
+        let client = middleware_client(middleware);
         let url = format!("{sim}{VM}?{API}");
         for i in 0..WRITES {
             let resp = client
@@ -62,20 +53,14 @@ fn child_writer() {
 
 /// Starts the writers and checks what the simulator saw.
 async fn three_writers(store: String) {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(50),
-        reject_during_transition: false,
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, vm_body("seed"));
+    let sim = permissive_sim_with_vm(Duration::from_millis(50)).await;
     let envs = [(CHILD_SIM, sim.base_url().to_owned()), (CHILD_STORE, store)];
     let children: Vec<_> = (0..WRITERS)
         .map(|_| {
             let envs = envs.clone();
             tokio::task::spawn_blocking(move || {
                 let envs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (*k, v.clone())).collect();
-                support::spawn_child_test(
+                spawn_child_test(
                     "child_writer",
                     &envs,
                     "WRITER-DONE ",
@@ -95,13 +80,13 @@ async fn three_writers(store: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_share_a_redis_lease() {
-    let redis = support::start_redis();
+    let redis = start_redis();
     three_writers(format!("redis:{}", redis.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_share_a_blob_lease() {
-    let azurite = support::start_azurite();
+    let azurite = start_azurite();
     let url = dev_sas_container_url(&azurite.blob_endpoint(), "multi");
     BlobLeases::new(&url)
         .unwrap()

@@ -1,14 +1,14 @@
 //! Policies as configuration: the shipped examples, errors that name the path, per-type
 //! overrides, and the prerequisite transition (deallocate, resize, start).
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use arm_sim::{Sim, SimConfig};
-use common::*;
+use arm_sim::Sim;
 use reqwest_conflict::{ConflictPolicy, ConflictReport, Error, Outcome, PolicyOverride};
 use serde_json::json;
+use support::*;
 
 fn example_policies() -> Vec<(String, String)> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/policies");
@@ -79,12 +79,7 @@ fn a_wrong_field_names_its_path() {
 
 #[tokio::test]
 async fn a_resource_type_override_changes_that_type_only() {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(20),
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, vm_body("0"));
+    let sim = sim_with_vm(Duration::from_millis(20)).await;
     sim.seed(NIC, json!({"location": "westus", "properties": {}}));
     sim.script("PUT", VM, vec![busy()]);
     sim.script("PUT", NIC, vec![busy()]);
@@ -98,12 +93,7 @@ async fn a_resource_type_override_changes_that_type_only() {
     );
     let client = client(policy);
 
-    let vm = client
-        .put(url(&sim, VM))
-        .json(&vm_body("1"))
-        .send()
-        .await
-        .unwrap();
+    let vm = put_vm(&client, &sim, "1").await;
     assert_eq!(vm.status(), 409);
     assert_eq!(report(&vm).outcome, Outcome::Exhausted);
     assert_eq!(sim.count("PUT", VM, None), 1);
@@ -121,12 +111,7 @@ async fn a_resource_type_override_changes_that_type_only() {
 
 #[tokio::test]
 async fn a_per_request_override_beats_the_type_override() {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(20),
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, vm_body("0"));
+    let sim = sim_with_vm(Duration::from_millis(20)).await;
     sim.script("PUT", VM, vec![busy()]);
     let mut policy = fast_policy();
     policy.resource_types.insert(
@@ -152,14 +137,21 @@ async fn a_per_request_override_beats_the_type_override() {
 
 /// A simulator with a running `Standard_D2s_v3` VM, writes taking `transition`.
 async fn running_vm(transition: Duration) -> Sim {
-    let sim = Sim::start(SimConfig {
-        transition,
-        ..SimConfig::default()
-    })
-    .await;
-    let body = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v3"}}});
-    sim.seed(VM, body);
+    let sim = start_sim(transition).await;
+    sim.seed(VM, sized_vm("Standard_D2s_v3"));
     sim
+}
+
+/// A resize of the VM to `Standard_E8s_v5` through a client with `policy`.
+async fn resize(
+    sim: &Sim,
+    policy: ConflictPolicy,
+) -> reqwest_middleware::Result<reqwest::Response> {
+    client(policy)
+        .put(url(sim, VM))
+        .json(&sized_vm("Standard_E8s_v5"))
+        .send()
+        .await
 }
 
 /// The prerequisite rules of the shipped `fixtures/policies/compute.json` (deallocate before resize).
@@ -180,13 +172,7 @@ async fn resize_of_a_running_vm_deallocates_resizes_and_starts_in_order() {
         ..fast_policy()
     };
 
-    let resized = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_E8s_v5"}}});
-    let resp = client(policy)
-        .put(url(&sim, VM))
-        .json(&resized)
-        .send()
-        .await
-        .unwrap();
+    let resp = resize(&sim, policy).await.unwrap();
     assert_eq!(
         resp.status(),
         200,
@@ -249,13 +235,7 @@ async fn resize_of_a_running_vm_deallocates_resizes_and_starts_in_order() {
 #[tokio::test]
 async fn without_a_prerequisite_rule_the_resize_conflict_is_surfaced() {
     let sim = running_vm(Duration::from_millis(20)).await;
-    let resized = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_E8s_v5"}}});
-    let resp = client(fast_policy())
-        .put(url(&sim, VM))
-        .json(&resized)
-        .send()
-        .await
-        .unwrap();
+    let resp = resize(&sim, fast_policy()).await.unwrap();
     assert_eq!(resp.status(), 409);
     assert_eq!(
         report(&resp).kind,
@@ -301,21 +281,9 @@ async fn a_prerequisite_check_that_answers_404_is_polled_on_the_schedule_not_in_
         deadline: Duration::from_millis(500),
         ..fast_policy()
     };
-    let resized = json!({"location": "westus", "properties": {"hardwareProfile": {"vmSize": "Standard_E8s_v5"}}});
-    let err = client(policy.clone())
-        .put(url(&sim, VM))
-        .json(&resized)
-        .send()
-        .await
-        .unwrap_err();
-    let reqwest_middleware::Error::Middleware(err) = err else {
-        panic!("{err:?}")
-    };
+    let err = resize(&sim, policy.clone()).await.unwrap_err();
     assert!(
-        matches!(
-            err.downcast_ref::<Error>(),
-            Some(Error::NotConverged { .. })
-        ),
+        matches!(engine_error(&err), Error::NotConverged { .. }),
         "{err:?}"
     );
     let polls = sim.count("GET", &format!("{VM}/doesNotExist"), None);

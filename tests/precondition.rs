@@ -1,27 +1,19 @@
 //! Stale preconditions (412): re-fetch, strategies, the `update` loop — and no lost updates.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use arm_sim::{Sim, SimConfig};
-use common::*;
+use arm_sim::Sim;
 use reqwest_conflict::{
     ConflictKind, ConflictPolicy, Outcome, PollSchedule, PreconditionStrategy, UpdateOptions,
     update_with,
 };
+use reqwest_middleware::{ClientWithMiddleware, RequestBuilder};
 use serde_json::{Value, json};
+use support::*;
 
-const COUNTER: &str = "/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.Sim/counters/c1";
-
-async fn instant_sim() -> Sim {
-    // Writes complete at once: these tests are about ETags, not transitions.
-    Sim::start(SimConfig {
-        transition: Duration::ZERO,
-        ..SimConfig::default()
-    })
-    .await
-}
+// Every simulator here is an `instant_sim`: these tests are about ETags, not transitions.
 
 fn policy(strategy: PreconditionStrategy) -> ConflictPolicy {
     ConflictPolicy {
@@ -30,16 +22,28 @@ fn policy(strategy: PreconditionStrategy) -> ConflictPolicy {
     }
 }
 
-async fn get(sim: &Sim, client: &reqwest_middleware::ClientWithMiddleware) -> (String, Value) {
+async fn get(sim: &Sim, client: &ClientWithMiddleware) -> (String, Value) {
     let resp = client.get(url(sim, COUNTER)).send().await.unwrap();
     let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
     (etag, resp.json().await.unwrap())
 }
 
+/// A PUT of `body` to the counter with `If-Match: etag`, ready to send through `client`.
+fn put_if_match(
+    client: &ClientWithMiddleware,
+    sim: &Sim,
+    etag: &str,
+    body: &Value,
+) -> RequestBuilder {
+    client
+        .put(url(sim, COUNTER))
+        .header("If-Match", etag)
+        .json(body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_writers_fifty_increments_through_update_lose_nothing() {
-    let sim = instant_sim().await;
-    sim.seed(COUNTER, json!({"properties": {"counter": 0}}));
+    let sim = sim_with_counter(0).await;
     let client = client(fast_policy());
     let options = UpdateOptions {
         max_attempts: 10_000,
@@ -88,8 +92,7 @@ async fn sixteen_writers_fifty_increments_through_update_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overwrite_without_read_modify_write_discipline_loses_updates() {
     // The control for the test above: the simulator's audit does catch lost updates.
-    let sim = instant_sim().await;
-    sim.seed(COUNTER, json!({"properties": {"counter": 0}}));
+    let sim = sim_with_counter(0).await;
     let client = client(policy(PreconditionStrategy::Overwrite));
     let writers: Vec<_> = (0..16)
         .map(|_| {
@@ -100,13 +103,7 @@ async fn overwrite_without_read_modify_write_discipline_loses_updates() {
                     tokio::task::yield_now().await;
                     let n = r["properties"]["counter"].as_i64().unwrap();
                     r["properties"]["counter"] = json!(n + 1);
-                    let resp = client
-                        .put(url(&sim, COUNTER))
-                        .header("If-Match", etag)
-                        .json(&r)
-                        .send()
-                        .await
-                        .unwrap();
+                    let resp = put_if_match(&client, &sim, &etag, &r).send().await.unwrap();
                     assert!(
                         resp.status().is_success(),
                         "overwrite always lands: {}",
@@ -129,34 +126,41 @@ async fn overwrite_without_read_modify_write_discipline_loses_updates() {
     assert!(sim.lost_updates() > 0);
 }
 
+/// With the counter at `seed`: our read through a client that merges (remembered by the
+/// middleware as the merge base), another writer's change of that read landing meanwhile, then
+/// our change of the same read sent with the read's ETag; our answer.
+async fn merge_over_another_write(
+    sim: &Sim,
+    seed: Value,
+    theirs: impl FnOnce(&mut Value),
+    ours: impl FnOnce(&mut Value),
+) -> reqwest::Response {
+    sim.seed(COUNTER, seed);
+    let client = client(policy(PreconditionStrategy::Merge));
+    let (etag, read) = get(sim, &client).await;
+    let mut changed = read.clone();
+    theirs(&mut changed);
+    put_by_another_writer(sim, COUNTER, &changed).await;
+
+    let mut changed = read;
+    ours(&mut changed);
+    put_if_match(&client, sim, &etag, &changed)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn merge_lands_disjoint_changes() {
     let sim = instant_sim().await;
-    sim.seed(
-        COUNTER,
+    let resp = merge_over_another_write(
+        &sim,
         json!({"tags": {"a": "1"}, "properties": {"size": "S", "counter": 0}}),
-    );
-    let client = client(policy(PreconditionStrategy::Merge));
-    // Our read, remembered by the middleware as the merge base.
-    let (etag, mut ours) = get(&sim, &client).await;
-    // Another writer changes the size meanwhile.
-    let mut theirs = ours.clone();
-    theirs["properties"]["size"] = json!("M");
-    reqwest::Client::new()
-        .put(url(&sim, COUNTER))
-        .json(&theirs)
-        .send()
-        .await
-        .unwrap();
-
-    ours["tags"]["b"] = json!("2");
-    let resp = client
-        .put(url(&sim, COUNTER))
-        .header("If-Match", etag)
-        .json(&ours)
-        .send()
-        .await
-        .unwrap();
+        // Another writer changes the size meanwhile.
+        |theirs| theirs["properties"]["size"] = json!("M"),
+        |ours| ours["tags"]["b"] = json!("2"),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let report = report(&resp);
     assert_eq!(report.kind, ConflictKind::StalePrecondition);
@@ -174,31 +178,19 @@ async fn merge_lands_disjoint_changes() {
 #[tokio::test]
 async fn merge_surfaces_overlapping_changes_with_their_paths() {
     let sim = instant_sim().await;
-    sim.seed(
-        COUNTER,
+    let resp = merge_over_another_write(
+        &sim,
         json!({"tags": {"a": "1"}, "properties": {"counter": 0}}),
-    );
-    let client = client(policy(PreconditionStrategy::Merge));
-    let (etag, mut ours) = get(&sim, &client).await;
-    let mut theirs = ours.clone();
-    theirs["tags"]["a"] = json!("theirs");
-    theirs["properties"]["counter"] = json!(1);
-    reqwest::Client::new()
-        .put(url(&sim, COUNTER))
-        .json(&theirs)
-        .send()
-        .await
-        .unwrap();
-
-    ours["tags"]["a"] = json!("ours");
-    ours["properties"]["counter"] = json!(7);
-    let resp = client
-        .put(url(&sim, COUNTER))
-        .header("If-Match", etag)
-        .json(&ours)
-        .send()
-        .await
-        .unwrap();
+        |theirs| {
+            theirs["tags"]["a"] = json!("theirs");
+            theirs["properties"]["counter"] = json!(1);
+        },
+        |ours| {
+            ours["tags"]["a"] = json!("ours");
+            ours["properties"]["counter"] = json!(7);
+        },
+    )
+    .await;
     assert_eq!(resp.status(), 412);
     let report = report(&resp);
     assert_eq!(report.outcome, Outcome::Surfaced);
@@ -209,18 +201,12 @@ async fn merge_surfaces_overlapping_changes_with_their_paths() {
 
 #[tokio::test]
 async fn a_write_whose_answer_was_lost_is_recognised_as_already_applied() {
-    let sim = instant_sim().await;
-    sim.seed(COUNTER, json!({"properties": {"counter": 0}}));
+    let sim = sim_with_counter(0).await;
     let client = client(fast_policy());
     let (etag, _) = get(&sim, &client).await;
     let body = json!({"properties": {"counter": 1}});
     sim.drop_next_response("PUT", COUNTER);
-    let lost = client
-        .put(url(&sim, COUNTER))
-        .header("If-Match", &etag)
-        .json(&body)
-        .send()
-        .await;
+    let lost = put_if_match(&client, &sim, &etag, &body).send().await;
     assert!(lost.is_err(), "the first answer should have been lost");
     assert_eq!(
         sim.resource(COUNTER).unwrap()["properties"]["counter"],
@@ -229,10 +215,7 @@ async fn a_write_whose_answer_was_lost_is_recognised_as_already_applied() {
     );
 
     // The caller retries the same write with the same (now stale) ETag.
-    let resp = client
-        .put(url(&sim, COUNTER))
-        .header("If-Match", &etag)
-        .json(&body)
+    let resp = put_if_match(&client, &sim, &etag, &body)
         .send()
         .await
         .unwrap();
@@ -252,25 +235,18 @@ async fn a_write_whose_answer_was_lost_is_recognised_as_already_applied() {
 
 #[tokio::test]
 async fn a_per_request_strategy_beats_the_policy() {
-    let sim = instant_sim().await;
-    sim.seed(COUNTER, json!({"properties": {"counter": 0}}));
+    let sim = sim_with_counter(0).await;
     let client = client(policy(PreconditionStrategy::Surface));
     let stale = "\"stale\"";
     let body = json!({"properties": {"counter": 5}});
 
-    let surfaced = client
-        .put(url(&sim, COUNTER))
-        .header("If-Match", stale)
-        .json(&body)
+    let surfaced = put_if_match(&client, &sim, stale, &body)
         .send()
         .await
         .unwrap();
     assert_eq!(surfaced.status(), 412);
 
-    let overwritten = client
-        .put(url(&sim, COUNTER))
-        .header("If-Match", stale)
-        .json(&body)
+    let overwritten = put_if_match(&client, &sim, stale, &body)
         .with_extension(PreconditionStrategy::Overwrite)
         .send()
         .await
@@ -282,8 +258,7 @@ async fn a_per_request_strategy_beats_the_policy() {
 
 #[tokio::test]
 async fn create_only_requests_are_never_retried_even_with_overwrite() {
-    let sim = instant_sim().await;
-    sim.seed(COUNTER, json!({"properties": {"counter": 0}}));
+    let sim = sim_with_counter(0).await;
     let client = client(policy(PreconditionStrategy::Overwrite));
     let resp = client
         .put(url(&sim, COUNTER))

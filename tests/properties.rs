@@ -7,6 +7,8 @@
 //! debug build runs in well under a minute on two cores. Failures are not persisted to files; the
 //! minimal failing input is printed instead.
 
+mod support;
+
 use std::{
     sync::LazyLock,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -16,6 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use proptest::{collection::vec, option, prelude::*, sample::select};
 use reqwest_conflict::{Classification, Classifier, ResourceId, classify::retry_after};
 use serde_json::{Value, json};
+use support::http_date;
 use url::Url;
 
 fn config(cases: u32) -> ProptestConfig {
@@ -686,11 +689,6 @@ fn one_header(name: &str, value: HeaderValue) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
     headers
-}
-
-/// An RFC 9110 `IMF-fixdate`.
-fn http_date(at: SystemTime) -> String {
-    httpdate::fmt_http_date(at)
 }
 
 proptest! {

@@ -1,32 +1,22 @@
 //! State conflicts (409) resolved through `ConflictMiddleware`, proven by what the simulator saw.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use arm_sim::{Scripted, Sim, SimConfig};
-use common::*;
 use reqwest_conflict::{ConflictKind, ConflictReport, Error, Outcome};
 use serde_json::json;
+use support::*;
 
 #[tokio::test]
 async fn retry_is_sent_only_after_the_operation_reached_a_terminal_state() {
     let sim = sim_with_vm(Duration::from_millis(150)).await;
     // Another writer starts a transition the middleware's PUT will collide with.
-    let other = reqwest::Client::new()
-        .put(url(&sim, VM))
-        .json(&vm_body("Standard_D2s_v3"))
-        .send()
-        .await
-        .unwrap();
+    let other = put_by_another_writer(&sim, VM, &vm_body("Standard_D2s_v3")).await;
     assert_eq!(other.status(), 200);
 
-    let resp = client(fast_policy())
-        .put(url(&sim, VM))
-        .json(&vm_body("Standard_D4s_v3"))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_vm(&client(fast_policy()), &sim, "Standard_D4s_v3").await;
     assert_eq!(resp.status(), 200);
     let report = report(&resp);
     assert_eq!(report.kind, ConflictKind::StateConflict);
@@ -42,11 +32,7 @@ async fn retry_is_sent_only_after_the_operation_reached_a_terminal_state() {
     // Server side: the operations URI was polled, and the retry came after the transition ended.
     let first = &sim.transitions()[0];
     let ended = first.end.expect("the first transition ended");
-    let puts: Vec<_> = sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "PUT")
-        .collect();
+    let puts = puts(&sim);
     assert_eq!(
         puts.iter().map(|r| r.status).collect::<Vec<_>>(),
         [200, 409, 200]
@@ -56,12 +42,10 @@ async fn retry_is_sent_only_after_the_operation_reached_a_terminal_state() {
         "retry at {:?} before the transition ended at {ended:?}",
         puts[2].at
     );
-    let op_polls = sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "GET" && r.path.contains("/operations/"))
-        .count();
-    assert!(op_polls >= 1, "the operation URI was never polled");
+    assert!(
+        operation_polls(&sim) >= 1,
+        "the operation URI was never polled"
+    );
     assert_eq!(
         sim.count("GET", VM, None),
         0,
@@ -82,12 +66,7 @@ async fn without_an_operation_uri_the_resource_itself_is_polled() {
             json!({"error": {"code": "Conflict", "message": "The operation cannot be performed while the resource is in its current state (Updating)."}}),
         )],
     );
-    let resp = client(fast_policy())
-        .put(url(&sim, VM))
-        .json(&vm_body("Standard_D4s_v3"))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_vm(&client(fast_policy()), &sim, "Standard_D4s_v3").await;
     assert_eq!(resp.status(), 200);
     let report = report(&resp);
     assert_eq!(report.outcome, Outcome::Resolved);
@@ -104,11 +83,7 @@ async fn without_an_operation_uri_the_resource_itself_is_polled() {
             .all(|r| r.query.as_deref() == Some(API))
     );
     let ended = sim.transitions()[0].end.unwrap();
-    let retry = sim
-        .requests()
-        .into_iter()
-        .rfind(|r| r.method == "PUT")
-        .unwrap();
+    let retry = last_put(&sim);
     assert!(retry.at >= ended);
 }
 
@@ -123,11 +98,7 @@ async fn referenced_resource_is_polled_when_the_error_names_it() {
     sim.script(
         "PUT",
         NIC,
-        vec![Scripted::json(
-            409,
-            json!({"error": {"code": "RetryableError", "message": "A retryable error occurred.",
-                "details": [{"code": "ReferencedResourceNotProvisioned", "message": message}]}}),
-        )],
+        vec![referenced_resource_not_provisioned(&message)],
     );
     let resp = client(fast_policy())
         .put(url(&sim, NIC))
@@ -154,11 +125,7 @@ async fn referenced_resource_is_polled_when_the_error_names_it() {
         .unwrap()
         .end
         .unwrap();
-    let retry = sim
-        .requests()
-        .into_iter()
-        .rfind(|r| r.method == "PUT")
-        .unwrap();
+    let retry = last_put(&sim);
     assert!(retry.at >= subnet_ready);
 }
 
@@ -166,26 +133,15 @@ async fn referenced_resource_is_polled_when_the_error_names_it() {
 async fn an_operation_uri_on_a_host_not_allowed_is_never_polled() {
     // A second server stands for the foreign host, so we can see that nothing reached it.
     let foreign = Sim::start(SimConfig::default()).await;
-    let sim = Sim::start(SimConfig {
+    let sim = configured_sim_with_vm(SimConfig {
         transition: Duration::from_millis(100),
         operation_base: Some(foreign.base_url().to_owned()),
         ..SimConfig::default()
     })
     .await;
-    sim.seed(VM, vm_body("Standard_D2s_v3"));
-    reqwest::Client::new()
-        .put(url(&sim, VM))
-        .json(&vm_body("a"))
-        .send()
-        .await
-        .unwrap();
+    put_by_another_writer(&sim, VM, &vm_body("a")).await;
 
-    let resp = client(fast_policy())
-        .put(url(&sim, VM))
-        .json(&vm_body("b"))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_vm(&client(fast_policy()), &sim, "b").await;
     assert_eq!(resp.status(), 200);
     let report = report(&resp);
     assert!(
@@ -215,11 +171,7 @@ async fn an_operation_uri_on_a_host_not_allowed_is_never_polled() {
 async fn a_state_that_never_converges_ends_at_the_deadline_naming_the_last_state() {
     let sim = sim_with_vm(Duration::from_millis(10)).await;
     sim.begin_transition(VM, "Updating", None);
-    sim.script(
-        "PUT",
-        VM,
-        vec![Scripted::json(409, json!({"error": {"code": "AnotherOperationInProgress", "message": "Another operation on this or dependent resource is in progress."}}))],
-    );
+    sim.script("PUT", VM, vec![busy()]);
     let policy = reqwest_conflict::ConflictPolicy {
         deadline: Duration::from_millis(300),
         ..fast_policy()
@@ -230,17 +182,14 @@ async fn a_state_that_never_converges_ends_at_the_deadline_naming_the_last_state
         .send()
         .await
         .unwrap_err();
-    let reqwest_middleware::Error::Middleware(err) = err else {
-        panic!("expected a middleware error, got {err:?}");
-    };
-    match err.downcast_ref::<Error>() {
-        Some(Error::NotConverged {
+    match engine_error(&err) {
+        Error::NotConverged {
             last_state,
             attempts,
             classification,
             waited,
             ..
-        }) => {
+        } => {
             assert_eq!(last_state.as_deref(), Some("Updating"));
             assert_eq!(*attempts, 1);
             assert_eq!(
@@ -258,26 +207,16 @@ async fn a_state_that_never_converges_ends_at_the_deadline_naming_the_last_state
 #[tokio::test]
 async fn exhausted_budget_returns_the_last_conflict() {
     let sim = sim_with_vm(Duration::from_millis(10)).await;
-    let conflict =
-        json!({"error": {"code": "AnotherOperationInProgress", "message": "in progress"}});
     sim.script(
         "PUT",
         VM,
-        vec![
-            Scripted::json(409, conflict.clone()),
-            Scripted::json(409, conflict),
-        ],
+        vec![in_progress("in progress"), in_progress("in progress")],
     );
     let policy = reqwest_conflict::ConflictPolicy {
         max_attempts: 2,
         ..fast_policy()
     };
-    let resp = client(policy)
-        .put(url(&sim, VM))
-        .json(&vm_body("x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_vm(&client(policy), &sim, "x").await;
     assert_eq!(resp.status(), 409);
     let report = report(&resp);
     assert_eq!(report.outcome, Outcome::Exhausted);
@@ -334,12 +273,7 @@ async fn polls_go_through_the_rest_of_the_chain() {
         .with(reqwest_conflict::ConflictMiddleware::new(fast_policy()))
         .with(Auth)
         .build();
-    let resp = client
-        .put(url(&sim, VM))
-        .json(&vm_body("x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_vm(&client, &sim, "x").await;
     assert_eq!(resp.status(), 200);
     let requests = sim.requests();
     assert!(requests.iter().any(|r| r.method == "GET"));
@@ -357,12 +291,7 @@ async fn safe_methods_and_successes_pass_through_without_a_report() {
     let resp = c.get(url(&sim, VM)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.extensions().get::<ConflictReport>().is_none());
-    let resp = c
-        .put(url(&sim, VM))
-        .json(&vm_body("x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_vm(&c, &sim, "x").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.extensions().get::<ConflictReport>().is_none());
     assert_eq!(sim.requests().len(), 2);

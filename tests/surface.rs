@@ -1,35 +1,34 @@
 //! Conflicts that are returned untouched, and bodies that must survive classification whole.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use arm_sim::{Scripted, Sim, SimConfig};
-use common::*;
+use arm_sim::{Scripted, Sim};
 use reqwest_conflict::{ConflictKind, Outcome};
-use serde_json::json;
+use support::*;
 
 async fn sim() -> Sim {
-    let sim = Sim::start(SimConfig {
-        transition: Duration::from_millis(50),
-        ..SimConfig::default()
-    })
-    .await;
-    sim.seed(VM, vm_body("Standard_D2s_v3"));
-    sim
+    sim_with_vm(Duration::from_millis(50)).await
+}
+
+/// A PUT of the VM with the precondition header `name: value`, through a fast-policy client.
+async fn put_vm_with(sim: &Sim, name: &str, value: &str) -> reqwest::Response {
+    client(fast_policy())
+        .put(url(sim, VM))
+        .header(name, value)
+        .json(&vm_body("x"))
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn permanent_conflict_reaches_the_server_once() {
     let sim = sim().await;
-    let body = json!({"error": {"code": "ScopeLocked", "message": "The scope '/subscriptions/sub1/resourceGroups/rg1' cannot perform write operation because following scope(s) are locked: '/subscriptions/sub1/resourceGroups/rg1'. Please remove the lock and try again."}});
+    let body = scope_locked();
     sim.script("PUT", VM, vec![Scripted::json(409, body.clone())]);
-    let resp = client(fast_policy())
-        .put(url(&sim, VM))
-        .json(&vm_body("x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_vm(&client(fast_policy()), &sim, "x").await;
     assert_eq!(resp.status(), 409);
     let report = report(&resp);
     assert_eq!(report.kind, ConflictKind::Permanent);
@@ -48,13 +47,7 @@ async fn permanent_conflict_reaches_the_server_once() {
 #[tokio::test]
 async fn create_only_request_on_existing_resource_is_already_exists_and_not_retried() {
     let sim = sim().await;
-    let resp = client(fast_policy())
-        .put(url(&sim, VM))
-        .header("If-None-Match", "*")
-        .json(&vm_body("x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_vm_with(&sim, "If-None-Match", "*").await;
     assert_eq!(resp.status(), 412);
     let report = report(&resp);
     assert_eq!(report.kind, ConflictKind::AlreadyExists);
@@ -65,13 +58,7 @@ async fn create_only_request_on_existing_resource_is_already_exists_and_not_retr
 #[tokio::test]
 async fn stale_etag_is_surfaced_by_default() {
     let sim = sim().await;
-    let resp = client(fast_policy())
-        .put(url(&sim, VM))
-        .header("If-Match", "\"not-the-current-etag\"")
-        .json(&vm_body("x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_vm_with(&sim, "If-Match", "\"not-the-current-etag\"").await;
     assert_eq!(resp.status(), 412);
     let report = report(&resp);
     assert_eq!(report.kind, ConflictKind::StalePrecondition);
@@ -96,12 +83,7 @@ async fn assert_body_survives(body: Vec<u8>, headers: &[(&str, &str)], expected:
         scripted = scripted.header(name, value);
     }
     sim.script("PUT", VM, vec![scripted]);
-    let resp = client(fast_policy())
-        .put(url(&sim, VM))
-        .json(&vm_body("x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_vm(&client(fast_policy()), &sim, "x").await;
     assert_eq!(resp.status(), 409);
     assert_eq!(report(&resp).kind, expected);
     let received = resp.bytes().await.unwrap();

@@ -1,12 +1,59 @@
 //! What every cross-process lease store must do, checked the same way for each: `a` and `b` are
 //! two handles on one store, as two processes would have.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use reqwest_conflict::LeaseStore;
 
 const TTL: Duration = Duration::from_secs(10);
 const LONG: Duration = Duration::from_secs(20);
+
+/// One writer at a time: each of `stores` (a store per writer, as many clients as writers, as
+/// across processes) takes `key` `rounds` times, and under the lease reads a counter, sleeps
+/// `hold` and writes it back one higher, so an overlap would lose an increment. Leases last `ttl`
+/// and are waited for at most `wait`. Returns the counter and every token handed out, sorted.
+pub async fn one_writer_at_a_time<S>(
+    stores: Vec<S>,
+    key: &str,
+    ttl: Duration,
+    wait: Duration,
+    rounds: usize,
+    hold: Duration,
+) -> (u64, Vec<u64>)
+where
+    S: LeaseStore + Send + Sync + 'static,
+{
+    let counter = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = stores
+        .into_iter()
+        .map(|leases| {
+            let (key, counter) = (key.to_owned(), counter.clone());
+            tokio::spawn(async move {
+                let mut tokens = Vec::new();
+                for _ in 0..rounds {
+                    let lease = leases.acquire(&key, ttl, wait).await.unwrap();
+                    let seen = counter.load(Ordering::Relaxed);
+                    tokio::time::sleep(hold).await;
+                    counter.store(seen + 1, Ordering::Relaxed);
+                    tokens.push(lease.token());
+                }
+                tokens
+            })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for task in tasks {
+        tokens.extend(task.await.unwrap());
+    }
+    tokens.sort_unstable();
+    (counter.load(Ordering::Relaxed), tokens)
+}
 
 /// Fencing tokens grow strictly, whichever handle takes the key.
 pub async fn tokens_strictly_increase(a: &impl LeaseStore, b: &impl LeaseStore, key: &str) {

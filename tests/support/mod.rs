@@ -1,234 +1,31 @@
-//! Real servers for the lease-store tests: a `redis-server` and an Azurite blob service, each on a
-//! free loopback port, each killed when its handle is dropped (also when the test panics).
+//! What the integration tests share; every test binary declares `mod support;` and takes what it
+//! needs:
 //!
-//! A missing binary is a failure with instructions, never a skipped test.
+//! - [`sim`]: the simulator side — resource paths, bodies, scripted answers, simulators seeded
+//!   for a test;
+//! - [`client`]: the caller side — a fast policy, clients, reports and engine errors, PUTs;
+//! - [`capture`]: tracing output captured in memory;
+//! - [`servers`]: a real `redis-server` and Azurite of our own, on free loopback ports;
+//! - [`child`]: tests that re-run their own binary as a child process;
+//! - [`contract`]: what every cross-process lease store must do.
 
-#![allow(dead_code)] // each test binary uses only part of this module
+// Each test binary uses only part of this module, and of what it re-exports.
+#![allow(dead_code, unused_imports)]
 
+pub mod capture;
+pub mod child;
+pub mod client;
 pub mod contract;
+pub mod servers;
+pub mod sim;
 
-use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, Stdio},
-    sync::mpsc,
-    thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+pub use capture::Captured;
+pub use child::*;
+pub use client::*;
+pub use servers::*;
+pub use sim::*;
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral loopback port")
-        .port()
-}
-
-/// Kills and reaps the child process on drop.
-pub struct KillOnDrop(pub Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A `redis-server` of our own.
-pub struct Redis {
-    process: KillOnDrop,
-    port: u16,
-}
-
-impl Redis {
-    /// `redis://127.0.0.1:PORT/`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-}
-
-/// Starts `redis-server` on a free loopback port, without persistence, and waits for PING.
-pub fn start_redis() -> Redis {
-    let binary = find_on_path("redis-server").unwrap_or_else(|| {
-        panic!(
-            "redis-server not found on PATH; the Redis lease tests need a real server. \
-             Install it with `apt-get install -y redis-server`."
-        )
-    });
-    // The port can be taken between choosing and binding it: try a few.
-    for _ in 0..5 {
-        let port = free_port();
-        let child = Command::new(&binary)
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let mut process = KillOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = process.0.try_wait() {
-                break; // exited: probably the port; try another
-            }
-            if redis_ping(port) {
-                return Redis { process, port };
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("redis-server did not start answering PING");
-}
-
-fn redis_ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut answer = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut answer).is_ok()
-        && &answer == b"+PONG\r\n"
-}
-
-/// An Azurite blob service of our own, with its data in a fresh directory.
-pub struct Azurite {
-    process: KillOnDrop,
-    port: u16,
-    location: PathBuf,
-}
-
-impl Azurite {
-    /// The dev account's blob endpoint, `http://127.0.0.1:PORT/devstoreaccount1`.
-    pub fn blob_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/devstoreaccount1", self.port)
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.process.0.kill();
-        let _ = self.process.0.wait();
-        let _ = std::fs::remove_dir_all(&self.location);
-    }
-}
-
-/// Where `azurite-blob` is: on PATH, else installed by npm under the workspace root
-/// (`node_modules/.bin` or `.tools/node_modules/.bin`).
-fn azurite_binary() -> PathBuf {
-    if let Some(found) = find_on_path("azurite-blob") {
-        return found;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in ["node_modules/.bin", ".tools/node_modules/.bin"] {
-        let candidate = root.join(dir).join("azurite-blob");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "azurite-blob not found on PATH nor under {}/{{node_modules,.tools/node_modules}}/.bin; \
-         the Blob lease tests need the real emulator. Install it with \
-         `npm install --prefix .tools azurite` in the workspace root (needs Node.js: \
-         `apt-get install -y nodejs npm`).",
-        root.display()
-    );
-}
-
-/// Starts Azurite's blob service on a free loopback port and waits until it accepts connections.
-pub fn start_azurite() -> Azurite {
-    let binary = azurite_binary();
-    for _ in 0..5 {
-        let port = free_port();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let location = std::env::temp_dir().join(format!(
-            "reqwest-conflict-azurite-{}-{port}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&location).expect("create Azurite's data directory");
-        let child = Command::new(&binary)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .arg("--location")
-            .arg(&location)
-            .args([
-                "--silent",
-                "--skipApiVersionCheck",
-                "--loose",
-                "--disableTelemetry",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn azurite-blob");
-        let mut azurite = Azurite {
-            process: KillOnDrop(child),
-            port,
-            location,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = azurite.process.0.try_wait() {
-                break;
-            }
-            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                return azurite;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-    panic!("azurite-blob did not start listening");
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Re-runs this test binary as a child process running only the test `test_name`, with `envs`
-/// set, and waits (at most `within`) for it to print `ready_prefix`; returns the child and the
-/// rest of that line.
-pub fn spawn_child_test(
-    test_name: &str,
-    envs: &[(&str, String)],
-    ready_prefix: &str,
-    within: Duration,
-) -> (KillOnDrop, String) {
-    let exe = std::env::current_exe().expect("path of this test binary");
-    let child = Command::new(exe)
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("re-run the test binary as a child");
-    let mut child = KillOnDrop(child);
-    let stdout: ChildStdout = child.0.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    let prefix = ready_prefix.to_owned();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            // libtest may print "test NAME ... " before the child's own output on the line.
-            if let Some((_, rest)) = line.split_once(&prefix) {
-                let _ = tx.send(rest.to_owned());
-            }
-        }
-    });
-    let rest = rx
-        .recv_timeout(within)
-        .unwrap_or_else(|_| panic!("the child test {test_name} did not print {ready_prefix:?}"));
-    (child, rest)
+/// An RFC 9110 `IMF-fixdate`, as `Retry-After` carries a date.
+pub fn http_date(at: std::time::SystemTime) -> String {
+    httpdate::fmt_http_date(at)
 }

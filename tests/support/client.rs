@@ -1,0 +1,78 @@
+//! The caller side: a fast policy, clients, reports and engine errors, PUTs.
+
+use std::time::Duration;
+
+use arm_sim::Sim;
+use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, ConflictReport, Error, PollSchedule};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+
+use super::sim::{VM, url, vm_body};
+
+/// Milliseconds where ARM would take seconds, so a test runs in well under a second.
+pub fn fast_policy() -> ConflictPolicy {
+    ConflictPolicy {
+        max_attempts: 20,
+        deadline: Duration::from_secs(10),
+        poll: PollSchedule {
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(40),
+            factor: 2.0,
+            jitter: true,
+        },
+        retry_after_cap: Duration::from_millis(50),
+        ..ConflictPolicy::azure_arm()
+    }
+}
+
+/// How long any call under `policy` may take before a test calls it a hang: a detector, not a
+/// timing check.
+pub fn hang_limit(policy: &ConflictPolicy) -> Duration {
+    policy.deadline * 3 + Duration::from_secs(5)
+}
+
+/// A client whose only middleware is `middleware`.
+pub fn middleware_client(middleware: ConflictMiddleware) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new())
+        .with(middleware)
+        .build()
+}
+
+/// A client that resolves conflicts under `policy`.
+pub fn client(policy: ConflictPolicy) -> ClientWithMiddleware {
+    client_with(reqwest::Client::new(), policy)
+}
+
+/// Like [`client`], over the given reqwest client (its resolver, its redirect policy).
+pub fn client_with(http: reqwest::Client, policy: ConflictPolicy) -> ClientWithMiddleware {
+    ClientBuilder::new(http)
+        .with(ConflictMiddleware::new(policy))
+        .build()
+}
+
+/// A PUT of `vm_body(tag)` to the VM through `client`; the answer, whatever its status.
+pub async fn put_vm(client: &ClientWithMiddleware, sim: &Sim, tag: &str) -> reqwest::Response {
+    client
+        .put(url(sim, VM))
+        .json(&vm_body(tag))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The report a response that met a conflict carries.
+pub fn report(resp: &reqwest::Response) -> ConflictReport {
+    resp.extensions()
+        .get::<ConflictReport>()
+        .cloned()
+        .expect("a response that met a conflict carries a report")
+}
+
+/// The engine's own error inside a middleware error.
+pub fn engine_error(err: &reqwest_middleware::Error) -> &Error {
+    match err {
+        reqwest_middleware::Error::Middleware(e) => e
+            .downcast_ref::<Error>()
+            .unwrap_or_else(|| panic!("an untyped middleware error: {e:#}")),
+        other => panic!("expected an engine error, got {other:?}"),
+    }
+}
