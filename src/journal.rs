@@ -166,6 +166,21 @@ impl Journal {
         seq
     }
 
+    /// Opens an entry, as [`begin`](Self::begin) does, that closes itself (with no status) if it
+    /// is dropped open: a write whose future is dropped mid-way must not stay open forever, or
+    /// it would "overlap" every later write to its resource.
+    pub(crate) fn open(
+        &self,
+        resource: &Arc<str>,
+        method: &http::Method,
+        token: Option<u64>,
+    ) -> OpenEntry<'_> {
+        OpenEntry {
+            journal: self,
+            seq: Some(self.begin(resource, method, token)),
+        }
+    }
+
     /// Closes entry `seq`: its request's final answer came back `at`.
     pub(crate) fn end(&self, seq: u64, status: Option<u16>, at: Instant) {
         let mut ring = self.ring();
@@ -180,6 +195,35 @@ impl Journal {
         {
             entry.end = Some(now);
             entry.status = status;
+        }
+    }
+}
+
+/// An entry of the journal not closed yet; see [`Journal::open`].
+pub(crate) struct OpenEntry<'j> {
+    journal: &'j Journal,
+    /// `None` once closed.
+    seq: Option<u64>,
+}
+
+impl OpenEntry<'_> {
+    /// The entry's sequence number.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq.unwrap_or_default()
+    }
+
+    /// Closes the entry: the request's final answer came back `at`.
+    pub(crate) fn close(mut self, status: Option<u16>, at: Instant) {
+        if let Some(seq) = self.seq.take() {
+            self.journal.end(seq, status, at);
+        }
+    }
+}
+
+impl Drop for OpenEntry<'_> {
+    fn drop(&mut self) {
+        if let Some(seq) = self.seq.take() {
+            self.journal.end(seq, None, Instant::now());
         }
     }
 }

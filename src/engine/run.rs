@@ -58,10 +58,10 @@ impl<'r> Run<'r> {
 
         let resource = self.original.resource.shared_key();
         let token = own.map(Lease::token);
-        let seq = self
+        let entry = self
             .engine
             .journal
-            .begin(resource, self.original.method, token);
+            .open(resource, self.original.method, token);
         let mut result = match transport.send(None).await {
             Ok(first) if is_conflict(T::head(&first).0) => self.resolve(transport, first).await,
             Ok(first) => Ok(Answered {
@@ -76,13 +76,11 @@ impl<'r> Run<'r> {
         }) = &mut result
         {
             report.lease_token = token;
-            report.journal_seq = Some(seq);
+            report.journal_seq = Some(entry.seq());
         }
         let ended = Instant::now();
         let status = result.as_ref().ok().map(|a| T::head(&a.response).0);
-        self.engine
-            .journal
-            .end(seq, status.map(|s| s.as_u16()), ended);
+        entry.close(status.map(|s| s.as_u16()), ended);
 
         if let (Some(lease), Ok(answered)) = (own, &result) {
             let (status, headers) = T::head(&answered.response);
