@@ -10,9 +10,8 @@
 //!   removed each time too (nobody else uses it), but the shard and hash stay hot.
 //! - `uncontended/with_parent`: a subnet write: [`acquire_all`] on the subnet and its virtual
 //!   network (sorted, two leases), as the engine does for types in `lock_parent_of`.
-//! - `engine_path`: what the engine does per write under a lease, as far as the public API
-//!   reaches: acquire (the engine itself skips the boxed future), read the transitioning flag the
-//!   store reported while granting, release.
+//! - `engine_path`: what the engine does per write under a lease: acquire through the trait,
+//!   read the transitioning flag the store reported while granting, release.
 //! - `contended/N`: N tasks on a 2-worker runtime, each acquiring and releasing one shared key 200
 //!   times; the time per acquire (`Throughput::Elements` = N × 200) includes the hand-off from one
 //!   holder to the next through the FIFO queue.

@@ -14,9 +14,8 @@ use std::{
 use serde::Serialize;
 use tokio::time::Instant;
 
-/// How many entries a journal keeps by default. Each entry keeps its resource's key alive, so a
-/// larger window costs memory and, on every write, the cache misses of retiring an old entry
-/// (about 1 % of an uncontended loopback PUT at 4,096 entries; see BENCHMARKS.md).
+/// How many entries a journal keeps by default: enough to hold the recent history of a busy
+/// process, small enough that the keys it keeps alive cost little memory.
 const DEFAULT_CAPACITY: usize = 1024;
 
 /// One mutating request, as the middleware saw it.

@@ -207,8 +207,7 @@ async fn a_201_from_an_api_that_is_not_arm_does_not_hold_up_the_next_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn middlewares_sharing_a_memory_store_serialize_each_others_writers() {
-    // `with_leases(MemoryLeases)` is leased directly (not through the trait object): clones of
-    // one store given to two middlewares must still be one store.
+    // Clones of one `MemoryLeases` given to two middlewares must still be one store.
     let sim = permissive_sim().await;
     let leases = MemoryLeases::new();
     let clients = clients(2, || {

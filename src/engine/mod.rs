@@ -32,8 +32,6 @@ use std::{collections::HashMap, sync::Arc};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
-// TEMPORARY: until lease/ imports it from `shared`.
-pub(crate) use crate::shared::BoxFuture;
 pub(crate) use transport::{
     Answered, Changes, Failure, Fetched, Original, Overrides, Peeked, Replay, Transport,
 };

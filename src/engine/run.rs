@@ -46,7 +46,6 @@ impl<'r> Run<'r> {
         transport: &mut T,
     ) -> Result<Answered<T::Response>, Failure<T::Error>> {
         let leases = self.leases().await.map_err(Failure::Conflict)?;
-        // The resource's own lease sorts after its parent's (a parent's key is a prefix).
         let own = leases
             .iter()
             .find(|lease| lease.key() == self.original.resource.key());

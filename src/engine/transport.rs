@@ -114,6 +114,7 @@ pub(crate) enum Replay {
     Bytes(Bytes),
     /// Its body is a stream the stack can rewind (azure_core's seekable streams): it can be
     /// sent again, but not read.
+    #[cfg_attr(not(feature = "azure-core"), allow(dead_code))]
     Rewind,
     /// Its body is a stream that can be read once: the request is sent once.
     Once,

@@ -30,7 +30,7 @@ use super::{
     Lease, LeaseStore,
     remote::{self, Held, Renewal},
 };
-use crate::{Error, engine::BoxFuture};
+use crate::{Error, shared::BoxFuture};
 
 /// The Blob REST API version spoken (and signed into dev SAS tokens).
 pub(super) const API_VERSION: &str = "2021-08-06";

@@ -1,37 +1,40 @@
-//! In-process leases: a FIFO-fair lock per key, in a sharded table that forgets idle keys.
+//! In-process leases: a FIFO-fair lock per key, in a table that forgets idle keys.
 //!
 //! Why it looks like this:
 //!
-//! - **Sharded, not global.** Every acquire and release touches the key table, so one table behind
-//!   one lock would make unrelated resources contend. The table is split into [`SHARDS`]
-//!   independent `std::sync::Mutex`es chosen by the key's hash, and a shard lock is held only for
-//!   a lookup, insert or remove — never across an `.await`. (A concurrent-map crate would do the
-//!   same job; a few lines over `hashbrown` make the idle-key bookkeeping, which needs "remove
-//!   only if nobody uses it" atomically, explicit.)
-//! - **Nothing allocated when uncontended.** This store is on every write's path. A key's state
-//!   lives inline in its table entry (the key itself is shared with the caller when it has it as
-//!   an `Arc`), the key is hashed once per acquire (`foldhash`, seeded per store), and the holder
-//!   finds its entry again by that hash. Only a writer that has to wait allocates: a one-shot
-//!   channel through which the lease is handed to it.
-//! - **Fair.** Waiters queue in arrival order, and a release hands the lease straight to the first
-//!   one still waiting (a waiter that gave up is skipped), so a steady stream of writers to a hot
-//!   resource cannot starve an early one, and a newcomer never overtakes the queue.
-//! - **Bounded.** A key's entry lives while the key is held or waited for. A transitioning flag
-//!   must outlive its holder (that is its purpose), so when a key is left in transition its entry
-//!   stays, without its key, as a flag matched by the key's 64-bit hash (two keys sharing a hash
-//!   would cost at most one needless poll). A flag is dropped when a later holder clears it, when
-//!   it expires (30 minutes: no transition lasts longer, and a forgotten flag costs at most a 409
-//!   the engine resolves), or when its shard holds more than 1,024 of them, oldest first.
+//! - **One table of entries, a few locks.** A key in use has an [`Entry`]: who holds it (by
+//!   fencing token), who waits for it, and whether the resource was left in transition. The table
+//!   is split into [`SHARDS`] plain `Mutex<HashMap>`s picked by the key's hash, so writers to
+//!   unrelated resources rarely touch the same lock, and a lock is held only for a lookup and a few
+//!   field writes — never across an `.await`. Writers to different keys therefore never wait for
+//!   each other.
+//! - **Leases like any store's.** A grant is a public [`Lease::new`] whose release closure hands
+//!   the key back to this store; the transitioning flag is read and written only through
+//!   [`LeaseStore`], which checks that the lease is the key's current holder. The engine needs
+//!   nothing from this store that another in-process store could not give it.
+//! - **Fair.** Waiters queue in arrival order, each with a one-shot channel, and a release hands a
+//!   new lease straight to the first one still waiting (one that gave up is skipped), so a steady
+//!   stream of writers to a hot resource cannot starve an early one, and a newcomer never
+//!   overtakes the queue. A lease sent to a waiter that left at that very moment comes back, or is
+//!   dropped with the waiter's channel; either way dropping it releases it, to the next waiter.
+//! - **Bounded.** An entry lives while its key is held or waited for, and queues are swept of
+//!   waiters that gave up. A transitioning flag must outlive its holder (that is its purpose), so
+//!   an entry left in transition stays after its release, but not for ever: a flag is honoured for
+//!   30 minutes (no transition lasts longer, and a forgotten flag costs at most a 409 the engine
+//!   resolves), and each shard keeps at most [`MAX_IDLE_FLAGS`] idle ones, dropping the oldest
+//!   first — memory stays bounded however many resources are written once and never again.
 //! - **No TTL.** Within one process a holder cannot vanish without its [`Lease`] being dropped —
 //!   dropping a task or a future drops the lease it owns — so the `ttl` argument is ignored and
 //!   nothing needs renewing.
-//! - **Fencing tokens** come from one store-wide counter: strictly increasing per key, also when a
-//!   key's entry was removed and created again.
+//! - **Fencing tokens** come from one counter shared by every store in the process, drawn under the
+//!   key's lock: strictly increasing per key, also when a key's entry was removed and created
+//!   again, and never the same for two leases — so a lease from another store is never mistaken
+//!   for this store's holder of the same key.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque, hash_map},
     fmt,
-    hash::BuildHasher,
+    hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -39,14 +42,26 @@ use std::{
     time::Duration,
 };
 
-use hashbrown::{DefaultHashBuilder, HashTable};
 use tokio::{sync::oneshot, time::Instant};
 
 use super::{Lease, LeaseStore};
-use crate::{Error, engine::BoxFuture};
+use crate::{Error, shared::BoxFuture};
 
 /// How many independent pieces the key table is split into.
-const SHARDS: usize = 64;
+const SHARDS: usize = 16;
+
+/// How long a transitioning flag is honoured.
+const FLAG_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// Idle keys kept per shard for their transitioning flag; past this the oldest are forgotten.
+const MAX_IDLE_FLAGS: usize = 1024;
+
+/// Past this many queued waiters, the ones that gave up are swept out (again at each doubling),
+/// so a key held for long while waiters keep timing out does not grow its queue without bound.
+const SWEEP_WAITERS: usize = 64;
+
+/// The last fencing token handed out by any [`MemoryLeases`] in this process.
+static LAST_TOKEN: AtomicU64 = AtomicU64::new(0);
 
 /// In-process leases — the default [`LeaseStore`].
 ///
@@ -73,113 +88,134 @@ pub struct MemoryLeases {
     inner: Arc<Inner>,
 }
 
+#[derive(Default)]
 struct Inner {
-    shards: Box<[Mutex<Shard>]>,
-    hasher: DefaultHashBuilder,
-    last_token: AtomicU64,
-    /// What the transitioning flags count from.
-    epoch: Instant,
+    shards: [Mutex<Shard>; SHARDS],
+    hasher: RandomState,
 }
 
 /// One piece of the key table.
 #[derive(Default)]
 struct Shard {
-    entries: HashTable<Entry>,
-    /// Entries kept only for their flag (no key).
-    flags: usize,
+    entries: HashMap<Arc<str>, Entry>,
+    /// How many entries are idle, kept only for their flag.
+    idle_flags: usize,
 }
 
-/// A key in use, or an idle key's transitioning flag.
+/// A key held or waited for, or an idle key left in transition.
+#[derive(Default)]
 struct Entry {
-    hash: u64,
-    /// The key while it is held; `None` for an idle key kept for its flag, matched by hash.
-    key: Option<Arc<str>>,
+    /// The fencing token of the lease holding the key; `None` while the key is idle.
+    holder: Option<u64>,
     /// Writers waiting for the key, in arrival order. One that gave up leaves a closed sender,
     /// skipped when the key is handed over.
-    // Boxed: most keys never have a waiter, and an unboxed queue would add 24 bytes to every
-    // entry, idle flags included.
-    #[allow(clippy::box_collection)]
-    waiters: Option<Box<VecDeque<oneshot::Sender<Held>>>>,
-    /// The transitioning flag, as [`Inner::stamp`]; zero when not set.
-    flag: u64,
+    waiters: VecDeque<oneshot::Sender<Lease>>,
+    /// When the resource was last left in transition, if it is.
+    flag: Option<Instant>,
 }
 
-/// How long a transitioning flag is honoured.
-const FLAG_TTL: Duration = Duration::from_secs(30 * 60);
-
-/// Idle flags kept per shard; past this the oldest are forgotten, so memory stays bounded
-/// (64 × 1,024 entries of a few dozen bytes) however many resources are written once and never
-/// again.
-const MAX_FLAGS_PER_SHARD: usize = 1024;
-
-/// Past this many queued senders, the ones whose waiter gave up are swept out, so a key held for
-/// long while waiters keep timing out does not grow its queue without bound.
-const SWEEP_WAITERS: usize = 64;
+impl Entry {
+    /// The flag, if set and still worth honouring.
+    fn live_flag(&self) -> Option<Instant> {
+        self.flag.filter(|since| since.elapsed() < FLAG_TTL)
+    }
+}
 
 impl Inner {
-    /// `at` as a flag value: nanoseconds since the epoch, plus one (zero means "no flag").
-    fn stamp(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
-            .unwrap_or(u64::MAX - 1)
-            .saturating_add(1)
+    /// The shard of `key`, locked.
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[self.hasher.hash_one(key) as usize % SHARDS])
     }
 
-    /// When a flag's transition started, if the flag is set and still worth honouring.
-    fn live(&self, stamp: u64) -> Option<Instant> {
-        let since = self
-            .epoch
-            .checked_add(Duration::from_nanos(stamp.checked_sub(1)?))?;
-        (since.elapsed() < FLAG_TTL).then_some(since)
+    /// Makes the next holder of `entry`'s key: a fresh fencing token, and the flag the previous
+    /// holder left. Called with the key's shard locked.
+    fn grant(self: &Arc<Self>, key: Arc<str>, entry: &mut Entry) -> Lease {
+        let token = LAST_TOKEN.fetch_add(1, Ordering::Relaxed) + 1;
+        entry.holder = Some(token);
+        entry.flag = entry.live_flag();
+        let transitioning = entry.flag.is_some();
+        let store = Arc::clone(self);
+        Lease::new(key.to_string(), token, move || store.release(&key, token))
+            .with_transitioning(transitioning)
     }
 
-    /// The shard of a key's hash. The table uses the hash's low bits (bucket) and top seven
-    /// (tag), so the shard takes bits from the middle: keys in one shard still spread.
-    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[(hash >> 40) as usize % SHARDS])
+    /// Gives back the lease `token` holds on `key`: to the first writer still waiting, or else
+    /// the key goes idle — forgotten, or kept for its flag.
+    fn release(self: &Arc<Self>, key: &Arc<str>, token: u64) {
+        let mut shard = self.shard(key);
+        let Shard {
+            entries,
+            idle_flags,
+        } = &mut *shard;
+        let hash_map::Entry::Occupied(mut slot) = entries.entry(Arc::clone(key)) else {
+            return;
+        };
+        let entry = slot.get_mut();
+        // Each lease is released once, so this is its holder; checked all the same.
+        if entry.holder != Some(token) {
+            return;
+        }
+        while let Some(waiter) = entry.waiters.pop_front() {
+            if waiter.is_closed() {
+                continue;
+            }
+            let next = self.grant(Arc::clone(key), entry);
+            drop(shard);
+            // Sent unlocked. If the waiter left since it was checked, its lease comes back, and
+            // dropping it releases it again — to the waiter after.
+            drop(waiter.send(next));
+            return;
+        }
+        entry.holder = None;
+        if entry.live_flag().is_some() {
+            entry.waiters = VecDeque::new();
+            *idle_flags += 1;
+            if *idle_flags > MAX_IDLE_FLAGS {
+                shard.prune();
+            }
+        } else {
+            slot.remove();
+        }
     }
 }
 
 impl Shard {
-    /// Forgets expired flags, then the oldest, down to three quarters of
-    /// [`MAX_FLAGS_PER_SHARD`] — leaving room, so this runs once per few hundred idle keys.
-    fn prune(&mut self, inner: &Inner) {
-        const TARGET: usize = MAX_FLAGS_PER_SHARD * 3 / 4;
-        // Stamps grow with time: one clock reading finds every expired flag.
-        let ttl = u64::try_from(FLAG_TTL.as_nanos()).unwrap_or(u64::MAX);
-        let expired_before = inner.stamp(Instant::now()).saturating_sub(ttl);
+    /// Forgets expired flags, then the oldest, down to three quarters of [`MAX_IDLE_FLAGS`] —
+    /// leaving room, so this runs once per few hundred idle keys.
+    fn prune(&mut self) {
+        const KEEP: usize = MAX_IDLE_FLAGS * 3 / 4;
         self.entries
-            .retain(|e| e.key.is_some() || e.flag > expired_before);
-        self.flags = self.entries.iter().filter(|e| e.key.is_none()).count();
-        if self.flags <= TARGET {
+            .retain(|_, e| e.holder.is_some() || e.live_flag().is_some());
+        let mut idle: Vec<Instant> = self
+            .entries
+            .values()
+            .filter(|e| e.holder.is_none())
+            .filter_map(|e| e.flag)
+            .collect();
+        self.idle_flags = idle.len();
+        if idle.len() <= KEEP {
             return;
         }
-        let mut stamps: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|e| e.key.is_none())
-            .map(|e| e.flag)
-            .collect();
-        let excess = self.flags - TARGET;
-        let (_, &mut cutoff, _) = stamps.select_nth_unstable(excess - 1);
+        let excess = idle.len() - KEEP;
+        let (_, &mut cutoff, _) = idle.select_nth_unstable(excess - 1);
+        // Counted: when many flags share the cutoff's instant, only as many as needed go.
         let mut removed = 0;
-        self.entries.retain(|e| {
-            let keep = e.key.is_some() || e.flag > cutoff || removed >= excess;
-            removed += usize::from(!keep);
-            keep
+        self.entries.retain(|_, e| {
+            let old = e.holder.is_none() && e.flag.is_some_and(|since| since <= cutoff);
+            let drop = old && removed < excess;
+            removed += usize::from(drop);
+            !drop
         });
-        self.flags -= removed;
+        self.idle_flags -= removed;
     }
 }
 
-impl Default for Inner {
-    fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: DefaultHashBuilder::default(),
-            last_token: AtomicU64::new(0),
-            epoch: Instant::now(),
-        }
-    }
+/// Locks a shard. A panic while a shard was locked cannot leave an entry half-updated (every
+/// critical section is a few field writes), so a poisoned shard is still consistent.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryLeases {
@@ -195,7 +231,7 @@ impl MemoryLeases {
         self.inner
             .shards
             .iter()
-            .map(|s| lock(s).entries.len())
+            .map(|shard| lock(shard).entries.len())
             .sum()
     }
 
@@ -204,186 +240,64 @@ impl MemoryLeases {
         self.len() == 0
     }
 
-    /// The key `lease` holds, when this store granted it and it is still held.
-    fn held<'l>(&self, lease: &'l Lease) -> Result<&'l Held, Error> {
-        match lease.held() {
-            Some(held) if Arc::ptr_eq(&held.store, &self.inner) => Ok(held),
+    async fn take(&self, key: &str, wait: Duration) -> Result<Lease, Error> {
+        let handed = {
+            let shared: Arc<str> = key.into();
+            let mut shard = self.inner.shard(key);
+            let Shard {
+                entries,
+                idle_flags,
+            } = &mut *shard;
+            match entries.entry(Arc::clone(&shared)) {
+                hash_map::Entry::Vacant(slot) => {
+                    return Ok(self.inner.grant(shared, slot.insert(Entry::default())));
+                }
+                hash_map::Entry::Occupied(slot) => {
+                    let entry = slot.into_mut();
+                    // Idle, kept for its flag: in use again, flag and all.
+                    if entry.holder.is_none() {
+                        *idle_flags -= 1;
+                        return Ok(self.inner.grant(shared, entry));
+                    }
+                    // Held: queue behind the holder and whoever already waits.
+                    let (tx, rx) = oneshot::channel();
+                    let waiters = &mut entry.waiters;
+                    if waiters.len() >= SWEEP_WAITERS && waiters.len().is_power_of_two() {
+                        waiters.retain(|w| !w.is_closed());
+                    }
+                    waiters.push_back(tx);
+                    rx
+                }
+            }
+        };
+        // If this future is dropped while waiting, the receiver goes with it: the key is handed to
+        // the next waiter instead (and a lease sent just before is dropped, so released).
+        let started = Instant::now();
+        match tokio::time::timeout(wait, handed).await {
+            Ok(Ok(lease)) => Ok(lease),
+            // The sender went unused: never happens while a holder lives.
+            Ok(Err(_)) => Err(Error::LeaseBackend {
+                key: key.to_owned(),
+                message: "the lease was dropped before it was handed over".to_owned(),
+            }),
+            Err(_) => Err(Error::LeaseTimeout {
+                key: key.to_owned(),
+                waited: started.elapsed(),
+            }),
+        }
+    }
+
+    /// Runs `f` on the entry `lease` holds in this store, or fails if it holds none.
+    fn holding<T>(&self, lease: &Lease, f: impl FnOnce(&mut Entry) -> T) -> Result<T, Error> {
+        let mut shard = self.inner.shard(lease.key());
+        match shard.entries.get_mut(lease.key()) {
+            Some(entry) if entry.holder == Some(lease.token()) => Ok(f(entry)),
             _ => Err(Error::LeaseBackend {
                 key: lease.key().to_owned(),
                 message: "the lease is not held in this store".to_owned(),
             }),
         }
     }
-
-    /// [`LeaseStore::acquire`] for the engine, which has the key as an `Arc` already: the entry
-    /// shares it, and the future is not boxed.
-    pub(crate) async fn lease(&self, key: &Arc<str>, wait: Duration) -> Result<Lease, Error> {
-        self.take(key, Some(key), wait).await
-    }
-
-    async fn take(
-        &self,
-        key: &str,
-        shared: Option<&Arc<str>>,
-        wait: Duration,
-    ) -> Result<Lease, Error> {
-        let inner = &self.inner;
-        let hash = inner.hasher.hash_one(key);
-        let queued = {
-            let mut guard = inner.shard(hash);
-            let shard = &mut *guard;
-            let owned = || shared.map_or_else(|| Arc::from(key), Arc::clone);
-            if let Some(entry) = shard
-                .entries
-                .find_mut(hash, |e| e.key.as_deref() == Some(key))
-            {
-                // Held: queue behind the holder and whoever already waits.
-                let (tx, rx) = oneshot::channel();
-                let waiters = entry.waiters.get_or_insert_default();
-                if waiters.len() >= SWEEP_WAITERS && waiters.len().is_power_of_two() {
-                    waiters.retain(|w| !w.is_closed());
-                }
-                waiters.push_back(tx);
-                Err(rx)
-            } else if let Some(entry) = shard
-                .entries
-                .find_mut(hash, |e| e.key.is_none() && e.hash == hash)
-            {
-                // An idle key left in transition: in use again, flag and all. (Matched by the
-                // whole hash — the table only compares its top bits: another key sharing all 64
-                // would only inherit a flag, i.e. poll once for nothing.)
-                let key = owned();
-                entry.key = Some(key.clone());
-                shard.flags -= 1;
-                Ok(Held::new(inner, hash, key, entry.flag))
-            } else {
-                let key = owned();
-                shard.entries.insert_unique(
-                    hash,
-                    Entry {
-                        hash,
-                        key: Some(key.clone()),
-                        waiters: None,
-                        flag: 0,
-                    },
-                    |e| e.hash,
-                );
-                Ok(Held::new(inner, hash, key, 0))
-            }
-        };
-        let held = match queued {
-            Ok(held) => held,
-            // If this future is dropped while waiting, the receiver goes with it: the key is
-            // handed to the next waiter instead (and a lease sent just before is released).
-            // Boxed: only a writer that waits pays for the timer.
-            Err(rx) => Box::pin(handed(key, rx, wait)).await?,
-        };
-        let token = inner.last_token.fetch_add(1, Ordering::Relaxed) + 1;
-        let transitioning = held.transition_start().is_some();
-        Ok(Lease::memory(held, token).with_transitioning(transitioning))
-    }
-}
-
-/// Waits at most `wait` for the key to be handed over through `rx`.
-async fn handed(key: &str, rx: oneshot::Receiver<Held>, wait: Duration) -> Result<Held, Error> {
-    let started = Instant::now();
-    match tokio::time::timeout(wait, rx).await {
-        Ok(Ok(held)) => Ok(held),
-        // The entry went with its queue: never happens while a holder lives.
-        Ok(Err(_)) => Err(Error::LeaseBackend {
-            key: key.to_owned(),
-            message: "the lease was dropped before it was handed over".to_owned(),
-        }),
-        Err(_) => Err(Error::LeaseTimeout {
-            key: key.to_owned(),
-            waited: started.elapsed(),
-        }),
-    }
-}
-
-/// A held key. Dropping it hands the key to the first writer still waiting, or leaves it idle:
-/// forgotten, or kept as a flag when left in transition.
-pub(super) struct Held {
-    store: Arc<Inner>,
-    hash: u64,
-    key: Arc<str>,
-    /// The transitioning flag: the previous holder's when granted, then this holder's; written
-    /// back to the entry on release.
-    flag: AtomicU64,
-    /// False for a lease that came back from a waiter that was gone: dropping it does nothing,
-    /// since its releaser still holds the shard and goes on to the next waiter.
-    armed: bool,
-}
-
-impl Held {
-    fn new(store: &Arc<Inner>, hash: u64, key: Arc<str>, flag: u64) -> Self {
-        Self {
-            store: store.clone(),
-            hash,
-            key,
-            flag: AtomicU64::new(flag),
-            armed: true,
-        }
-    }
-
-    pub(super) fn key(&self) -> &Arc<str> {
-        &self.key
-    }
-
-    /// When the resource's transition started, if it is left in transition.
-    pub(super) fn transition_start(&self) -> Option<Instant> {
-        self.store.live(self.flag.load(Ordering::Relaxed))
-    }
-
-    /// Records that the resource is left in a transition that started `since`, or is not.
-    pub(super) fn set_transition(&self, since: Option<Instant>) {
-        let stamp = since.map_or(0, |at| self.store.stamp(at));
-        self.flag.store(stamp, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let store = &*self.store;
-        let flag = *self.flag.get_mut();
-        let mut guard = store.shard(self.hash);
-        let Shard { entries, flags } = &mut *guard;
-        let Ok(mut found) = entries.find_entry(self.hash, |e| {
-            e.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, &self.key))
-        }) else {
-            return;
-        };
-        let entry = found.get_mut();
-        entry.flag = flag;
-        while let Some(tx) = entry.waiters.as_mut().and_then(|w| w.pop_front()) {
-            let next = Held::new(&self.store, self.hash, self.key.clone(), flag);
-            match tx.send(next) {
-                Ok(()) => return,
-                Err(mut unwanted) => unwanted.armed = false,
-            }
-        }
-        if store.live(flag).is_some() {
-            entry.key = None;
-            entry.waiters = None;
-            *flags += 1;
-            if *flags > MAX_FLAGS_PER_SHARD {
-                guard.prune(store);
-            }
-        } else {
-            found.remove();
-        }
-    }
-}
-
-/// Locks a shard. A panic while a shard was locked cannot leave an entry half-updated (every
-/// critical section is a few field writes), so a poisoned shard is still consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LeaseStore for MemoryLeases {
@@ -393,7 +307,7 @@ impl LeaseStore for MemoryLeases {
         _ttl: Duration,
         wait: Duration,
     ) -> BoxFuture<'a, Result<Lease, Error>> {
-        Box::pin(self.take(key, None, wait))
+        Box::pin(self.take(key, wait))
     }
 
     fn set_transitioning<'a>(
@@ -402,14 +316,12 @@ impl LeaseStore for MemoryLeases {
         transitioning: bool,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            self.held(lease)?
-                .set_transition(transitioning.then(Instant::now));
-            Ok(())
+            self.holding(lease, |entry| entry.flag = transitioning.then(Instant::now))
         })
     }
 
     fn is_transitioning<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(async move { Ok(self.held(lease)?.transition_start().is_some()) })
+        Box::pin(async move { self.holding(lease, |entry| entry.live_flag().is_some()) })
     }
 }
 
@@ -418,5 +330,159 @@ impl fmt::Debug for MemoryLeases {
         f.debug_struct("MemoryLeases")
             .field("keys", &self.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(30);
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn refused<T: fmt::Debug>(result: Result<T, Error>) -> bool {
+        matches!(result, Err(Error::LeaseBackend { .. }))
+    }
+
+    #[tokio::test]
+    async fn only_the_current_holder_may_read_or_set_the_flag() {
+        let leases = MemoryLeases::new();
+        let first = leases.acquire("k", TTL, WAIT).await.unwrap();
+        let stale_token = first.token();
+        drop(first);
+        let holder = leases.acquire("k", TTL, WAIT).await.unwrap();
+
+        // A holder paused past its turn, a made-up token, another store's holder of the key.
+        let stale = Lease::new("k", stale_token, || {});
+        let made_up = Lease::new("k", holder.token() + 1, || {});
+        let other = MemoryLeases::new();
+        let foreign = other.acquire("k", TTL, WAIT).await.unwrap();
+        for lease in [&stale, &made_up, &foreign] {
+            assert!(refused(leases.set_transitioning(lease, true).await));
+            assert!(refused(leases.is_transitioning(lease).await));
+        }
+        assert!(!leases.is_transitioning(&holder).await.unwrap());
+        drop(holder);
+        assert_eq!(leases.len(), 0, "refused calls left no flag behind");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flag_set_by_one_holder_is_seen_by_the_next() {
+        let leases = MemoryLeases::new();
+        let first = leases.acquire("k", TTL, WAIT).await.unwrap();
+        assert_eq!(first.transitioning(), Some(false));
+        leases.set_transitioning(&first, true).await.unwrap();
+
+        // Handed over to a waiter.
+        let waiter = tokio::spawn({
+            let leases = leases.clone();
+            async move { leases.acquire("k", TTL, WAIT).await }
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        let second = waiter.await.unwrap().unwrap();
+        assert_eq!(second.transitioning(), Some(true));
+        assert!(leases.is_transitioning(&second).await.unwrap());
+        drop(second);
+        assert_eq!(leases.len(), 1, "the flag keeps the key");
+
+        // Taken while idle.
+        let third = leases.acquire("k", TTL, WAIT).await.unwrap();
+        assert_eq!(third.transitioning(), Some(true));
+        leases.set_transitioning(&third, false).await.unwrap();
+        assert!(!leases.is_transitioning(&third).await.unwrap());
+        drop(third);
+        assert_eq!(leases.len(), 0, "a cleared flag frees the entry");
+
+        let fourth = leases.acquire("k", TTL, WAIT).await.unwrap();
+        assert_eq!(fourth.transitioning(), Some(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flag_expires_after_thirty_minutes() {
+        let leases = MemoryLeases::new();
+        let lease = leases.acquire("k", TTL, WAIT).await.unwrap();
+        leases.set_transitioning(&lease, true).await.unwrap();
+        drop(lease);
+
+        tokio::time::advance(FLAG_TTL - Duration::from_secs(1)).await;
+        let lease = leases.acquire("k", TTL, WAIT).await.unwrap();
+        assert_eq!(lease.transitioning(), Some(true), "still honoured");
+        drop(lease);
+        assert_eq!(leases.len(), 1);
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let lease = leases.acquire("k", TTL, WAIT).await.unwrap();
+        assert_eq!(lease.transitioning(), Some(false), "expired");
+        assert!(!leases.is_transitioning(&lease).await.unwrap());
+        drop(lease);
+        assert_eq!(leases.len(), 0, "an expired flag is forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_flags_are_bounded_oldest_first() {
+        let leases = MemoryLeases::new();
+        let bound = SHARDS * MAX_IDLE_FLAGS;
+        // Twice the bound: every shard overflows, surely.
+        let writes = 2 * bound;
+        for i in 0..writes {
+            let lease = leases.acquire(&i.to_string(), TTL, WAIT).await.unwrap();
+            leases.set_transitioning(&lease, true).await.unwrap();
+            drop(lease);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let kept = leases.len();
+        assert!(kept <= bound, "{kept} idle flags kept");
+        assert!(
+            kept >= SHARDS * MAX_IDLE_FLAGS * 3 / 4,
+            "{kept} idle flags kept"
+        );
+        let oldest = leases.acquire("0", TTL, WAIT).await.unwrap();
+        assert_eq!(oldest.transitioning(), Some(false), "the oldest flag went");
+        let newest = (writes - 1).to_string();
+        let newest = leases.acquire(&newest, TTL, WAIT).await.unwrap();
+        assert_eq!(newest.transitioning(), Some(true), "the newest flag stayed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pruning_drops_expired_flags_then_the_oldest() {
+        let mut shard = Shard::default();
+        let flag = |at| Entry {
+            flag: Some(at),
+            ..Entry::default()
+        };
+        for i in 0..200 {
+            shard
+                .entries
+                .insert(format!("expired{i}").into(), flag(Instant::now()));
+        }
+        tokio::time::advance(FLAG_TTL).await;
+        let live = MAX_IDLE_FLAGS - 200 + 1;
+        for i in 0..live {
+            let at = Instant::now() + Duration::from_millis(i as u64);
+            shard.entries.insert(format!("live{i}").into(), flag(at));
+        }
+        let held = Entry {
+            holder: Some(1),
+            ..Entry::default()
+        };
+        shard.entries.insert("held".into(), held);
+        shard.idle_flags = MAX_IDLE_FLAGS + 1;
+
+        shard.prune();
+        let keep = MAX_IDLE_FLAGS * 3 / 4;
+        assert_eq!(shard.idle_flags, keep);
+        assert_eq!(shard.entries.len(), keep + 1, "the held key stays");
+        assert!(shard.entries.contains_key("held"));
+        assert!(!shard.entries.keys().any(|k| k.starts_with("expired")));
+        // The oldest live flags went; the newest stayed.
+        assert!(!shard.entries.contains_key("live0"));
+        assert!(shard.entries.contains_key(&*format!("live{}", live - 1)));
+        assert!(shard.entries.contains_key(&*format!("live{}", live - keep)));
+        assert!(
+            !shard
+                .entries
+                .contains_key(&*format!("live{}", live - keep - 1))
+        );
     }
 }

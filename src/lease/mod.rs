@@ -39,7 +39,7 @@ pub use memory::MemoryLeases;
 #[cfg(feature = "azure-blob")]
 pub use sas::dev_sas_container_url;
 
-use crate::{Error, engine::BoxFuture};
+use crate::{Error, shared::BoxFuture};
 
 /// Where leases live. Implementations: [`MemoryLeases`] (default, one process), `RedisLeases`
 /// (feature `redis`), `BlobLeases` (feature `azure-blob`).
@@ -83,8 +83,6 @@ enum Release {
     Now(Mutex<Box<dyn FnOnce() + Send>>),
     /// A round trip to the store; dropping the lease spawns it.
     Later(Mutex<Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>>),
-    /// A [`MemoryLeases`] key: dropping it releases it, with no closure to box.
-    Memory(memory::Held),
     /// Released already.
     Done,
 }
@@ -119,11 +117,6 @@ impl Lease {
         )
     }
 
-    /// A [`MemoryLeases`] lease: its key is the store's, shared.
-    fn memory(held: memory::Held, token: u64) -> Self {
-        Self::with(held.key().clone(), token, Release::Memory(held))
-    }
-
     fn with(key: Arc<str>, token: u64, release: Release) -> Self {
         Self {
             key,
@@ -131,32 +124,6 @@ impl Lease {
             transitioning: None,
             release,
         }
-    }
-
-    /// The [`MemoryLeases`] key this lease holds, if that store granted it.
-    fn held(&self) -> Option<&memory::Held> {
-        match &self.release {
-            Release::Memory(held) => Some(held),
-            _ => None,
-        }
-    }
-
-    /// When the previous holder's transition started, if it left the key in transition and
-    /// the store knows when (a [`MemoryLeases`] lease).
-    pub(crate) fn transition_start(&self) -> Option<tokio::time::Instant> {
-        self.held()?.transition_start()
-    }
-
-    /// Records at once that the resource is left in a transition that started `since` (a
-    /// reading of the clock the caller has anyway), or that it is not, when the store allows it
-    /// without a call (a [`MemoryLeases`] lease holds its key's state); `false` when the store
-    /// must be asked through [`LeaseStore::set_transitioning`].
-    pub(crate) fn record_transition(&self, since: Option<tokio::time::Instant>) -> bool {
-        let Some(held) = self.held() else {
-            return false;
-        };
-        held.set_transition(since);
-        true
     }
 
     /// The key held.
@@ -203,10 +170,6 @@ impl Lease {
                 None
             }
             Release::Later(release) => Some(into_inner(release)()),
-            Release::Memory(held) => {
-                drop(held);
-                None
-            }
             Release::Done => None,
         }
     }

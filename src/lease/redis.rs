@@ -34,7 +34,7 @@ use super::{
     Lease, LeaseStore,
     remote::{self, Held, Renewal},
 };
-use crate::{Error, engine::BoxFuture};
+use crate::{Error, shared::BoxFuture};
 
 /// `SET lease NX PX ttl`; on success `INCR fence`. Returns the new token, or 0 if the key is held.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
