@@ -10,7 +10,7 @@
 
 use std::{fmt, sync::Arc};
 
-use url::Url;
+use url::{Position, Url};
 
 use crate::Error;
 
@@ -93,7 +93,7 @@ impl ResourceId {
     /// An ARM ID: its key is its path, lowercased.
     fn arm(origin: Option<String>, arm: ArmPath<'_>, api_version: Option<String>) -> Self {
         Self {
-            key: Arc::from(arm.path.to_ascii_lowercase()),
+            key: lowercase(arm.path),
             origin,
             path: arm.path.to_owned(),
             resource_type: Some(arm.resource_type),
@@ -204,22 +204,41 @@ impl std::str::FromStr for ResourceId {
     }
 }
 
-/// `scheme://host[:port]`, lowercased; the URL parser has already left out a default port.
+/// `scheme://host[:port]`, lowercased, without any userinfo; the URL parser has already left
+/// out a default port.
 fn origin(url: &Url) -> String {
-    let mut origin = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+    let scheme = &url[..Position::BeforeUsername];
+    let host_and_port = &url[Position::BeforeHost..Position::AfterPort];
+    let mut origin = [scheme, host_and_port].concat();
     origin.make_ascii_lowercase();
-    if let Some(port) = url.port() {
-        origin.push_str(&format!(":{port}"));
-    }
     origin
+}
+
+/// `text` lowercased, as a shared key.
+fn lowercase(text: &str) -> Arc<str> {
+    let mut key: Arc<str> = Arc::from(text);
+    // Just made, so not shared yet: lowercased in place.
+    if let Some(key) = Arc::get_mut(&mut key) {
+        key.make_ascii_lowercase();
+    }
+    key
 }
 
 /// The `api-version` parameter of a query string: its name in any case, its value decoded. A
 /// bare `api-version` is an empty one.
 fn api_version_in(query: &str) -> Option<String> {
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(name, _)| name.eq_ignore_ascii_case("api-version"))
-        .map(|(_, value)| value.into_owned())
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !pair.contains(['%', '+']) {
+            return name
+                .eq_ignore_ascii_case("api-version")
+                .then(|| value.to_owned());
+        }
+        // Encoded: decoded the way forms are.
+        let (name, value) = url::form_urlencoded::parse(pair.as_bytes()).next()?;
+        name.eq_ignore_ascii_case("api-version")
+            .then(|| value.into_owned())
+    })
 }
 
 /// Error messages quote the input; a hostile one must not make them huge.
@@ -266,8 +285,19 @@ impl<'a> ArmPath<'a> {
         if path.len() > MAX_PATH {
             return Err("path too long for an ARM resource ID");
         }
-        // One segment past the limit is enough to reject the path.
-        let segments: Vec<&str> = rest.split('/').take(MAX_SEGMENTS + 1).collect();
+        // Cut at each `/` (one byte in UTF-8, so every cut is on a character boundary); one
+        // segment past the limit is enough to reject the path.
+        let mut segments = Vec::with_capacity(16);
+        let mut start = 0;
+        for (at, byte) in rest.bytes().enumerate() {
+            if byte == b'/' && segments.len() <= MAX_SEGMENTS {
+                segments.push(&rest[start..at]);
+                start = at + 1;
+            }
+        }
+        if segments.len() <= MAX_SEGMENTS {
+            segments.push(&rest[start..]);
+        }
         if segments.contains(&"") {
             return Err("empty path segment");
         }
@@ -279,7 +309,7 @@ impl<'a> ArmPath<'a> {
             return Err(NOT_A_SUBSCRIPTION);
         }
 
-        let mut resource_type = vec!["Microsoft.Resources", "subscriptions"];
+        let mut resource_type = String::from("Microsoft.Resources/subscriptions");
         let mut in_provider = false;
         // How many segments the resource's path, and its parent's, have.
         let mut resource = 2;
@@ -293,13 +323,13 @@ impl<'a> ArmPath<'a> {
                 if !has_name {
                     return Err("resourceGroups without a name");
                 }
-                resource_type = vec!["Microsoft.Resources", "resourceGroups"];
+                resource_type = String::from("Microsoft.Resources/resourceGroups");
                 i += 2;
             } else if segment.eq_ignore_ascii_case("providers") {
                 if i + 3 >= n {
                     return Err("providers segment without namespace, type and name");
                 }
-                resource_type = vec![segments[i + 1], segments[i + 2]];
+                resource_type = [segments[i + 1], "/", segments[i + 2]].concat();
                 in_provider = true;
                 i += 4;
             } else if !has_name {
@@ -307,7 +337,8 @@ impl<'a> ArmPath<'a> {
                 action = Some(segment);
                 break;
             } else if in_provider {
-                resource_type.push(segment);
+                resource_type.push('/');
+                resource_type.push_str(segment);
                 i += 2;
             } else {
                 return Err("unexpected segments outside a provider namespace");
@@ -321,7 +352,7 @@ impl<'a> ArmPath<'a> {
         Ok(Self {
             path: &path[..len(&segments[..resource])],
             parent_len: parent.map(|p| len(&segments[..p])),
-            resource_type: resource_type.join("/"),
+            resource_type,
             action,
         })
     }

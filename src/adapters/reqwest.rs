@@ -2,7 +2,6 @@
 
 use bytes::Bytes;
 use http::{Extensions, HeaderMap, Method, StatusCode};
-use http_body_util::BodyExt;
 use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Error, Middleware, Next};
 use tokio::time::Instant;
@@ -68,12 +67,12 @@ impl ConflictMiddleware {
     ) -> reqwest_middleware::Result<Response> {
         let overrides = Overrides::from_extensions(extensions);
         // Every attempt is a copy of the request without its body (`template`) plus the body,
-        // when it is held in memory (reqwest hands its bytes out without a copy); a streamed
-        // body is sent once, with the request itself.
+        // when it is held in memory; a streamed body is sent once, with the request itself.
+        let in_memory = request.body().and_then(reqwest::Body::as_bytes);
+        let in_memory = in_memory.map(Bytes::copy_from_slice);
         let (template, body, stream, replay) = match request.body_mut().take() {
             None => (request, None, None, Replay::Bytes(Bytes::new())),
-            Some(body) if body.as_bytes().is_some() => {
-                let bytes = body.collect().await?.to_bytes();
+            Some(_) if let Some(bytes) = in_memory => {
                 (request, Some(bytes.clone()), None, Replay::Bytes(bytes))
             }
             Some(stream) => {

@@ -157,10 +157,10 @@ impl Engine {
     /// per-request override is held to the same bounds as a policy file, so it fails the request
     /// rather than set what `from_json` would refuse.
     fn policy_for(&self, original: &Original<'_>) -> Result<Arc<ConflictPolicy>, Error> {
-        let typed = original
-            .resource
-            .resource_type()
-            .and_then(|t| self.policies.by_type.get(&t.to_ascii_lowercase()));
+        let by_type = &self.policies.by_type;
+        let typed = (original.resource.resource_type())
+            .filter(|_| !by_type.is_empty())
+            .and_then(|t| by_type.get(&t.to_ascii_lowercase()));
         let policy = typed.unwrap_or(&self.policies.base);
         match &original.overrides.policy {
             None => Ok(policy.clone()),

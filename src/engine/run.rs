@@ -49,10 +49,11 @@ impl<'r> Run<'r> {
         let own = leases
             .iter()
             .find(|lease| lease.key() == self.original.resource.key());
-        if let Some(lease) = own {
-            self.guard(transport, lease)
-                .await
-                .map_err(Failure::Conflict)?;
+        // Boxed, as the resolution below: large futures that only a write after a transition
+        // (or one that meets a conflict) pays for.
+        if let Some(lease) = own.filter(|lease| lease.transitioning() != Some(false)) {
+            let guard = Box::pin(self.guard(transport, lease));
+            guard.await.map_err(Failure::Conflict)?;
         }
 
         let resource = self.original.resource.shared_key();
@@ -62,7 +63,9 @@ impl<'r> Run<'r> {
             .journal
             .open(resource, self.original.method, token);
         let mut result = match transport.send(None).await {
-            Ok(first) if is_conflict(T::head(&first).0) => self.resolve(transport, first).await,
+            Ok(first) if is_conflict(T::head(&first).0) => {
+                Box::pin(self.resolve(transport, first)).await
+            }
             Ok(first) => Ok(Answered {
                 response: first,
                 report: None,

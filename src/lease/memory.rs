@@ -34,7 +34,7 @@
 use std::{
     collections::{HashMap, VecDeque, hash_map},
     fmt,
-    hash::{BuildHasher, RandomState},
+    hash::BuildHasher,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -91,13 +91,15 @@ pub struct MemoryLeases {
 #[derive(Default)]
 struct Inner {
     shards: [Mutex<Shard>; SHARDS],
-    hasher: RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 /// One piece of the key table.
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<Arc<str>, Entry>,
+    // foldhash rather than std's SipHash: keys are long ARM paths, hashed several times a write,
+    // and nothing an attacker controls decides which keys share a shard's table.
+    entries: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
     /// How many entries are idle, kept only for their flag.
     idle_flags: usize,
 }
@@ -135,7 +137,7 @@ impl Inner {
         entry.flag = entry.live_flag();
         let transitioning = entry.flag.is_some();
         let store = Arc::clone(self);
-        Lease::new(key.to_string(), token, move || store.release(&key, token))
+        Lease::new(Arc::clone(&key), token, move || store.release(&key, token))
             .with_transitioning(transitioning)
     }
 
@@ -184,8 +186,10 @@ impl Shard {
     /// leaving room, so this runs once per few hundred idle keys.
     fn prune(&mut self) {
         const KEEP: usize = MAX_IDLE_FLAGS * 3 / 4;
+        let now = Instant::now();
+        let live = |since: &Instant| now.saturating_duration_since(*since) < FLAG_TTL;
         self.entries
-            .retain(|_, e| e.holder.is_some() || e.live_flag().is_some());
+            .retain(|_, e| e.holder.is_some() || e.flag.as_ref().is_some_and(live));
         let mut idle: Vec<Instant> = self
             .entries
             .values()

@@ -91,12 +91,12 @@ impl Lease {
     /// A lease on `key` with fencing `token`; `release` runs once, when the lease is released or
     /// dropped. For in-process store implementations.
     pub fn new(
-        key: impl Into<String>,
+        key: impl Into<Arc<str>>,
         token: u64,
         release: impl FnOnce() + Send + 'static,
     ) -> Self {
         Self::with(
-            key.into().into(),
+            key.into(),
             token,
             Release::Now(Mutex::new(Box::new(release))),
         )
@@ -106,12 +106,12 @@ impl Lease {
     /// awaits it; a drop spawns it on the current Tokio runtime (or, with none, leaves the lease
     /// to expire). For remote store implementations.
     pub fn new_remote(
-        key: impl Into<String>,
+        key: impl Into<Arc<str>>,
         token: u64,
         release: impl FnOnce() -> BoxFuture<'static, ()> + Send + 'static,
     ) -> Self {
         Self::with(
-            key.into().into(),
+            key.into(),
             token,
             Release::Later(Mutex::new(Box::new(release))),
         )
@@ -208,6 +208,10 @@ pub async fn acquire_all(
     ttl: Duration,
     wait: Duration,
 ) -> Result<Vec<Lease>, Error> {
+    // One key (the common case) needs no ordering.
+    if let [key] = keys {
+        return Ok(vec![store.acquire(key, ttl, wait).await?]);
+    }
     let mut sorted: Vec<&str> = keys.iter().map(String::as_str).collect();
     sorted.sort_unstable();
     sorted.dedup();
