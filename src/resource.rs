@@ -229,7 +229,7 @@ fn lowercase(text: &str) -> Arc<str> {
 fn api_version_in(query: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !pair.contains(['%', '+']) {
+        if !pair.bytes().any(|b| b == b'%' || b == b'+') {
             return name
                 .eq_ignore_ascii_case("api-version")
                 .then(|| value.to_owned());
@@ -309,7 +309,9 @@ impl<'a> ArmPath<'a> {
             return Err(NOT_A_SUBSCRIPTION);
         }
 
-        let mut resource_type = String::from("Microsoft.Resources/subscriptions");
+        // Rewritten as the walk goes deeper; one buffer large enough for real types.
+        let mut resource_type = String::with_capacity(64);
+        resource_type.push_str("Microsoft.Resources/subscriptions");
         let mut in_provider = false;
         // How many segments the resource's path, and its parent's, have.
         let mut resource = 2;
@@ -323,13 +325,17 @@ impl<'a> ArmPath<'a> {
                 if !has_name {
                     return Err("resourceGroups without a name");
                 }
-                resource_type = String::from("Microsoft.Resources/resourceGroups");
+                resource_type.clear();
+                resource_type.push_str("Microsoft.Resources/resourceGroups");
                 i += 2;
             } else if segment.eq_ignore_ascii_case("providers") {
                 if i + 3 >= n {
                     return Err("providers segment without namespace, type and name");
                 }
-                resource_type = [segments[i + 1], "/", segments[i + 2]].concat();
+                resource_type.clear();
+                resource_type.push_str(segments[i + 1]);
+                resource_type.push('/');
+                resource_type.push_str(segments[i + 2]);
                 in_provider = true;
                 i += 4;
             } else if !has_name {

@@ -144,16 +144,19 @@ impl Transport for ReqwestTransport<'_> {
     }
 
     fn send(&mut self, changes: Option<Changes>) -> BoxFuture<'_, Result<Response, Error>> {
-        let request = self.stream.take().unwrap_or_else(|| {
-            let mut copy = without_body(self.template);
-            let mut body = self.body.clone();
-            if let Some(changes) = changes {
-                *copy.headers_mut() = changes.headers;
-                body = changes.body.or(body);
+        let request = match self.stream.take() {
+            Some(first) => first,
+            None => {
+                let mut copy = without_body(self.template);
+                let mut body = self.body.clone();
+                if let Some(changes) = changes {
+                    *copy.headers_mut() = changes.headers;
+                    body = changes.body.or(body);
+                }
+                *copy.body_mut() = body.map(reqwest::Body::from);
+                copy
             }
-            *copy.body_mut() = body.map(reqwest::Body::from);
-            copy
-        });
+        };
         self.next.clone().run(request, self.extensions)
     }
 
