@@ -27,71 +27,61 @@ use azure_core::{
     },
 };
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 use http_body_util::BodyDataStream;
-use url::Url;
 
 use convert::{Frames, azure_header_map, azure_method, header_map, http_method, http_status};
 
-use super::adapter_methods;
-use crate::{
-    ResourceId, body,
-    engine::{
-        Changes, Engine, Failure, Fetched, Original, Overrides, Peeked, Replay, Route, Transport,
-    },
-    shared::BoxFuture,
-};
+use super::{adapter, prelude::*};
+use crate::{ResourceId, body};
 
-/// Resolves 409 Conflict and 412 Precondition Failed answers in an `azure_core` pipeline.
-///
-/// Add it to [`ClientOptions::per_call_policies`](azure_core::http::ClientOptions) of any Azure SDK
-/// client (or of a [`Pipeline`](azure_core::http::Pipeline) of your own). Safe methods pass
-/// straight through, and so does a write whose answer is not a 409/412. Otherwise the engine
-/// classifies the conflict and, for a state conflict, waits until the resource converges and sends
-/// the request again — any request: a `Body::Bytes` as it is, a seekable stream after `reset()`,
-/// as `azure_core`'s own retry policy does. Re-fetches are new GET requests sent down the rest of
-/// the pipeline with the original's headers (less those describing its body or preconditions).
-///
-/// - **The report**: put a [`ConflictReports`] into the call's [`Context`]; every request of the
-///   call that met a conflict leaves its [`ConflictReport`](crate::ConflictReport) there.
-/// - **Per-call settings**: a [`PolicyOverride`](crate::PolicyOverride),
-///   [`PreconditionStrategy`](crate::PreconditionStrategy) or [`MergeBase`](crate::MergeBase) in the
-///   `Context` applies to that call, as it does in a reqwest request's extensions.
-/// - **Errors**: the pipeline's own errors pass through untouched. When the engine gives up it
-///   returns an `azure_core::Error` whose source is the [`crate::Error`] (get it back with
-///   `downcast_ref`); for [`Error::NotConverged`](crate::Error::NotConverged) after a conflict its
-///   kind is `HttpResponse` with the conflict's status and code, so `http_status()` still says 409.
-///
-/// ```no_run
-/// use std::sync::Arc;
-/// use azure_core::http::{ClientOptions, Context, Method, Pipeline, Request};
-/// use reqwest_conflict::{AzureConflictPolicy, ConflictPolicy, ConflictReports};
-///
-/// # async fn demo() -> azure_core::Result<()> {
-/// let options = ClientOptions {
-///     per_call_policies: vec![Arc::new(AzureConflictPolicy::new(ConflictPolicy::azure_arm()))],
-///     ..Default::default()
-/// };
-/// let pipeline = Pipeline::new(Some("my-tool"), Some("1.0.0"), options, Vec::new(), Vec::new(), None);
-///
-/// let reports = ConflictReports::new();
-/// let ctx = Context::new().with_value(reports.clone());
-/// let url = "https://management.azure.com/subscriptions/…?api-version=2024-07-01".parse()?;
-/// let mut request = Request::new(url, Method::Put);
-/// request.set_body(r#"{"location":"westus"}"#);
-/// let result = pipeline.send(&ctx, &mut request, None).await;
-/// for report in reports.take() {
-///     println!("{}: {:?} after {} attempt(s)", report.kind, report.outcome, report.attempts);
-/// }
-/// result?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub struct AzureConflictPolicy {
-    engine: Engine,
+adapter! {
+    /// Resolves 409 Conflict and 412 Precondition Failed answers in an `azure_core` pipeline.
+    ///
+    /// Add it to [`ClientOptions::per_call_policies`](azure_core::http::ClientOptions) of any Azure SDK
+    /// client (or of a [`Pipeline`](azure_core::http::Pipeline) of your own). Safe methods pass
+    /// straight through, and so does a write whose answer is not a 409/412. Otherwise the engine
+    /// classifies the conflict and, for a state conflict, waits until the resource converges and sends
+    /// the request again — any request: a `Body::Bytes` as it is, a seekable stream after `reset()`,
+    /// as `azure_core`'s own retry policy does. Re-fetches are new GET requests sent down the rest of
+    /// the pipeline with the original's headers (less those describing its body or preconditions).
+    ///
+    /// - **The report**: put a [`ConflictReports`] into the call's [`Context`]; every request of the
+    ///   call that met a conflict leaves its [`ConflictReport`](crate::ConflictReport) there.
+    /// - **Per-call settings**: a [`PolicyOverride`](crate::PolicyOverride),
+    ///   [`PreconditionStrategy`](crate::PreconditionStrategy) or [`MergeBase`](crate::MergeBase) in the
+    ///   `Context` applies to that call, as it does in a reqwest request's extensions.
+    /// - **Errors**: the pipeline's own errors pass through untouched. When the engine gives up it
+    ///   returns an `azure_core::Error` whose source is the [`crate::Error`] (get it back with
+    ///   `downcast_ref`); for [`Error::NotConverged`](crate::Error::NotConverged) after a conflict its
+    ///   kind is `HttpResponse` with the conflict's status and code, so `http_status()` still says 409.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use azure_core::http::{ClientOptions, Context, Method, Pipeline, Request};
+    /// use reqwest_conflict::{AzureConflictPolicy, ConflictPolicy, ConflictReports};
+    ///
+    /// # async fn demo() -> azure_core::Result<()> {
+    /// let options = ClientOptions {
+    ///     per_call_policies: vec![Arc::new(AzureConflictPolicy::new(ConflictPolicy::azure_arm()))],
+    ///     ..Default::default()
+    /// };
+    /// let pipeline = Pipeline::new(Some("my-tool"), Some("1.0.0"), options, Vec::new(), Vec::new(), None);
+    ///
+    /// let reports = ConflictReports::new();
+    /// let ctx = Context::new().with_value(reports.clone());
+    /// let url = "https://management.azure.com/subscriptions/…?api-version=2024-07-01".parse()?;
+    /// let mut request = Request::new(url, Method::Put);
+    /// request.set_body(r#"{"location":"westus"}"#);
+    /// let result = pipeline.send(&ctx, &mut request, None).await;
+    /// for report in reports.take() {
+    ///     println!("{}: {:?} after {} attempt(s)", report.kind, report.outcome, report.attempts);
+    /// }
+    /// result?;
+    /// # Ok(()) }
+    /// ```
+    pub struct AzureConflictPolicy, "policy"
 }
-
-adapter_methods!(AzureConflictPolicy, "policy");
 
 impl AzureConflictPolicy {
     /// Copies a successful answer's body as it streams to the caller, when it may serve as a
@@ -268,20 +258,14 @@ impl Transport for AzureTransport<'_, '_> {
         })
     }
 
-    fn call(
-        &mut self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
-    ) -> BoxFuture<'_, Result<Fetched, azure_core::Error>> {
+    fn call(&mut self, exchange: Exchange) -> BoxFuture<'_, Result<Fetched, azure_core::Error>> {
         Box::pin(async move {
-            let mut request = Request::new(url, azure_method(&method)?);
-            *request.headers_mut() = azure_header_map(&headers);
+            let mut request = Request::new(exchange.url, azure_method(&exchange.method)?);
+            *request.headers_mut() = azure_header_map(&exchange.headers);
             let (status, headers, body) = forward(self.ctx, &mut request, self.next)
                 .await?
                 .deconstruct();
-            let body = body::read_capped(Frames(body), cap).await?;
+            let body = body::read_capped(Frames(body), exchange.cap).await?;
             Ok(Fetched {
                 status: http_status(status),
                 headers: header_map(&headers),

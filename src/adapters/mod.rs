@@ -15,10 +15,28 @@ pub(crate) mod reqwest;
 #[cfg(feature = "tower")]
 pub(crate) mod tower;
 
-/// The constructor, builder and accessor methods every adapter shares, delegating to its
-/// `engine` field, and its `Default` (the [`azure_arm`](crate::ConflictPolicy::azure_arm) policy).
-macro_rules! adapter_methods {
-    ($adapter:ident, $name:literal) => {
+/// What every adapter takes from the engine.
+mod prelude {
+    pub(crate) use crate::{
+        engine::{
+            Changes, Engine, Exchange, Failure, Fetched, Original, Overrides, Peeked, Replay,
+            Route, Transport,
+        },
+        shared::BoxFuture,
+    };
+}
+
+/// An adapter's type (its documentation given), holding the engine, with the constructor,
+/// builder and accessor methods every adapter shares, and its `Default` (the
+/// [`azure_arm`](crate::ConflictPolicy::azure_arm) policy).
+macro_rules! adapter {
+    ($(#[$doc:meta])* pub struct $adapter:ident, $name:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $adapter {
+            engine: crate::engine::Engine,
+        }
+
         impl Default for $adapter {
             fn default() -> Self {
                 Self::new(crate::ConflictPolicy::default())
@@ -70,4 +88,4 @@ macro_rules! adapter_methods {
         }
     };
 }
-pub(crate) use adapter_methods;
+pub(crate) use adapter;

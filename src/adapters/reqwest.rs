@@ -1,46 +1,37 @@
 //! The `reqwest-middleware` adapter: a thin translation onto the engine.
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, Method, StatusCode};
+use http::{Extensions, HeaderMap, StatusCode};
 use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Error, Middleware, Next};
 use tokio::time::Instant;
 use url::Url;
 
-use super::adapter_methods;
-use crate::{
-    ResourceId, body,
-    engine::{
-        Changes, Engine, Failure, Fetched, Original, Overrides, Peeked, Replay, Route, Transport,
-    },
-    shared::BoxFuture,
-};
+use super::{adapter, prelude::*};
+use crate::{ResourceId, body};
 
-/// Resolves 409 Conflict and 412 Precondition Failed answers for a `reqwest-middleware` client.
-///
-/// Safe methods (GET, HEAD, OPTIONS, TRACE) pass straight through. A write whose answer is not a
-/// 409/412 passes through too, untouched and unbuffered. Otherwise the engine classifies the
-/// conflict and, for a state conflict, waits until the resource converges and retries — re-fetches
-/// and polls go through the rest of the middleware chain, so authentication added by earlier
-/// middleware applies to them. The response carries a [`ConflictReport`](crate::ConflictReport) in
-/// its extensions; a wait that outlives the policy's deadline fails with
-/// [`Error::NotConverged`](crate::Error::NotConverged) inside
-/// `reqwest_middleware::Error::Middleware`.
-///
-/// ```no_run
-/// use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
-/// use reqwest_middleware::ClientBuilder;
-///
-/// let client = ClientBuilder::new(reqwest::Client::new())
-///     .with(ConflictMiddleware::new(ConflictPolicy::azure_arm()))
-///     .build();
-/// ```
-#[derive(Clone, Debug)]
-pub struct ConflictMiddleware {
-    engine: Engine,
+adapter! {
+    /// Resolves 409 Conflict and 412 Precondition Failed answers for a `reqwest-middleware` client.
+    ///
+    /// Safe methods (GET, HEAD, OPTIONS, TRACE) pass straight through. A write whose answer is not a
+    /// 409/412 passes through too, untouched and unbuffered. Otherwise the engine classifies the
+    /// conflict and, for a state conflict, waits until the resource converges and retries — re-fetches
+    /// and polls go through the rest of the middleware chain, so authentication added by earlier
+    /// middleware applies to them. The response carries a [`ConflictReport`](crate::ConflictReport) in
+    /// its extensions; a wait that outlives the policy's deadline fails with
+    /// [`Error::NotConverged`](crate::Error::NotConverged) inside
+    /// `reqwest_middleware::Error::Middleware`.
+    ///
+    /// ```no_run
+    /// use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
+    /// use reqwest_middleware::ClientBuilder;
+    ///
+    /// let client = ClientBuilder::new(reqwest::Client::new())
+    ///     .with(ConflictMiddleware::new(ConflictPolicy::azure_arm()))
+    ///     .build();
+    /// ```
+    pub struct ConflictMiddleware, "middleware"
 }
-
-adapter_methods!(ConflictMiddleware, "middleware");
 
 impl ConflictMiddleware {
     /// Copies a successful answer's body as it streams to the caller, when it may serve as a
@@ -173,16 +164,11 @@ impl Transport for ReqwestTransport<'_> {
         })
     }
 
-    fn call(
-        &mut self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
-    ) -> BoxFuture<'_, Result<Fetched, Error>> {
-        let origin = url.origin();
-        let mut request = Request::new(method, url);
-        *request.headers_mut() = headers;
+    fn call(&mut self, exchange: Exchange) -> BoxFuture<'_, Result<Fetched, Error>> {
+        let origin = exchange.url.origin();
+        let mut request = Request::new(exchange.method, exchange.url);
+        *request.headers_mut() = exchange.headers;
+        let cap = exchange.cap;
         let response = self.next.clone().run(request, self.extensions);
         Box::pin(async move {
             let response = response.await?;

@@ -21,73 +21,64 @@ use std::{
 
 use ::tower::{BoxError, Layer, Service};
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, request::Parts};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, request::Parts};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use url::Url;
 
 pub use body::ConflictBody;
 
-use super::adapter_methods;
-use crate::{
-    ConflictStats, Journal, ResourceId,
-    engine::{
-        Changes, Engine, Failure, Fetched, Original, Overrides, Peeked, Replay, Route, Transport,
-    },
-    shared::BoxFuture,
-};
+use super::{adapter, prelude::*};
+use crate::{ConflictStats, Journal, ResourceId};
 
 mod body;
 
 /// The largest request body kept in memory so that it can be sent again.
 const MAX_RETRY_BODY: usize = 16 * 1024 * 1024;
 
-/// A [`tower::Layer`](::tower::Layer) that resolves 409 Conflict and 412 Precondition Failed
-/// answers, like [`ConflictMiddleware`](crate::ConflictMiddleware) does for `reqwest-middleware`.
-///
-/// It wraps any `S: Service<http::Request<B>, Response = http::Response<RB>> + Clone` — hyper-util's
-/// legacy `Client`, or a `reqwest::Client` behind a `service_fn` — and produces a
-/// [`ConflictService<S>`]:
-///
-/// - **Requests** qualify for retries when their body's length is known exactly and is at most
-///   16 MiB; they are rebuilt with `B: From<Bytes>` (trailers are not kept). Other bodies are sent
-///   once, and a conflict on them is reported [`Outcome::NotRetryable`](crate::Outcome::NotRetryable).
-///   Safe methods and requests without an absolute URI pass straight through.
-/// - **Re-fetches and polls** are GETs with an empty `B::from(Bytes::new())` body, sent through a
-///   clone of the wrapped service, so layers inside this one (authentication) apply to them.
-/// - **Responses** come back as `http::Response<`[`ConflictBody<RB>`]`>`, a body that yields every
-///   byte the server sent, with a [`ConflictReport`](crate::ConflictReport) in their extensions
-///   when they met a conflict.
-/// - **Errors** are [`BoxError`](crate::BoxError)s: the wrapped service's own error, or a
-///   [`crate::Error`] (such as [`Error::NotConverged`](crate::Error::NotConverged)) to get back
-///   with `downcast_ref`.
-///
-/// ```no_run
-/// use bytes::Bytes;
-/// use http_body_util::Full;
-/// use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-/// use reqwest_conflict::{ConflictLayer, ConflictPolicy, ConflictReport};
-/// use tower::{Layer, ServiceExt};
-///
-/// # async fn demo() -> Result<(), reqwest_conflict::BoxError> {
-/// let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-/// let service = ConflictLayer::new(ConflictPolicy::azure_arm()).layer(client);
-///
-/// let request = http::Request::put("http://127.0.0.1:8080/subscriptions/…?api-version=2024-07-01")
-///     .header("content-type", "application/json")
-///     .body(Full::new(Bytes::from_static(br#"{"location":"westus"}"#)))?;
-/// let response = service.oneshot(request).await?;
-/// if let Some(report) = response.extensions().get::<ConflictReport>() {
-///     println!("{}: {:?} after {} attempt(s)", report.kind, report.outcome, report.attempts);
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub struct ConflictLayer {
-    engine: Engine,
+adapter! {
+    /// A [`tower::Layer`](::tower::Layer) that resolves 409 Conflict and 412 Precondition Failed
+    /// answers, like [`ConflictMiddleware`](crate::ConflictMiddleware) does for `reqwest-middleware`.
+    ///
+    /// It wraps any `S: Service<http::Request<B>, Response = http::Response<RB>> + Clone` — hyper-util's
+    /// legacy `Client`, or a `reqwest::Client` behind a `service_fn` — and produces a
+    /// [`ConflictService<S>`]:
+    ///
+    /// - **Requests** qualify for retries when their body's length is known exactly and is at most
+    ///   16 MiB; they are rebuilt with `B: From<Bytes>` (trailers are not kept). Other bodies are sent
+    ///   once, and a conflict on them is reported [`Outcome::NotRetryable`](crate::Outcome::NotRetryable).
+    ///   Safe methods and requests without an absolute URI pass straight through.
+    /// - **Re-fetches and polls** are GETs with an empty `B::from(Bytes::new())` body, sent through a
+    ///   clone of the wrapped service, so layers inside this one (authentication) apply to them.
+    /// - **Responses** come back as `http::Response<`[`ConflictBody<RB>`]`>`, a body that yields every
+    ///   byte the server sent, with a [`ConflictReport`](crate::ConflictReport) in their extensions
+    ///   when they met a conflict.
+    /// - **Errors** are [`BoxError`](crate::BoxError)s: the wrapped service's own error, or a
+    ///   [`crate::Error`] (such as [`Error::NotConverged`](crate::Error::NotConverged)) to get back
+    ///   with `downcast_ref`.
+    ///
+    /// ```no_run
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+    /// use reqwest_conflict::{ConflictLayer, ConflictPolicy, ConflictReport};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # async fn demo() -> Result<(), reqwest_conflict::BoxError> {
+    /// let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    /// let service = ConflictLayer::new(ConflictPolicy::azure_arm()).layer(client);
+    ///
+    /// let request = http::Request::put("http://127.0.0.1:8080/subscriptions/…?api-version=2024-07-01")
+    ///     .header("content-type", "application/json")
+    ///     .body(Full::new(Bytes::from_static(br#"{"location":"westus"}"#)))?;
+    /// let response = service.oneshot(request).await?;
+    /// if let Some(report) = response.extensions().get::<ConflictReport>() {
+    ///     println!("{}: {:?} after {} attempt(s)", report.kind, report.outcome, report.attempts);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub struct ConflictLayer, "layer"
 }
-
-adapter_methods!(ConflictLayer, "layer");
 
 impl ConflictLayer {}
 
@@ -147,77 +138,62 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
-        Box::pin(handle(self.engine.clone(), ready, request))
-    }
-}
-
-async fn handle<S, B, RB>(
-    engine: Engine,
-    mut ready: S,
-    request: Request<B>,
-) -> Result<Response<ConflictBody<RB>>, BoxError>
-where
-    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send,
-    B: Body + From<Bytes> + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    RB: Body<Data = Bytes> + Send + Unpin + 'static,
-    RB::Error: Into<BoxError>,
-{
-    // Requests without an absolute URI (a server-side service) have no resource to speak of.
-    let route = engine.route(request.method());
-    let url = match route {
-        Route::Pass => None,
-        Route::Remember | Route::Write => absolute_url(request.uri()),
-    };
-    let Some(url) = url else {
-        let response = ready.call(request).await.map_err(Into::into)?;
-        return Ok(response.map(ConflictBody::new));
-    };
-    if route == Route::Remember {
-        let response = ready.call(request).await.map_err(Into::into)?;
-        let resource = ResourceId::from_url(&url);
-        return Ok(remember(
-            &engine,
-            &resource,
-            response.map(ConflictBody::new),
-        ));
-    }
-    // The wait for a lease and for convergence may last minutes: give back what `poll_ready`
-    // reserved, and poll a clone ready before each request instead.
-    let service = ready.clone();
-    drop(ready);
-
-    let (head, body) = request.into_parts();
-    let (first, kept) = match buffer(body).await? {
-        Ok(bytes) => (
-            Request::from_parts(head.clone(), B::from(bytes.clone())),
-            Some(bytes),
-        ),
-        Err(stream) => (Request::from_parts(head.clone(), stream), None),
-    };
-    let replay = kept.clone().map_or(Replay::Once, Replay::Bytes);
-    let overrides = Overrides::from_extensions(&head.extensions);
-    let original = Original::new(&head.method, &url, &head.headers, replay, overrides);
-    let mut transport = TowerTransport {
-        service,
-        head: &head,
-        first: Some(first),
-        body: kept,
-    };
-    match engine.execute(&mut transport, &original).await {
-        Ok(answered) => {
-            let mut response = answered.response;
-            if let Some(report) = answered.report {
-                response.extensions_mut().insert(*report);
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            // Requests without an absolute URI (a server-side service) have no resource to speak of.
+            let route = engine.route(request.method());
+            let url = match route {
+                Route::Pass => None,
+                Route::Remember | Route::Write => absolute_url(request.uri()),
+            };
+            let Some(url) = url else {
+                let response = ready.call(request).await.map_err(Into::into)?;
+                return Ok(response.map(ConflictBody::new));
+            };
+            if route == Route::Remember {
+                let response = ready.call(request).await.map_err(Into::into)?;
+                let resource = ResourceId::from_url(&url);
+                return Ok(remember(
+                    &engine,
+                    &resource,
+                    response.map(ConflictBody::new),
+                ));
             }
-            Ok(remember(&engine, &original.resource, response))
-        }
-        Err(Failure::Transport(error)) => Err(error),
-        Err(Failure::Conflict(error)) => Err(Box::new(error)),
+            // The wait for a lease and for convergence may last minutes: give back what `poll_ready`
+            // reserved, and poll a clone ready before each request instead.
+            let service = ready.clone();
+            drop(ready);
+
+            let (head, body) = request.into_parts();
+            let (first, kept) = match buffer(body).await? {
+                Ok(bytes) => (
+                    Request::from_parts(head.clone(), B::from(bytes.clone())),
+                    Some(bytes),
+                ),
+                Err(stream) => (Request::from_parts(head.clone(), stream), None),
+            };
+            let replay = kept.clone().map_or(Replay::Once, Replay::Bytes);
+            let overrides = Overrides::from_extensions(&head.extensions);
+            let original = Original::new(&head.method, &url, &head.headers, replay, overrides);
+            let mut transport = TowerTransport {
+                service,
+                head: &head,
+                first: Some(first),
+                body: kept,
+            };
+            match engine.execute(&mut transport, &original).await {
+                Ok(answered) => {
+                    let mut response = answered.response;
+                    if let Some(report) = answered.report {
+                        response.extensions_mut().insert(*report);
+                    }
+                    Ok(remember(&engine, &original.resource, response))
+                }
+                Err(Failure::Transport(error)) => Err(error),
+                Err(Failure::Conflict(error)) => Err(Box::new(error)),
+            }
+        })
     }
 }
 
@@ -336,19 +312,15 @@ where
         })
     }
 
-    fn call(
-        &mut self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
-    ) -> BoxFuture<'_, Result<Fetched, BoxError>> {
+    fn call(&mut self, exchange: Exchange) -> BoxFuture<'_, Result<Fetched, BoxError>> {
         Box::pin(async move {
             let mut head = self.head.clone();
-            (head.method, head.uri, head.headers) = (method, url.as_str().parse()?, headers);
+            head.method = exchange.method;
+            head.uri = exchange.url.as_str().parse()?;
+            head.headers = exchange.headers;
             let request = Request::from_parts(head, B::from(Bytes::new()));
             let (parts, body) = dispatch(&mut self.service, request).await?.into_parts();
-            let body = crate::body::read_capped(body, cap)
+            let body = crate::body::read_capped(body, exchange.cap)
                 .await
                 .map_err(Into::into)?;
             Ok(Fetched {

@@ -14,7 +14,7 @@ use tokio::time::{Instant, sleep, timeout};
 use url::Url;
 
 use super::{
-    Transport,
+    Exchange, Transport,
     run::Run,
     state::{Source, is_terminal, read_state},
 };
@@ -144,7 +144,6 @@ impl Run<'_> {
             until,
             lenient,
         } = watch;
-        let headers = self.fetch_headers();
         let mut schedule = policy.poll.backoff();
         let mut planned = planned.into_iter();
         let mut delay = match planned.next() {
@@ -158,12 +157,7 @@ impl Run<'_> {
             if remaining.is_zero() {
                 return false;
             }
-            let fetch = transport.call(
-                http::Method::GET,
-                target.clone(),
-                headers.clone(),
-                policy.max_fetch_body,
-            );
+            let fetch = transport.call(self.exchange(http::Method::GET, target.clone()));
             let mut hint = None;
             let mut done = None;
             let state = match timeout(remaining, fetch).await {
@@ -310,11 +304,22 @@ impl Run<'_> {
         self.original.resource.fetch_url(self.original.url)
     }
 
+    /// A re-fetch, poll or prerequisite action: `method url`, with [`fetch_headers`](Self::fetch_headers),
+    /// its answer read up to the policy's `max_fetch_body`.
+    pub(super) fn exchange(&self, method: http::Method, url: Url) -> Exchange {
+        Exchange {
+            method,
+            url,
+            headers: self.fetch_headers(),
+            cap: self.policy.max_fetch_body,
+        }
+    }
+
     /// The headers a re-fetch, poll or prerequisite action carries: only the original's headers
     /// named in the policy's `poll_headers` (authorization, tracing ids, API version). Nothing
     /// that describes the original's body or makes it conditional, and no other secret a caller
     /// may have put on the write.
-    pub(super) fn fetch_headers(&self) -> http::HeaderMap {
+    fn fetch_headers(&self) -> http::HeaderMap {
         let mut headers = http::HeaderMap::new();
         for name in &self.policy.poll_headers {
             let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) else {

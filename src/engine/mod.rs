@@ -33,7 +33,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
 pub(crate) use transport::{
-    Answered, Changes, Failure, Fetched, Original, Overrides, Peeked, Replay, Transport,
+    Answered, Changes, Exchange, Failure, Fetched, Original, Overrides, Peeked, Replay, Transport,
 };
 
 use crate::{

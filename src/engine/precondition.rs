@@ -125,12 +125,7 @@ impl Run<'_> {
         report: &mut ConflictReport,
     ) -> Option<Fetched> {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
-        let fetch = transport.call(
-            http::Method::GET,
-            self.resource_url(),
-            self.fetch_headers(),
-            self.policy.max_fetch_body,
-        );
+        let fetch = transport.call(self.exchange(http::Method::GET, self.resource_url()));
         report.polls += 1;
         match timeout(remaining, fetch).await {
             Ok(Ok(fresh)) if fresh.status.is_success() => Some(fresh),

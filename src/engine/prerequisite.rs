@@ -78,10 +78,7 @@ impl Run<'_> {
             report.note(format!("`{}` is not an HTTP method", action.method));
             return Acted::Refused;
         };
-        let url = self.under(&action.path);
-        let headers = self.fetch_headers();
-        let cap = self.policy.max_fetch_body;
-        let call = transport.call(method.clone(), url, headers, cap);
+        let call = transport.call(self.exchange(method.clone(), self.under(&action.path)));
         let remaining = deadline.saturating_duration_since(Instant::now());
         match timeout(remaining, call).await {
             Ok(Ok(answer)) => {

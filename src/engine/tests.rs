@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 use url::Url;
 
-use super::{Answered, Changes, Engine, Failure, Fetched, Original, Overrides, Replay, Transport};
+use super::{
+    Answered, Changes, Engine, Exchange, Failure, Fetched, Original, Overrides, Replay, Transport,
+};
 use crate::{
     ConflictKind, ConflictPolicy, ConflictReport, Error, Journal, LeasePolicy, MergeBase, Outcome,
     PolicyOverride, PollSchedule, PreconditionStrategy, shared::BoxFuture,
@@ -385,13 +387,13 @@ impl Transport for Scripted {
         })
     }
 
-    fn call(
-        &mut self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
-    ) -> BoxFuture<'_, Result<Fetched, String>> {
+    fn call(&mut self, exchange: Exchange) -> BoxFuture<'_, Result<Fetched, String>> {
+        let Exchange {
+            method,
+            url,
+            headers,
+            cap,
+        } = exchange;
         let line = line(&method, &url);
         let answers = self
             .routes

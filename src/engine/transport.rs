@@ -41,15 +41,9 @@ pub(crate) trait Transport: Send {
         deadline: Instant,
     ) -> BoxFuture<'static, Peeked<Self::Response, Self::Error>>;
 
-    /// Sends `method url` with `headers` and no body through the rest of the stack, reading at
-    /// most `cap` bytes of the answer: re-fetches, polls, prerequisite actions.
-    fn call(
-        &mut self,
-        method: Method,
-        url: Url,
-        headers: HeaderMap,
-        cap: usize,
-    ) -> BoxFuture<'_, Result<Fetched, Self::Error>>;
+    /// Sends a bodiless request through the rest of the stack, reading at most `exchange.cap`
+    /// bytes of the answer: re-fetches, polls, prerequisite actions.
+    fn call(&mut self, exchange: Exchange) -> BoxFuture<'_, Result<Fetched, Self::Error>>;
 
     /// A response made here (a write found already applied is answered with the fresh
     /// representation).
@@ -66,6 +60,16 @@ pub(crate) struct Changes {
     pub headers: HeaderMap,
     /// The body to send instead of the original's, if another.
     pub body: Option<Bytes>,
+}
+
+/// A bodiless request the engine makes of its own: `method url` with `headers`, its answer read
+/// up to `cap` bytes.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    pub method: Method,
+    pub url: Url,
+    pub headers: HeaderMap,
+    pub cap: usize,
 }
 
 /// The answer to a bodiless exchange, read up to a cap.
