@@ -19,8 +19,8 @@ pub(crate) mod tower;
 mod prelude {
     pub(crate) use crate::{
         engine::{
-            Changes, Engine, Exchange, Failure, Fetched, Original, Overrides, Peeked, Replay,
-            Route, Transport,
+            Changes, Exchange, Failure, Fetched, Original, Overrides, Peeked, Replay, Route,
+            Transport,
         },
         shared::BoxFuture,
     };

@@ -29,6 +29,7 @@ use url::Url;
 pub use body::ConflictBody;
 
 use super::{adapter, prelude::*};
+use crate::engine::Engine;
 use crate::{ConflictStats, Journal, ResourceId};
 
 mod body;

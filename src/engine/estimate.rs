@@ -11,11 +11,7 @@
 //! plan misses falls back to the policy's schedule, so a wrong estimate costs a poll, not
 //! correctness.
 
-use std::{
-    num::NonZeroUsize,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{hash::BuildHasher, num::NonZeroUsize, sync::Mutex, time::Duration};
 
 use lru::LruCache;
 use tokio::time::Instant;
@@ -36,38 +32,48 @@ struct Estimate {
 }
 
 #[derive(Debug)]
-pub(crate) struct Estimates(Mutex<Inner>);
+pub(crate) struct Estimates {
+    inner: Mutex<Inner>,
+    hasher: foldhash::fast::RandomState,
+}
 
 #[derive(Debug)]
 struct Inner {
-    started: LruCache<Arc<str>, Instant>,
+    /// By the hash of the resource's key, not the key: the map then keeps no key alive (a busy
+    /// process writes many resources), and two keys sharing a hash only mis-time a poll.
+    started: LruCache<u64, Instant>,
     estimates: LruCache<String, Estimate>,
 }
 
 impl Default for Estimates {
     fn default() -> Self {
         let capacity = NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN);
-        Self(Mutex::new(Inner {
-            started: LruCache::new(capacity),
-            estimates: LruCache::new(capacity),
-        }))
+        Self {
+            inner: Mutex::new(Inner {
+                started: LruCache::new(capacity),
+                estimates: LruCache::new(capacity),
+            }),
+            hasher: foldhash::fast::RandomState::default(),
+        }
     }
 }
 
 impl Estimates {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A write to `key` left it in transition at `at`.
-    pub(crate) fn started(&self, key: &Arc<str>, at: Instant) {
-        self.inner().started.put(key.clone(), at);
+    pub(crate) fn started(&self, key: &str, at: Instant) {
+        let hash = self.hasher.hash_one(key);
+        self.inner().started.put(hash, at);
     }
 
     /// When the transition a write to `key` left started, forgetting it: the next writer takes
     /// it to [`plan`](Self::plan) and [`learn`](Self::learn) with.
     pub(crate) fn take_start(&self, key: &str) -> Option<Instant> {
-        self.inner().started.pop(key)
+        let hash = self.hasher.hash_one(key);
+        self.inner().started.pop(&hash)
     }
 
     /// When to poll a resource of type `kind` whose transition began at `start`: at once and
@@ -210,7 +216,7 @@ mod tests {
     fn a_start_is_taken_once() {
         let estimates = Estimates::default();
         let t0 = Instant::now();
-        estimates.started(&"k".into(), t0);
+        estimates.started("k", t0);
         assert_eq!(estimates.take_start("k"), Some(t0));
         assert_eq!(estimates.take_start("k"), None);
     }
