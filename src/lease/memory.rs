@@ -8,6 +8,10 @@
 //!   unrelated resources rarely touch the same lock, and a lock is held only for a lookup and a few
 //!   field writes — never across an `.await`. Writers to different keys therefore never wait for
 //!   each other.
+//! - **Entries by the key's hash.** The table is keyed by the key's 64-bit hash, not the key: an
+//!   entry kept for its flag then keeps no key alive, however many resources a process writes.
+//!   Two keys sharing a hash (a chance of one in 2^64 per pair) would share a lease — writes to
+//!   them would go one at a time, never two at once.
 //! - **Leases like any store's.** A grant is a public [`Lease::new`] whose release closure hands
 //!   the key back to this store; the transitioning flag is read and written only through
 //!   [`LeaseStore`], which checks that the lease is the key's current holder. The engine needs
@@ -99,7 +103,7 @@ struct Inner {
 struct Shard {
     // foldhash rather than std's SipHash: keys are long ARM paths, hashed several times a write,
     // and nothing an attacker controls decides which keys share a shard's table.
-    entries: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
+    entries: HashMap<u64, Entry, foldhash::fast::RandomState>,
     /// How many entries are idle, kept only for their flag.
     idle_flags: usize,
 }
@@ -125,31 +129,38 @@ impl Entry {
 
 impl Inner {
     /// The shard of `key`, locked.
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[self.hasher.hash_one(key) as usize % SHARDS])
+    /// The hash `key` is known by.
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of the key with `hash`, locked.
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[hash as usize % SHARDS])
     }
 
     /// Makes the next holder of `entry`'s key: a fresh fencing token, and the flag the previous
     /// holder left. Called with the key's shard locked.
-    fn grant(self: &Arc<Self>, key: Arc<str>, entry: &mut Entry) -> Lease {
+    fn grant(self: &Arc<Self>, key: Arc<str>, hash: u64, entry: &mut Entry) -> Lease {
         let token = LAST_TOKEN.fetch_add(1, Ordering::Relaxed) + 1;
         entry.holder = Some(token);
         entry.flag = entry.live_flag();
         let transitioning = entry.flag.is_some();
         let store = Arc::clone(self);
-        Lease::new(Arc::clone(&key), token, move || store.release(&key, token))
+        let handed_on = Arc::clone(&key);
+        Lease::new(key, token, move || store.release(&handed_on, hash, token))
             .with_transitioning(transitioning)
     }
 
     /// Gives back the lease `token` holds on `key`: to the first writer still waiting, or else
     /// the key goes idle — forgotten, or kept for its flag.
-    fn release(self: &Arc<Self>, key: &Arc<str>, token: u64) {
-        let mut shard = self.shard(key);
+    fn release(self: &Arc<Self>, key: &Arc<str>, hash: u64, token: u64) {
+        let mut shard = self.shard(hash);
         let Shard {
             entries,
             idle_flags,
         } = &mut *shard;
-        let hash_map::Entry::Occupied(mut slot) = entries.entry(Arc::clone(key)) else {
+        let hash_map::Entry::Occupied(mut slot) = entries.entry(hash) else {
             return;
         };
         let entry = slot.get_mut();
@@ -161,7 +172,7 @@ impl Inner {
             if waiter.is_closed() {
                 continue;
             }
-            let next = self.grant(Arc::clone(key), entry);
+            let next = self.grant(Arc::clone(key), hash, entry);
             drop(shard);
             // Sent unlocked. If the waiter left since it was checked, its lease comes back, and
             // dropping it releases it again — to the waiter after.
@@ -247,21 +258,24 @@ impl MemoryLeases {
     async fn take(&self, key: &str, wait: Duration) -> Result<Lease, Error> {
         let handed = {
             let shared: Arc<str> = key.into();
-            let mut shard = self.inner.shard(key);
+            let hash = self.inner.hash(key);
+            let mut shard = self.inner.shard(hash);
             let Shard {
                 entries,
                 idle_flags,
             } = &mut *shard;
-            match entries.entry(Arc::clone(&shared)) {
+            match entries.entry(hash) {
                 hash_map::Entry::Vacant(slot) => {
-                    return Ok(self.inner.grant(shared, slot.insert(Entry::default())));
+                    return Ok(self
+                        .inner
+                        .grant(shared, hash, slot.insert(Entry::default())));
                 }
                 hash_map::Entry::Occupied(slot) => {
                     let entry = slot.into_mut();
                     // Idle, kept for its flag: in use again, flag and all.
                     if entry.holder.is_none() {
                         *idle_flags -= 1;
-                        return Ok(self.inner.grant(shared, entry));
+                        return Ok(self.inner.grant(shared, hash, entry));
                     }
                     // Held: queue behind the holder and whoever already waits.
                     let (tx, rx) = oneshot::channel();
@@ -293,8 +307,9 @@ impl MemoryLeases {
 
     /// Runs `f` on the entry `lease` holds in this store, or fails if it holds none.
     fn holding<T>(&self, lease: &Lease, f: impl FnOnce(&mut Entry) -> T) -> Result<T, Error> {
-        let mut shard = self.inner.shard(lease.key());
-        match shard.entries.get_mut(lease.key()) {
+        let hash = self.inner.hash(lease.key());
+        let mut shard = self.inner.shard(hash);
+        match shard.entries.get_mut(&hash) {
             Some(entry) if entry.holder == Some(lease.token()) => Ok(f(entry)),
             _ => Err(Error::LeaseBackend {
                 key: lease.key().to_owned(),
@@ -455,38 +470,43 @@ mod tests {
             flag: Some(at),
             ..Entry::default()
         };
+        // Entries are keyed by hash: expired flags at EXPIRED.., live ones at 0.., the held one
+        // at HELD.
+        const EXPIRED: u64 = 1 << 32;
+        const HELD: u64 = u64::MAX;
         for i in 0..200 {
-            shard
-                .entries
-                .insert(format!("expired{i}").into(), flag(Instant::now()));
+            shard.entries.insert(EXPIRED + i, flag(Instant::now()));
         }
         tokio::time::advance(FLAG_TTL).await;
         let live = MAX_IDLE_FLAGS - 200 + 1;
         for i in 0..live {
             let at = Instant::now() + Duration::from_millis(i as u64);
-            shard.entries.insert(format!("live{i}").into(), flag(at));
+            shard.entries.insert(i as u64, flag(at));
         }
         let held = Entry {
             holder: Some(1),
             ..Entry::default()
         };
-        shard.entries.insert("held".into(), held);
+        shard.entries.insert(HELD, held);
         shard.idle_flags = MAX_IDLE_FLAGS + 1;
 
         shard.prune();
         let keep = MAX_IDLE_FLAGS * 3 / 4;
         assert_eq!(shard.idle_flags, keep);
         assert_eq!(shard.entries.len(), keep + 1, "the held key stays");
-        assert!(shard.entries.contains_key("held"));
-        assert!(!shard.entries.keys().any(|k| k.starts_with("expired")));
-        // The oldest live flags went; the newest stayed.
-        assert!(!shard.entries.contains_key("live0"));
-        assert!(shard.entries.contains_key(&*format!("live{}", live - 1)));
-        assert!(shard.entries.contains_key(&*format!("live{}", live - keep)));
+        assert!(shard.entries.contains_key(&HELD));
         assert!(
             !shard
                 .entries
-                .contains_key(&*format!("live{}", live - keep - 1))
+                .keys()
+                .any(|&k| (EXPIRED..EXPIRED + 200).contains(&k))
         );
+        // The oldest live flags went; the newest stayed.
+        let live = live as u64;
+        let keep = keep as u64;
+        assert!(!shard.entries.contains_key(&0));
+        assert!(shard.entries.contains_key(&(live - 1)));
+        assert!(shard.entries.contains_key(&(live - keep)));
+        assert!(!shard.entries.contains_key(&(live - keep - 1)));
     }
 }
