@@ -924,20 +924,25 @@ async fn overwrite_strategy_resends_the_same_body_under_the_fresh_etag() {
     assert_eq!(resend.headers.len(), write.headers.len());
 }
 
-#[tokio::test(start_paused = true)]
-async fn merge_strategy_resends_disjoint_changes_merged() {
-    let engine = Engine::new(fast());
-    // Both writers read D2 tagged dev: we resize, they retag.
+/// A PUT that resizes the VM from D2 to D4 under a stale ETag, merging with the D2 it read.
+fn resize_to_d4_by_merge() -> Write {
     let base = json!({"tags": {"env": "dev"}, "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v5"}}});
     let ours = json!({"tags": {"env": "dev"}, "properties": {"hardwareProfile": {"vmSize": "Standard_D4s_v5"}}});
-    let write = Write::put()
+    Write::put()
         .if_match(SENT_ETAG)
         .replay(Replay::Bytes(Bytes::from(ours.to_string())))
         .overrides(Overrides::read(
             None,
             Some(&PreconditionStrategy::Merge),
             Some(&MergeBase(base)),
-        ));
+        ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn merge_strategy_resends_disjoint_changes_merged() {
+    let engine = Engine::new(fast());
+    // Both writers read D2 tagged dev: we resize, they retag.
+    let write = resize_to_d4_by_merge();
     let mut t = Scripted::new()
         .sends([fixture(STALE), status(200)])
         .on("GET vm1", [fresh(fresh_vm("Standard_D2s_v5", "prod"))]);
@@ -1005,16 +1010,7 @@ async fn merge_needs_a_body_it_can_read() {
 #[tokio::test(start_paused = true)]
 async fn merge_strategy_surfaces_overlapping_changes_with_their_paths() {
     let engine = Engine::new(fast());
-    let base = json!({"tags": {"env": "dev"}, "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v5"}}});
-    let ours = json!({"tags": {"env": "dev"}, "properties": {"hardwareProfile": {"vmSize": "Standard_D4s_v5"}}});
-    let write = Write::put()
-        .if_match(SENT_ETAG)
-        .replay(Replay::Bytes(Bytes::from(ours.to_string())))
-        .overrides(Overrides::read(
-            None,
-            Some(&PreconditionStrategy::Merge),
-            Some(&MergeBase(base)),
-        ));
+    let write = resize_to_d4_by_merge();
     // They resized too, to another size.
     let mut t = Scripted::new()
         .sends([fixture(STALE)])
