@@ -11,12 +11,12 @@
 //! plan misses falls back to the policy's schedule, so a wrong estimate costs a poll, not
 //! correctness.
 
-use std::{hash::BuildHasher, num::NonZeroUsize, sync::Mutex, time::Duration};
+use std::{num::NonZeroUsize, sync::Mutex, time::Duration};
 
 use lru::LruCache;
 use tokio::time::Instant;
 
-/// Transitions whose start is remembered, and resource types with an estimate.
+/// Resource types with an estimate.
 const CAPACITY: usize = 16 * 1024;
 
 /// Polls planned at `min_delay` spacing while nothing is known yet, before the schedule takes
@@ -31,49 +31,20 @@ struct Estimate {
     hi: Duration,
 }
 
+/// Per resource type, what is known of how long its transitions take.
 #[derive(Debug)]
-pub(crate) struct Estimates {
-    inner: Mutex<Inner>,
-    hasher: foldhash::fast::RandomState,
-}
-
-#[derive(Debug)]
-struct Inner {
-    /// By the hash of the resource's key, not the key: the map then keeps no key alive (a busy
-    /// process writes many resources), and two keys sharing a hash only mis-time a poll.
-    started: LruCache<u64, Instant>,
-    estimates: LruCache<String, Estimate>,
-}
+pub(crate) struct Estimates(Mutex<LruCache<String, Estimate>>);
 
 impl Default for Estimates {
     fn default() -> Self {
         let capacity = NonZeroUsize::new(CAPACITY).unwrap_or(NonZeroUsize::MIN);
-        Self {
-            inner: Mutex::new(Inner {
-                started: LruCache::new(capacity),
-                estimates: LruCache::new(capacity),
-            }),
-            hasher: foldhash::fast::RandomState::default(),
-        }
+        Self(Mutex::new(LruCache::new(capacity)))
     }
 }
 
 impl Estimates {
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A write to `key` left it in transition at `at`.
-    pub(crate) fn started(&self, key: &str, at: Instant) {
-        let hash = self.hasher.hash_one(key);
-        self.inner().started.put(hash, at);
-    }
-
-    /// When the transition a write to `key` left started, forgetting it: the next writer takes
-    /// it to [`plan`](Self::plan) and [`learn`](Self::learn) with.
-    pub(crate) fn take_start(&self, key: &str) -> Option<Instant> {
-        let hash = self.hasher.hash_one(key);
-        self.inner().started.pop(&hash)
+    fn estimates(&self) -> std::sync::MutexGuard<'_, LruCache<String, Estimate>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// When to poll a resource of type `kind` whose transition began at `start`: at once and
@@ -87,7 +58,7 @@ impl Estimates {
         min_delay: Duration,
     ) -> Vec<Instant> {
         let now = Instant::now();
-        let estimate = self.inner().estimates.get(kind).copied();
+        let estimate = self.estimates().get(kind).copied();
         let (Some(start), Some(Estimate { lo, hi })) = (start, estimate) else {
             return (0..FLAT_POLLS).map(|i| now + min_delay * i).collect();
         };
@@ -110,8 +81,8 @@ impl Estimates {
         let Some(start) = start else {
             return;
         };
-        let mut inner = self.inner();
-        let known = inner.estimates.get(kind).copied();
+        let mut estimates = self.estimates();
+        let known = estimates.get(kind).copied();
         let mut lo = known.map_or(Duration::ZERO, |e| e.lo);
         let mut hi = known.map(|e| e.hi);
         let mut last_end = None;
@@ -136,7 +107,7 @@ impl Estimates {
         } else {
             Estimate { lo, hi }
         };
-        inner.estimates.put(kind.to_owned(), estimate);
+        estimates.put(kind.to_owned(), estimate);
     }
 }
 
@@ -210,14 +181,5 @@ mod tests {
             estimates.plan(Some(t0), "T", MS),
             [t0 + 60 * MS, t0 + 120 * MS]
         );
-    }
-
-    #[test]
-    fn a_start_is_taken_once() {
-        let estimates = Estimates::default();
-        let t0 = Instant::now();
-        estimates.started("k", t0);
-        assert_eq!(estimates.take_start("k"), Some(t0));
-        assert_eq!(estimates.take_start("k"), None);
     }
 }

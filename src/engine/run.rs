@@ -80,17 +80,17 @@ impl<'r> Run<'r> {
             report.lease_token = token;
             report.journal_seq = Some(entry.seq());
         }
-        let ended = Instant::now();
+        // The journal's end is also when a transition this write left began (see `guard`).
         let status = result.as_ref().ok().map(|a| T::head(&a.response).0);
-        entry.close(status.map(|s| s.as_u16()), ended);
+        entry.close(status.map(|s| s.as_u16()), Instant::now());
 
         if let (Some(lease), Ok(answered)) = (own, &result) {
             let (status, headers) = T::head(&answered.response);
-            if leaves_transition(self.original.resource.is_arm(), status, headers) {
-                self.engine.estimates.started(resource, ended);
-                if let Err(error) = self.engine.leases.set_transitioning(lease, true).await {
-                    tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
-                }
+            let arm = self.original.resource.is_arm();
+            if leaves_transition(arm, status, headers)
+                && let Err(error) = self.engine.leases.set_transitioning(lease, true).await
+            {
+                tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
             }
         }
         // Released explicitly, so a remote store has them back before the caller goes on (a
@@ -127,7 +127,8 @@ impl<'r> Run<'r> {
         let resource = &self.original.resource;
         let kind = resource.resource_type().unwrap_or_default();
         let estimates = &self.engine.estimates;
-        let start = estimates.take_start(resource.key());
+        // The transition began when the previous write got its answer, if this process made it.
+        let start = self.engine.journal.last_end(resource.key());
         let watch = converge::Watch {
             planned: estimates.plan(start, kind, self.policy.poll.min_delay),
             lenient: true,
