@@ -59,18 +59,16 @@ impl ConflictMiddleware {
         let overrides = Overrides::from_extensions(extensions);
         // Every attempt is a copy of the request without its body (`template`) plus the body,
         // when it is held in memory; a streamed body is sent once, with the request itself.
-        let in_memory = request.body().and_then(reqwest::Body::as_bytes);
-        let in_memory = in_memory.map(Bytes::copy_from_slice);
         let (template, body, stream, replay) = match request.body_mut().take() {
             None => (request, None, None, Replay::Bytes(Bytes::new())),
-            Some(_) if let Some(bytes) = in_memory => {
-                (request, Some(bytes.clone()), None, Replay::Bytes(bytes))
-            }
-            Some(stream) => {
-                let template = without_body(&request);
-                *request.body_mut() = Some(stream);
-                (template, None, Some(request), Replay::Once)
-            }
+            Some(body) => match body.as_bytes().map(Bytes::copy_from_slice) {
+                Some(bytes) => (request, Some(bytes.clone()), None, Replay::Bytes(bytes)),
+                None => {
+                    let template = without_body(&request);
+                    *request.body_mut() = Some(body);
+                    (template, None, Some(request), Replay::Once)
+                }
+            },
         };
         let (method, url, headers) = (template.method(), template.url(), template.headers());
         let original = Original::new(method, url, headers, replay, overrides);

@@ -85,9 +85,12 @@ impl Engine {
         let by_type = base
             .resource_types
             .keys()
+            // In bounds already: `clamped` clamps each override as applied to the base.
             .map(|t| {
-                let typed = base.for_resource_type(Some(t)).clamped();
-                (t.to_ascii_lowercase(), Arc::new(typed))
+                (
+                    t.to_ascii_lowercase(),
+                    Arc::new(base.for_resource_type(Some(t))),
+                )
             })
             .collect();
         let merges = base.precondition == PreconditionStrategy::Merge
