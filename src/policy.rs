@@ -233,7 +233,7 @@ impl LeasePolicy {
 
     /// The parent a write to `resource` must hold as well: `Some` only when the resource's type
     /// is listed in [`lock_parent_of`](Self::lock_parent_of).
-    fn parent_to_lock(&self, resource: &crate::ResourceId) -> Option<crate::ResourceId> {
+    pub(crate) fn parent_to_lock(&self, resource: &crate::ResourceId) -> Option<crate::ResourceId> {
         let listed = self.lock_parent_of.iter().any(|t| resource.is_type(t));
         listed.then(|| resource.parent()).flatten()
     }

@@ -37,8 +37,6 @@ pub struct ResourceId {
     /// action, or `scheme://host[:port]/path` for other APIs. Shared by the lease, the transition
     /// clock and the journal of a request.
     key: Arc<str>,
-    /// `scheme://host[:port]`, lowercased, when the ID was read from a URL.
-    origin: Option<String>,
     /// ARM: the resource path without action or trailing slash, as spelled. Other: the URL path
     /// without trailing slash.
     path: String,
@@ -61,26 +59,24 @@ impl ResourceId {
         if input.starts_with('/') {
             let (path, query) = input.split_once('?').unwrap_or((input, ""));
             let arm = ArmPath::parse(path).map_err(invalid)?;
-            return Ok(Self::arm(None, arm, api_version_in(query)));
+            return Ok(Self::arm(arm, api_version_in(query)));
         }
         let url = Url::parse(input).map_err(|_| invalid("neither an ARM path nor a URL"))?;
         let arm = ArmPath::parse(url.path()).map_err(invalid)?;
         let api_version = url.query().and_then(api_version_in);
-        Ok(Self::arm(Some(origin(&url)), arm, api_version))
+        Ok(Self::arm(arm, api_version))
     }
 
     /// The resource a request URL targets. Never fails: a URL whose path is not an ARM resource ID
     /// is keyed by `scheme://host:port/path`.
     pub fn from_url(url: &Url) -> Self {
-        let origin = origin(url);
         let api_version = url.query().and_then(api_version_in);
         match ArmPath::parse(url.path()) {
-            Ok(arm) => Self::arm(Some(origin), arm, api_version),
+            Ok(arm) => Self::arm(arm, api_version),
             Err(_) => {
                 let path = url.path().trim_end_matches('/').to_owned();
                 Self {
-                    key: Arc::from(format!("{origin}{path}")),
-                    origin: Some(origin),
+                    key: Arc::from(format!("{}{path}", origin(url))),
                     path,
                     resource_type: None,
                     action: None,
@@ -91,10 +87,9 @@ impl ResourceId {
     }
 
     /// An ARM ID: its key is its path, lowercased.
-    fn arm(origin: Option<String>, arm: ArmPath<'_>, api_version: Option<String>) -> Self {
+    fn arm(arm: ArmPath<'_>, api_version: Option<String>) -> Self {
         Self {
             key: lowercase(arm.path),
-            origin,
             path: arm.path.to_owned(),
             resource_type: Some(arm.resource_type),
             action: arm.action.map(str::to_owned),
@@ -163,8 +158,7 @@ impl ResourceId {
         // fails for a non-ARM path).
         let parent_len = ArmPath::parse(&self.path).ok()?.parent_len?;
         let parent = ArmPath::parse(&self.path[..parent_len]).ok()?;
-        let (origin, api_version) = (self.origin.clone(), self.api_version.clone());
-        Some(Self::arm(origin, parent, api_version))
+        Some(Self::arm(parent, self.api_version.clone()))
     }
 
     /// The URL a GET re-fetch of this resource goes to: the origin of `request` (never one named by
@@ -547,7 +541,6 @@ mod tests {
         assert_eq!(parent.path(), vm);
         assert_eq!(parent.api_version(), Some("1"));
         assert_eq!(parent.action(), None);
-        assert_eq!(parent.origin.as_deref(), Some("https://mgmt.example:8443"));
         let fetch = format!("https://mgmt.example:8443{vm}?api-version=1");
         assert_eq!(parent.fetch_url(&url).as_str(), fetch);
         // Two IDs of one resource, spelled differently, are the same key but not equal values.
@@ -555,6 +548,12 @@ mod tests {
         assert_eq!(other.key(), id.key());
         assert_ne!(other, id);
         assert!(!Arc::ptr_eq(other.shared_key(), id.shared_key()));
+        // An ARM ID names the same resource on any host (a re-fetch goes to the request's own).
+        let elsewhere = Url::parse(&format!("https://other.example{vm}")).unwrap();
+        assert_eq!(
+            ResourceId::from_url(&elsewhere),
+            ResourceId::parse(vm).unwrap()
+        );
     }
 
     #[test]

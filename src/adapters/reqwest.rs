@@ -195,18 +195,15 @@ impl Transport for ReqwestTransport<'_> {
     }
 }
 
-/// A copy of `request` without its body: everything `try_clone` copies (which it always can
-/// when there is no body to copy), else the head as far as reqwest lets it be read.
+/// A copy of `request` without its body: its method, URL, headers, version and timeout (the only
+/// request option reqwest keeps besides them).
 fn without_body(request: &Request) -> Request {
-    if request.body().is_none()
-        && let Some(copy) = request.try_clone()
-    {
-        return copy;
-    }
     let mut copy = Request::new(request.method().clone(), request.url().clone());
     *copy.headers_mut() = request.headers().clone();
     *copy.version_mut() = request.version();
-    *copy.timeout_mut() = request.timeout().copied();
+    if let Some(timeout) = request.timeout() {
+        *copy.timeout_mut() = Some(*timeout);
+    }
     copy
 }
 
@@ -224,3 +221,36 @@ fn rebuild(parts: http::response::Parts, body: reqwest::Body, url: Url) -> Respo
 #[derive(Debug, thiserror::Error)]
 #[error("the answer came from another origin (the client follows redirects); it is not trusted")]
 struct RedirectedAway;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderValue, Method, Version};
+
+    use super::*;
+
+    /// Every resend starts from this copy: it must keep all a request says but its body.
+    #[test]
+    fn a_copy_without_body_keeps_the_head_and_the_timeout() {
+        let url = Url::parse("https://example.test/items/1?api-version=1").unwrap();
+        let mut request = Request::new(Method::PUT, url.clone());
+        request
+            .headers_mut()
+            .insert("if-match", HeaderValue::from_static("\"1\""));
+        *request.version_mut() = Version::HTTP_2;
+        *request.timeout_mut() = Some(Duration::from_secs(7));
+        *request.body_mut() = Some(reqwest::Body::from("{}"));
+
+        let copy = without_body(&request);
+        assert_eq!(copy.method(), Method::PUT);
+        assert_eq!(copy.url(), &url);
+        assert_eq!(copy.headers(), request.headers());
+        assert_eq!(copy.version(), Version::HTTP_2);
+        assert_eq!(copy.timeout(), Some(&Duration::from_secs(7)));
+        assert!(copy.body().is_none());
+
+        *request.timeout_mut() = None;
+        assert_eq!(without_body(&request).timeout(), None);
+    }
+}

@@ -109,9 +109,14 @@ impl<'r> Run<'r> {
         if !leases.enabled || is_safe(self.original.method) {
             return Ok(Vec::new());
         }
-        let keys = leases.keys_for(&self.original.resource);
+        let (store, ttl) = (&*self.engine.leases, leases.ttl);
         let wait = self.deadline.saturating_duration_since(Instant::now());
-        acquire_all(&*self.engine.leases, &keys, leases.ttl, wait).await
+        // The keys `LeasePolicy::keys_for` names, without copying them.
+        let own = self.original.resource.key();
+        match leases.parent_to_lock(&self.original.resource) {
+            None => acquire_all(store, &[own], ttl, wait).await,
+            Some(parent) => acquire_all(store, &[own, parent.key()], ttl, wait).await,
+        }
     }
 
     /// The state guard: if the previous holder left the resource in transition, wait (polling

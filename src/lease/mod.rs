@@ -204,15 +204,15 @@ impl fmt::Debug for Lease {
 /// taken are released (dropped) before the error returns.
 pub async fn acquire_all(
     store: &dyn LeaseStore,
-    keys: &[String],
+    keys: &[impl AsRef<str>],
     ttl: Duration,
     wait: Duration,
 ) -> Result<Vec<Lease>, Error> {
     // One key (the common case) needs no ordering.
     if let [key] = keys {
-        return Ok(vec![store.acquire(key, ttl, wait).await?]);
+        return Ok(vec![store.acquire(key.as_ref(), ttl, wait).await?]);
     }
-    let mut sorted: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut sorted: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
     sorted.sort_unstable();
     sorted.dedup();
     // `wait` may be huge (`Duration::MAX`): an unrepresentable deadline means no deadline.
