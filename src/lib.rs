@@ -6,7 +6,7 @@ mod body;
 pub mod classify;
 mod engine;
 mod error;
-mod journal;
+pub mod journal;
 pub mod lease;
 mod merge;
 mod policy;

@@ -13,7 +13,11 @@ use tokio::time::Instant;
 use super::{
     Answered, Engine, Failure, Original, Transport, converge, is_conflict, is_safe, state::Source,
 };
-use crate::{ConflictPolicy, Error, Lease, lease::acquire_all};
+use crate::{
+    ConflictPolicy, Error, Lease,
+    journal::{Ending, operation_id},
+    lease::acquire_all,
+};
 
 /// One request through the engine.
 pub(super) struct Run<'r> {
@@ -81,8 +85,18 @@ impl<'r> Run<'r> {
             report.journal_seq = Some(entry.seq());
         }
         // The journal's end is also when a transition this write left began (see `guard`).
-        let status = result.as_ref().ok().map(|a| T::head(&a.response).0);
-        entry.close(status.map(|s| s.as_u16()), Instant::now());
+        let ending = match &result {
+            Ok(answered) => {
+                let (status, headers) = T::head(&answered.response);
+                Ending {
+                    status: Some(status.as_u16()),
+                    outcome: answered.report.as_ref().map(|r| r.outcome),
+                    operation: operation_id(headers),
+                }
+            }
+            Err(_) => Ending::default(),
+        };
+        entry.close(ending, Instant::now());
 
         if let (Some(lease), Ok(answered)) = (own, &result) {
             let (status, headers) = T::head(&answered.response);
