@@ -742,6 +742,7 @@ async fn a_state_that_never_converges_fails_at_the_deadline_not_later() {
         last_state,
         attempts,
         waited,
+        ..
     } = error
     else {
         panic!("{error}");
