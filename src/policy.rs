@@ -14,12 +14,26 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Prerequisite, classify::Rule};
 
 mod bounds;
+mod knobs;
 
 /// The longest deadline a policy may set: a week. Every duration a policy holds is bounded by it
 /// (see `bounds`), since each is added to the clock and `Instant` arithmetic panics on overflow.
 pub(crate) const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// How conflicts are resolved. `ConflictPolicy::default()` is [`ConflictPolicy::azure_arm`].
+/// How conflicts are resolved. `ConflictPolicy::default()` is [`ConflictPolicy::azure_arm`];
+/// [`ConflictPolicy::fast`] suits services whose transitions take under a second. Change a common
+/// knob with its method ([`deadline`](Self::deadline()), [`max_attempts`](Self::max_attempts()),
+/// [`poll`](Self::poll()), [`leases`](Self::leases())), any field with struct-update syntax, or
+/// load the whole policy from JSON:
+///
+/// ```
+/// use std::time::Duration;
+/// use reqwest_conflict::ConflictPolicy;
+///
+/// let policy = ConflictPolicy::azure_arm().deadline(Duration::from_secs(45 * 60))?;
+/// assert_eq!(policy.deadline, Duration::from_secs(45 * 60));
+/// # Ok::<(), reqwest_conflict::Error>(())
+/// ```
 ///
 /// ```
 /// use std::time::Duration;
