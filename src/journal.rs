@@ -29,9 +29,12 @@ pub struct JournalEntry {
     pub method: String,
     /// The fencing token of the resource's lease, when one was held.
     pub token: Option<u64>,
-    /// When the request started, since the journal was created.
+    /// When the request started (its leases held), since the journal was created. Serialized
+    /// as text (`"1s 250ms"`), as every duration this crate writes.
+    #[serde(with = "humantime_serde")]
     pub start: Duration,
     /// When its final answer came back; `None` while in flight.
+    #[serde(with = "humantime_serde")]
     pub end: Option<Duration>,
     /// The final status, or `None` when the request ended in an error.
     pub status: Option<u16>,
@@ -118,7 +121,32 @@ impl Journal {
     }
 
     /// Pairs of entries on the same resource whose intervals overlap (an entry still in flight
-    /// extends to now). With leases on, this is empty.
+    /// extends to now).
+    ///
+    /// An entry's interval is its request's time in the middleware, not the server's operation:
+    /// from when it held its leases (and the previous writer's transition, if it left one, was
+    /// over) to its final answer, every retry and every wait for a conflict to clear included.
+    /// With leases on, each interval runs under the resource's lease, so this is empty. With
+    /// leases off, two writers overlap here as soon as the second is sent while the first is
+    /// still in the middleware — waiting out a 409, say — even if the server never ran their
+    /// operations at the same time.
+    ///
+    /// ```
+    /// # async fn f() -> Result<(), reqwest_middleware::Error> {
+    /// use reqwest_conflict::ConflictMiddleware;
+    /// use reqwest_middleware::ClientBuilder;
+    ///
+    /// let middleware = ConflictMiddleware::default();
+    /// // A clone shares the journal; the original goes into the client.
+    /// let journal = middleware.journal().clone();
+    /// let client = ClientBuilder::new(reqwest::Client::new()).with(middleware).build();
+    /// // … writes through `client` …
+    /// for (a, b) in journal.overlaps() {
+    ///     eprintln!("{} {}: writes {} and {} overlapped", a.method, a.resource, a.seq, b.seq);
+    /// }
+    /// # drop(client);
+    /// # Ok(()) }
+    /// ```
     pub fn overlaps(&self) -> Vec<(JournalEntry, JournalEntry)> {
         let ring = self.ring();
         let now = ring.origin.elapsed();
@@ -275,6 +303,20 @@ mod tests {
         assert_eq!(overlaps.len(), 1);
         assert_eq!((overlaps[0].0.seq, overlaps[0].1.seq), (a, b));
         assert_eq!(j.for_resource("r1").len(), 3);
+    }
+
+    #[test]
+    fn times_serialize_as_text() {
+        let j = Journal::default();
+        let t0 = j.ring().origin;
+        let a = j.begin(&"r1".into(), &http::Method::PUT, Some(4));
+        j.end(a, Some(200), t0 + Duration::from_millis(1_250));
+        let open = j.begin(&"r1".into(), &http::Method::PUT, Some(5));
+        let json = serde_json::to_value(j.entries()).unwrap();
+        assert_eq!(json[0]["end"], "1s 250ms");
+        assert!(json[0]["start"].is_string(), "{json}");
+        assert!(json[1]["end"].is_null(), "{json}");
+        j.end(open, None, Instant::now());
     }
 
     #[test]
