@@ -78,6 +78,7 @@ adapter! {
     /// }
     /// # Ok(()) }
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
     pub struct ConflictLayer, "layer"
 }
 
@@ -95,6 +96,7 @@ impl<S> Layer<S> for ConflictLayer {
 }
 
 /// The service made by [`ConflictLayer`]; see there for what it does.
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 #[derive(Clone, Debug)]
 pub struct ConflictService<S> {
     inner: S,

@@ -31,9 +31,12 @@ use std::{
     time::Duration,
 };
 
+// Documented at the crate's root, the one path the docs use (`reqwest_conflict::RedisLeases`).
 #[cfg(feature = "redis")]
+#[doc(hidden)]
 pub use self::redis::RedisLeases;
 #[cfg(feature = "azure-blob")]
+#[doc(hidden)]
 pub use blob::BlobLeases;
 pub use memory::MemoryLeases;
 #[cfg(feature = "azure-blob")]
