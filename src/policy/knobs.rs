@@ -145,7 +145,9 @@ mod tests {
     #[test]
     fn each_knob_changes_only_its_field() {
         let base = ConflictPolicy::fast();
-        let cases: [(ConflictPolicy, fn(&mut ConflictPolicy)); 4] = [
+        // Each case: the policy a knob made, and the change it should have made by hand.
+        type Case = (ConflictPolicy, fn(&mut ConflictPolicy));
+        let cases: [Case; 4] = [
             (base.clone().deadline(90 * MS).unwrap(), |p| {
                 p.deadline = 90 * MS
             }),
