@@ -6,6 +6,15 @@ use crate::{Classification, ConflictReport};
 
 /// Everything that can go wrong in this crate, each variant carrying what a caller needs to act.
 ///
+/// ```
+/// use reqwest_conflict::{ConflictPolicy, Error};
+///
+/// match ConflictPolicy::from_json(r#"{"poll": {"min_delay": "soon"}}"#) {
+///     Err(Error::InvalidPolicy { path, .. }) => assert_eq!(path, "poll.min_delay"),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
+///
 /// Through [`ConflictMiddleware`](crate::ConflictMiddleware) these arrive inside
 /// `reqwest_middleware::Error::Middleware`; [`Error::from_middleware`] gets them back.
 #[derive(Debug, thiserror::Error)]
