@@ -41,6 +41,17 @@ pub struct JournalEntry {
 }
 
 /// A shared, bounded journal of mutating requests. Cloning gives another handle to the same one.
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware, journal: reqwest_conflict::Journal) {
+/// // `journal`: a clone of the middleware's, kept before `ClientBuilder::with`.
+/// let vm = "/subscriptions/s/resourcegroups/g/providers/microsoft.compute/virtualmachines/vm1";
+/// for entry in journal.for_resource(vm) {
+///     println!("#{} {} token {:?}: {:?} at {:?}", entry.seq, entry.method, entry.token, entry.status, entry.start);
+/// }
+/// println!("{}", serde_json::to_string(&journal.entries()).unwrap());
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Journal {
     inner: Arc<Mutex<Ring>>,

@@ -32,6 +32,16 @@ use crate::{Classification, ConflictKind, ConflictReport};
 const MAX_SERIES: usize = 1024;
 
 /// Shared, in-process conflict statistics. Cloning gives another handle to the same numbers.
+///
+/// ```no_run
+/// # fn f(middleware: &reqwest_conflict::ConflictMiddleware) {
+/// let snapshot = middleware.stats().snapshot();
+/// for line in &snapshot.conflicts {
+///     println!("{} {} {}: {}", line.resource_type, line.kind, line.code, line.count);
+/// }
+/// println!("outcomes {:?}, waited {:?}", snapshot.outcomes, snapshot.waited);
+/// # }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct ConflictStats {
     inner: Arc<Mutex<Inner>>,
