@@ -2,12 +2,21 @@
 
 use std::time::Duration;
 
-use crate::Classification;
+use crate::{Classification, ConflictReport};
 
 /// Everything that can go wrong in this crate, each variant carrying what a caller needs to act.
 ///
-/// Through [`ConflictMiddleware`](crate::ConflictMiddleware) these arrive as
-/// `reqwest_middleware::Error::Middleware`; get them back with `downcast_ref::<Error>()`.
+/// ```
+/// use reqwest_conflict::{ConflictPolicy, Error};
+///
+/// match ConflictPolicy::from_json(r#"{"poll": {"min_delay": "soon"}}"#) {
+///     Err(Error::InvalidPolicy { path, .. }) => assert_eq!(path, "poll.min_delay"),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
+///
+/// Through [`ConflictMiddleware`](crate::ConflictMiddleware) these arrive inside
+/// `reqwest_middleware::Error::Middleware`; [`Error::from_middleware`] gets them back.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -30,6 +39,10 @@ pub enum Error {
         attempts: u32,
         /// Time spent waiting and polling.
         waited: Duration,
+        /// What was done about the conflict before the wait gave up (its outcome
+        /// [`DeadlineExceeded`](crate::Outcome::DeadlineExceeded)); `None` for the state guard's
+        /// wait, which met no conflict. Also reachable through [`Error::report`].
+        report: Option<Box<ConflictReport>>,
     },
     /// A string is not an ARM resource ID.
     #[error("invalid resource ID {input:?}: {reason}")]
@@ -63,4 +76,65 @@ pub enum Error {
         /// What the store said, without credentials.
         message: String,
     },
+}
+
+impl Error {
+    /// The crate's error inside a `reqwest_middleware` error, if that is what it carries: the
+    /// [`ConflictMiddleware`](crate::ConflictMiddleware)'s own, or one that a middleware outside
+    /// it wrapped as its source (as `reqwest-retry` does after retrying). `None` for transport
+    /// errors and other middleware's errors.
+    ///
+    /// ```no_run
+    /// # async fn f(client: reqwest_middleware::ClientWithMiddleware, url: &str) {
+    /// use reqwest_conflict::Error;
+    ///
+    /// match client.put(url).body("{}").send().await {
+    ///     Ok(resp) => println!("{}", resp.status()),
+    ///     Err(err) => match Error::from_middleware(&err) {
+    ///         Some(Error::NotConverged { last_state, .. }) => {
+    ///             eprintln!("still {last_state:?} at the deadline");
+    ///         }
+    ///         Some(other) => eprintln!("{other}"),
+    ///         None => eprintln!("transport: {err}"),
+    ///     },
+    /// }
+    /// # }
+    /// ```
+    pub fn from_middleware(error: &reqwest_middleware::Error) -> Option<&Error> {
+        let reqwest_middleware::Error::Middleware(inner) = error else {
+            return None;
+        };
+        // Walk the chain: a middleware that wraps errors keeps the one it wrapped as a source,
+        // possibly still inside a `reqwest_middleware::Error` of its own.
+        inner.chain().find_map(|cause| {
+            cause.downcast_ref::<Error>().or_else(|| {
+                cause
+                    .downcast_ref::<reqwest_middleware::Error>()
+                    .and_then(Error::from_middleware)
+            })
+        })
+    }
+
+    /// The report of the conflict resolution this error ended, when it ended one: what the
+    /// conflict was, the attempts, the states the polls saw, the time waited. Errors raised
+    /// before any conflict (a lease not acquired, the state guard's wait, a policy refused) have
+    /// none.
+    ///
+    /// ```no_run
+    /// # async fn f(client: reqwest_middleware::ClientWithMiddleware, url: &str) {
+    /// use reqwest_conflict::Error;
+    ///
+    /// if let Err(err) = client.put(url).body("{}").send().await
+    ///     && let Some(report) = Error::from_middleware(&err).and_then(Error::report)
+    /// {
+    ///     eprintln!("{} {:?}: {} attempt(s), states {:?}", report.kind, report.code, report.attempts, report.states);
+    /// }
+    /// # }
+    /// ```
+    pub fn report(&self) -> Option<&ConflictReport> {
+        match self {
+            Error::NotConverged { report, .. } => report.as_deref(),
+            _ => None,
+        }
+    }
 }

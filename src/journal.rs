@@ -3,10 +3,11 @@
 //!
 //! The journal answers the question leases exist for: did two writes to one resource ever run at
 //! the same time? Each entry is one request **as its lease held it**: from the moment the request
-//! held its leases to the moment its final answer came back (waits for the previous transition,
-//! polls and retries included), with the fencing token it wrote under. It is not the server's
-//! record of its operations: with leases off, two requests that waited for each other's 409 show
-//! as overlapping intervals although the server ran their transitions one after the other.
+//! held its leases (and the transition the previous writer left, if any, was over) to the moment
+//! its final answer came back, every retry and every wait for a conflict to clear included, with
+//! the fencing token it wrote under. It is not the server's record of its operations: with leases
+//! off, two requests that waited for each other's 409 show as overlapping intervals although the
+//! server ran their transitions one after the other.
 //!
 //! The journal is a bounded ring (the newest entries win), so a long-running process keeps a
 //! window, not a leak. For a record of everything, and to check several processes together,
@@ -73,10 +74,11 @@ pub struct JournalEntry {
     pub method: String,
     /// The fencing token of the resource's lease, when one was held.
     pub token: Option<u64>,
-    /// When the request held its leases, since the journal was created.
+    /// When the request started (its leases held), since the journal was created. Serialized
+    /// as text (`"1s 250ms"`), as every duration this crate writes.
     #[serde(with = "humantime_serde")]
     pub start: Duration,
-    /// When its final answer came back, since the journal was created; `None` while in flight.
+    /// When its final answer came back; `None` while in flight.
     #[serde(with = "humantime_serde")]
     pub end: Option<Duration>,
     /// [`start`](Self::start) on the wall clock, to line up the journals of several processes.
@@ -95,6 +97,17 @@ pub struct JournalEntry {
 }
 
 /// A shared, bounded journal of mutating requests. Cloning gives another handle to the same one.
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware, journal: reqwest_conflict::Journal) {
+/// // `journal`: a clone of the middleware's, kept before `ClientBuilder::with`.
+/// let vm = "/subscriptions/s/resourcegroups/g/providers/microsoft.compute/virtualmachines/vm1";
+/// for entry in journal.for_resource(vm) {
+///     println!("#{} {} token {:?}: {:?} at {:?}", entry.seq, entry.method, entry.token, entry.status, entry.start);
+/// }
+/// println!("{}", serde_json::to_string(&journal.entries()).unwrap());
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Journal {
     inner: Arc<Inner>,
@@ -250,9 +263,32 @@ impl Journal {
     }
 
     /// Pairs of entries on the same resource whose intervals overlap (an entry still in flight
-    /// extends to now). An interval is a request as its lease held it, waits and retries
-    /// included — so with leases on this is empty, and with leases off it counts requests that
-    /// were in flight together, not server operations that ran together.
+    /// extends to now).
+    ///
+    /// An entry's interval is its request's time in the middleware, not the server's operation:
+    /// from when it held its leases (and the previous writer's transition, if it left one, was
+    /// over) to its final answer, every retry and every wait for a conflict to clear included.
+    /// With leases on, each interval runs under the resource's lease, so this is empty. With
+    /// leases off, two writers overlap here as soon as the second is sent while the first is
+    /// still in the middleware — waiting out a 409, say — even if the server never ran their
+    /// operations at the same time.
+    ///
+    /// ```
+    /// # async fn f() -> Result<(), reqwest_middleware::Error> {
+    /// use reqwest_conflict::ConflictMiddleware;
+    /// use reqwest_middleware::ClientBuilder;
+    ///
+    /// let middleware = ConflictMiddleware::default();
+    /// // A clone shares the journal; the original goes into the client.
+    /// let journal = middleware.journal().clone();
+    /// let client = ClientBuilder::new(reqwest::Client::new()).with(middleware).build();
+    /// // … writes through `client` …
+    /// for (a, b) in journal.overlaps() {
+    ///     eprintln!("{} {}: writes {} and {} overlapped", a.method, a.resource, a.seq, b.seq);
+    /// }
+    /// # drop(client);
+    /// # Ok(()) }
+    /// ```
     pub fn overlaps(&self) -> Vec<(JournalEntry, JournalEntry)> {
         let ring = self.ring();
         let now = ring.origin.elapsed();
@@ -470,6 +506,20 @@ mod tests {
         assert_eq!(overlaps.len(), 1);
         assert_eq!((overlaps[0].0.seq, overlaps[0].1.seq), (a, b));
         assert_eq!(j.for_resource("r1").len(), 3);
+    }
+
+    #[test]
+    fn times_serialize_as_text() {
+        let j = Journal::default();
+        let t0 = j.ring().origin;
+        let a = j.begin(&"r1".into(), &http::Method::PUT, Some(4));
+        j.end(a, ok(200), t0 + Duration::from_millis(1_250));
+        let open = j.begin(&"r1".into(), &http::Method::PUT, Some(5));
+        let json = serde_json::to_value(j.entries()).unwrap();
+        assert_eq!(json[0]["end"], "1s 250ms");
+        assert!(json[0]["start"].is_string(), "{json}");
+        assert!(json[1]["end"].is_null(), "{json}");
+        j.end(open, Ending::default(), Instant::now());
     }
 
     #[test]

@@ -14,12 +14,26 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Prerequisite, classify::Rule};
 
 mod bounds;
+mod knobs;
 
 /// The longest deadline a policy may set: a week. Every duration a policy holds is bounded by it
 /// (see `bounds`), since each is added to the clock and `Instant` arithmetic panics on overflow.
 pub(crate) const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// How conflicts are resolved. `ConflictPolicy::default()` is [`ConflictPolicy::azure_arm`].
+/// How conflicts are resolved. `ConflictPolicy::default()` is [`ConflictPolicy::azure_arm`];
+/// [`ConflictPolicy::fast`] suits services whose transitions take under a second. Change a common
+/// knob with its method ([`deadline`](Self::deadline()), [`max_attempts`](Self::max_attempts()),
+/// [`poll`](Self::poll()), [`leases`](Self::leases())), any field with struct-update syntax, or
+/// load the whole policy from JSON:
+///
+/// ```
+/// use std::time::Duration;
+/// use reqwest_conflict::ConflictPolicy;
+///
+/// let policy = ConflictPolicy::azure_arm().deadline(Duration::from_secs(45 * 60))?;
+/// assert_eq!(policy.deadline, Duration::from_secs(45 * 60));
+/// # Ok::<(), reqwest_conflict::Error>(())
+/// ```
 ///
 /// ```
 /// use std::time::Duration;
@@ -172,6 +186,22 @@ impl PolicyOverride {
 /// Whatever the strategy, a write whose effect is already in the fresh representation (its first
 /// answer was lost, its retry met its own ETag change) is reported `already_applied` and answered
 /// with the fresh representation.
+///
+/// Set for a whole policy (`"precondition": "merge"`), or for one request:
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware, url: &str) -> Result<(), reqwest_middleware::Error> {
+/// use reqwest_conflict::PreconditionStrategy;
+///
+/// client
+///     .put(url)
+///     .header("if-match", "\"etag-1\"")
+///     .body(r#"{"tags":{"owner":"ci"}}"#)
+///     .with_extension(PreconditionStrategy::Merge)
+///     .send()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PreconditionStrategy {
@@ -188,6 +218,24 @@ pub enum PreconditionStrategy {
 
 /// The representation the caller's change was based on, for [`PreconditionStrategy::Merge`]:
 /// insert it into the request's extensions when the middleware has not seen it.
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware, url: &str) -> Result<(), reqwest_middleware::Error> {
+/// use reqwest_conflict::{MergeBase, PreconditionStrategy};
+/// use serde_json::json;
+///
+/// // Read elsewhere (another process, a cache) with ETag "etag-1".
+/// let base = json!({"tags": {"owner": "ci"}});
+/// client
+///     .put(url)
+///     .header("if-match", "\"etag-1\"")
+///     .json(&json!({"tags": {"owner": "ci", "team": "platform"}}))
+///     .with_extension(PreconditionStrategy::Merge)
+///     .with_extension(MergeBase(base))
+///     .send()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct MergeBase(pub serde_json::Value);
 
@@ -225,6 +273,18 @@ impl Default for LeasePolicy {
 impl LeasePolicy {
     /// The keys a write to `resource` must hold: the resource, and its parent when its type is
     /// listed in [`lock_parent_of`](Self::lock_parent_of).
+    ///
+    /// ```
+    /// use reqwest_conflict::{LeasePolicy, ResourceId};
+    ///
+    /// let subnet = ResourceId::parse(
+    ///     "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default",
+    /// )?;
+    /// let keys = LeasePolicy::default().keys_for(&subnet);
+    /// assert_eq!(keys.len(), 2, "the subnet and its virtual network");
+    /// assert!(keys[1].ends_with("/virtualnetworks/vnet"));
+    /// # Ok::<(), reqwest_conflict::Error>(())
+    /// ```
     pub fn keys_for(&self, resource: &crate::ResourceId) -> Vec<String> {
         let mut keys = vec![resource.key().to_owned()];
         keys.extend(self.parent_to_lock(resource).map(|p| p.key().to_owned()));
@@ -268,6 +328,17 @@ impl Default for PollSchedule {
 
 impl PollSchedule {
     /// The delays, as an endless iterator.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use reqwest_conflict::PollSchedule;
+    ///
+    /// let ms = Duration::from_millis;
+    /// let schedule = PollSchedule { min_delay: ms(10), max_delay: ms(40), factor: 2.0, jitter: false };
+    /// // Whole milliseconds: the factor is a float, so a delay may be a few nanoseconds short.
+    /// let delays: Vec<u128> = schedule.backoff().take(4).map(|d| (d + Duration::from_micros(1)).as_millis()).collect();
+    /// assert_eq!(delays, [10, 20, 40, 40]);
+    /// ```
     pub fn backoff(&self) -> ExponentialBackoff {
         let builder = ExponentialBuilder::new()
             .with_min_delay(self.min_delay)
@@ -453,6 +524,14 @@ impl ConflictPolicy {
     }
 
     /// Whether polls may go to `host` (besides the request's own host, which always may).
+    ///
+    /// ```
+    /// use reqwest_conflict::ConflictPolicy;
+    ///
+    /// let policy = ConflictPolicy::azure_arm();
+    /// assert!(policy.host_allowed("eastus.management.azure.com"));
+    /// assert!(!policy.host_allowed("management.azure.com.example.net"));
+    /// ```
     pub fn host_allowed(&self, host: &str) -> bool {
         self.allowed_hosts
             .iter()

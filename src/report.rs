@@ -10,6 +10,19 @@ use crate::{Classification, ConflictKind};
 const MAX_STATES: usize = 32;
 
 /// How a conflict resolution ended.
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware, url: &str) -> Result<(), reqwest_middleware::Error> {
+/// use reqwest_conflict::{ConflictReport, Outcome};
+///
+/// let resp = client.put(url).body("{}").send().await?;
+/// match resp.extensions().get::<ConflictReport>().map(|r| r.outcome) {
+///     None | Some(Outcome::Resolved | Outcome::AlreadyApplied) => {} // the answer is the write's
+///     Some(Outcome::Surfaced) => eprintln!("the server's 409/412 is the answer"),
+///     Some(other) => eprintln!("gave up: {other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -135,7 +148,7 @@ impl ConflictReport {
         }
     }
 
-    /// The last state a poll saw.
+    /// The last state a poll saw (`Succeeded`, `Updating`, `HTTP 503`, …), if any poll was made.
     pub fn last_state(&self) -> Option<&str> {
         self.states.last().map(String::as_str)
     }

@@ -69,6 +69,22 @@ impl ResourceId {
 
     /// The resource a request URL targets. Never fails: a URL whose path is not an ARM resource ID
     /// is keyed by `scheme://host:port/path`.
+    ///
+    /// ```
+    /// use reqwest_conflict::ResourceId;
+    ///
+    /// let vm = url::Url::parse("https://management.azure.com/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1/deallocate?api-version=2024-07-01")?;
+    /// let id = ResourceId::from_url(&vm);
+    /// assert!(id.is_arm());
+    /// assert_eq!(id.action(), Some("deallocate"));
+    /// assert_eq!(id.key(), "/subscriptions/s1/resourcegroups/rg/providers/microsoft.compute/virtualmachines/vm1");
+    ///
+    /// let item = url::Url::parse("https://api.example.com/items/42")?;
+    /// let id = ResourceId::from_url(&item);
+    /// assert!(!id.is_arm());
+    /// assert_eq!(id.key(), "https://api.example.com/items/42");
+    /// # Ok::<(), url::ParseError>(())
+    /// ```
     pub fn from_url(url: &Url) -> Self {
         let api_version = url.query().and_then(api_version_in);
         match ArmPath::parse(url.path()) {

@@ -32,6 +32,16 @@ use crate::{Classification, ConflictKind, ConflictReport};
 const MAX_SERIES: usize = 1024;
 
 /// Shared, in-process conflict statistics. Cloning gives another handle to the same numbers.
+///
+/// ```no_run
+/// # fn f(middleware: &reqwest_conflict::ConflictMiddleware) {
+/// let snapshot = middleware.stats().snapshot();
+/// for line in &snapshot.conflicts {
+///     println!("{} {} {}: {}", line.resource_type, line.kind, line.code, line.count);
+/// }
+/// println!("outcomes {:?}, waited {:?}", snapshot.outcomes, snapshot.waited);
+/// # }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct ConflictStats {
     inner: Arc<Mutex<Inner>>,
@@ -59,6 +69,17 @@ pub struct ConflictCount {
 }
 
 /// The numbers at one moment.
+///
+/// ```
+/// use reqwest_conflict::ConflictMiddleware;
+///
+/// let middleware = ConflictMiddleware::default();
+/// let snapshot = middleware.stats().snapshot();
+/// assert_eq!(snapshot.total_conflicts(), 0);
+/// let json = serde_json::to_value(&snapshot)?;
+/// assert_eq!(json["waited"], "0s");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
     /// 409/412 answers by resource type, kind and code, sorted.
@@ -67,7 +88,9 @@ pub struct StatsSnapshot {
     pub outcomes: BTreeMap<String, u64>,
     /// Requests sent again because of a conflict.
     pub retries: u64,
-    /// Total time spent waiting for convergence.
+    /// Total time spent waiting for convergence. Serialized as text (`"1s 250ms"`), as
+    /// [`ConflictReport::waited`] and the policy's durations are.
+    #[serde(with = "humantime_serde")]
     pub waited: Duration,
 }
 
@@ -194,5 +217,23 @@ impl ConflictStats {
         }
         #[cfg(not(feature = "metrics"))]
         let _ = (resource_type, kind);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waited_serializes_as_the_report_does() {
+        let waited = Duration::from_millis(1_250);
+        let stats = ConflictStats::default();
+        let mut report = ConflictReport::new("k".into(), None, &Classification::default());
+        report.waited = waited;
+        stats.resolution(None, &report);
+        let snapshot = serde_json::to_value(stats.snapshot()).unwrap();
+        let report = serde_json::to_value(&report).unwrap();
+        assert_eq!(snapshot["waited"], "1s 250ms");
+        assert_eq!(snapshot["waited"], report["waited"]);
     }
 }

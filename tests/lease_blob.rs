@@ -9,10 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use reqwest_conflict::{
-    Error, LeaseStore,
-    lease::{BlobLeases, dev_sas_container_url},
-};
+use reqwest_conflict::{BlobLeases, Error, LeaseStore, lease::dev_sas_container_url};
 
 const KEY: &str =
     "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm";

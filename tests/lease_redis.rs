@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use reqwest_conflict::{Error, LeaseStore, lease::RedisLeases};
+use reqwest_conflict::{Error, LeaseStore, RedisLeases};
 
 const KEY: &str = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/virtualNetworks/v";
 const TTL: Duration = Duration::from_secs(10);

@@ -52,6 +52,24 @@ fn the_written_out_defaults_are_the_defaults() {
 }
 
 #[test]
+fn the_written_out_fast_profile_is_the_fast_profile() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/policies/fast.json"
+    ))
+    .unwrap();
+    let loaded = ConflictPolicy::from_json(&text).unwrap();
+    assert!(loaded.comment.is_some());
+    assert_eq!(
+        ConflictPolicy {
+            comment: None,
+            ..loaded
+        },
+        ConflictPolicy::fast()
+    );
+}
+
+#[test]
 fn a_wrong_field_names_its_path() {
     let cases = [
         (

@@ -200,6 +200,16 @@ async fn a_state_that_never_converges_ends_at_the_deadline_naming_the_last_state
         }
         other => panic!("expected NotConverged, got {other:?}"),
     }
+    // The error carries the report of the resolution it ended.
+    let report = engine_error(&err)
+        .report()
+        .expect("a resolution's error has its report");
+    assert_eq!(report.outcome, Outcome::DeadlineExceeded);
+    assert_eq!(report.code.as_deref(), Some("AnotherOperationInProgress"));
+    assert_eq!(report.attempts, 1);
+    assert_eq!(report.last_state(), Some("Updating"));
+    assert!(report.polls >= 2);
+    assert!(!report.waited.is_zero());
     assert_eq!(sim.count("PUT", VM, None), 1, "no retry after the deadline");
     assert!(sim.count("GET", VM, None) >= 2);
 }
@@ -295,4 +305,95 @@ async fn safe_methods_and_successes_pass_through_without_a_report() {
     assert_eq!(resp.status(), 200);
     assert!(resp.extensions().get::<ConflictReport>().is_none());
     assert_eq!(sim.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn the_state_guards_wait_has_no_report() {
+    let sim = sim_with_vm(Duration::from_millis(10)).await;
+    let policy = reqwest_conflict::ConflictPolicy {
+        deadline: Duration::from_millis(300),
+        ..fast_policy()
+    };
+    let client = client(policy);
+    // A first write leaves the VM in a transition that never ends: the next one waits for it
+    // before it is sent, and meets no conflict.
+    sim.set_faults(arm_sim::Faults {
+        never_converge: true,
+        ..arm_sim::Faults::default()
+    });
+    assert!(put_vm(&client, &sim, "a").await.status().is_success());
+    let err = client
+        .put(url(&sim, VM))
+        .json(&vm_body("b"))
+        .send()
+        .await
+        .unwrap_err();
+    let error = engine_error(&err);
+    assert!(
+        matches!(
+            error,
+            Error::NotConverged {
+                classification: None,
+                attempts: 0,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.report().is_none());
+}
+
+#[tokio::test]
+async fn from_middleware_finds_the_error_under_a_retry_middleware_outside() {
+    use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
+
+    let sim = sim_with_vm(Duration::from_millis(10)).await;
+    sim.begin_transition(VM, "Updating", None);
+    let server_error = Scripted::json(500, json!({"error": {"code": "InternalServerError"}}));
+    sim.script("PUT", VM, vec![server_error, busy()]);
+    let policy = reqwest_conflict::ConflictPolicy {
+        deadline: Duration::from_millis(300),
+        ..fast_policy()
+    };
+    let retry = ExponentialBackoff::builder()
+        .retry_bounds(Duration::from_millis(1), Duration::from_millis(5))
+        .build_with_max_retries(2);
+    // The wrong order on purpose: the retry middleware wraps the conflict error it passes on.
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(RetryTransientMiddleware::new_with_policy(retry))
+        .with(reqwest_conflict::ConflictMiddleware::new(policy))
+        .build();
+    let err = client
+        .put(url(&sim, VM))
+        .json(&vm_body("x"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, reqwest_middleware::Error::Middleware(e) if e.downcast_ref::<Error>().is_none()),
+        "the error is wrapped: {err:?}"
+    );
+    let error = Error::from_middleware(&err).expect("found under the wrapper");
+    assert!(matches!(error, Error::NotConverged { .. }), "{error:?}");
+    assert_eq!(
+        error.report().map(|r| r.outcome),
+        Some(Outcome::DeadlineExceeded)
+    );
+}
+
+#[tokio::test]
+async fn from_middleware_is_none_for_a_transport_error() {
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = client(fast_policy())
+        .put(format!("http://127.0.0.1:{port}/x"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(Error::from_middleware(&err).is_none(), "{err:?}");
 }

@@ -53,7 +53,8 @@ adapter! {
     ///   `Context` applies to that call, as it does in a reqwest request's extensions.
     /// - **Errors**: the pipeline's own errors pass through untouched. When the engine gives up it
     ///   returns an `azure_core::Error` whose source is the [`crate::Error`] (get it back with
-    ///   `downcast_ref`); for [`Error::NotConverged`](crate::Error::NotConverged) after a conflict its
+    ///   `error.downcast_ref::<reqwest_conflict::Error>()`, and its report with
+    ///   [`Error::report`](crate::Error::report)); for [`Error::NotConverged`](crate::Error::NotConverged) after a conflict its
     ///   kind is `HttpResponse` with the conflict's status and code, so `http_status()` still says 409.
     ///
     /// ```no_run
@@ -62,8 +63,10 @@ adapter! {
     /// use reqwest_conflict::{AzureConflictPolicy, ConflictPolicy, ConflictReports};
     ///
     /// # async fn demo() -> azure_core::Result<()> {
+    /// // The pipeline takes an `Arc`; keep one to read the counts and the journal later.
+    /// let conflicts = Arc::new(AzureConflictPolicy::new(ConflictPolicy::azure_arm()));
     /// let options = ClientOptions {
-    ///     per_call_policies: vec![Arc::new(AzureConflictPolicy::new(ConflictPolicy::azure_arm()))],
+    ///     per_call_policies: vec![conflicts.clone()],
     ///     ..Default::default()
     /// };
     /// let pipeline = Pipeline::new(Some("my-tool"), Some("1.0.0"), options, Vec::new(), Vec::new(), None);
@@ -78,8 +81,10 @@ adapter! {
     ///     println!("{}: {:?} after {} attempt(s)", report.kind, report.outcome, report.attempts);
     /// }
     /// result?;
+    /// println!("{:?}", conflicts.stats().snapshot());
     /// # Ok(()) }
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "azure-core")))]
     pub struct AzureConflictPolicy, "policy"
 }
 
@@ -152,6 +157,7 @@ impl Policy for AzureConflictPolicy {
 /// Converts the crate's error for an `azure_core` caller, keeping it as the source (get it back
 /// with `downcast_ref::<reqwest_conflict::Error>()`). A wait that gave up after a conflict is an
 /// `HttpResponse` error with the conflict's status and code; anything else is `Other`.
+#[cfg_attr(docsrs, doc(cfg(feature = "azure-core")))]
 impl From<crate::Error> for azure_core::Error {
     fn from(error: crate::Error) -> Self {
         let kind = match &error {

@@ -58,12 +58,31 @@ macro_rules! adapter {
         }
 
         #[doc = concat!("The same ", $name, " sharing `store` with others (several clients in one process).")]
+        ///
+        /// ```
+        /// use std::sync::Arc;
+        #[doc = concat!("use reqwest_conflict::{", stringify!($adapter), ", ConflictPolicy, LeaseStore, MemoryLeases};")]
+        ///
+        /// let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeases::new());
+        #[doc = concat!("let deploy = ", stringify!($adapter), "::new(ConflictPolicy::azure_arm()).with_shared_leases(store.clone());")]
+        #[doc = concat!("let tagger = ", stringify!($adapter), "::new(ConflictPolicy::fast()).with_shared_leases(store);")]
+        /// // Writes to one resource through `deploy` and `tagger` now go one at a time.
+        /// ```
         pub fn with_shared_leases(mut self, store: std::sync::Arc<dyn crate::LeaseStore>) -> Self {
             self.engine = self.engine.with_leases(store);
             self
         }
 
         /// The policy in force (after clamping values that would make the engine spin).
+        ///
+        /// ```
+        /// use std::time::Duration;
+        #[doc = concat!("use reqwest_conflict::{", stringify!($adapter), ", ConflictPolicy};")]
+        ///
+        /// // Built by hand past the bounds `from_json` enforces: clamped, with a warning.
+        /// let spinning = ConflictPolicy { max_attempts: 0, ..ConflictPolicy::fast() };
+        #[doc = concat!("assert_eq!(", stringify!($adapter), "::new(spinning).policy().max_attempts, 1);")]
+        /// ```
         pub fn policy(&self) -> &crate::ConflictPolicy {
             self.engine.policy()
         }
@@ -81,6 +100,16 @@ macro_rules! adapter {
         #[doc = concat!("The same ", $name, " writing to `journal`: one with a window of another size")]
         /// ([`Journal::with_capacity`](crate::Journal::with_capacity)), or one shared with other
         /// clients. The default keeps the last 1,024 writes.
+        ///
+        /// ```
+        #[doc = concat!("use reqwest_conflict::{", stringify!($adapter), ", Journal};")]
+        ///
+        /// let journal = Journal::with_capacity(4_096);
+        #[doc = concat!("let one = ", stringify!($adapter), "::default().with_journal(journal.clone());")]
+        #[doc = concat!("let other = ", stringify!($adapter), "::default().with_journal(journal.clone());")]
+        /// // Both record their writes in `journal`, so its overlaps span the two.
+        /// assert!(journal.overlaps().is_empty());
+        /// ```
         pub fn with_journal(mut self, journal: crate::Journal) -> Self {
             self.engine = self.engine.with_journal(journal);
             self

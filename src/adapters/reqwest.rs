@@ -22,13 +22,25 @@ adapter! {
     /// [`Error::NotConverged`](crate::Error::NotConverged) inside
     /// `reqwest_middleware::Error::Middleware`.
     ///
+    /// `ClientBuilder::with` takes the middleware by value. Clones share their counts, journal and
+    /// leases, so keep a clone to read [`stats`](Self::stats) and [`journal`](Self::journal)
+    /// later:
+    ///
     /// ```no_run
     /// use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
     /// use reqwest_middleware::ClientBuilder;
     ///
+    /// # async fn run() -> Result<(), reqwest_middleware::Error> {
+    /// let conflicts = ConflictMiddleware::new(ConflictPolicy::azure_arm());
     /// let client = ClientBuilder::new(reqwest::Client::new())
-    ///     .with(ConflictMiddleware::new(ConflictPolicy::azure_arm()))
+    ///     .with(conflicts.clone())
     ///     .build();
+    ///
+    /// client.put("https://management.azure.com/…").body("{}").send().await?;
+    /// let stats = conflicts.stats().snapshot();
+    /// println!("{} conflicts, {} retries, waited {:?}", stats.total_conflicts(), stats.retries, stats.waited);
+    /// assert!(conflicts.journal().overlaps().is_empty());
+    /// # Ok(()) }
     /// ```
     pub struct ConflictMiddleware, "middleware"
 }

@@ -78,6 +78,7 @@ adapter! {
     /// }
     /// # Ok(()) }
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
     pub struct ConflictLayer, "layer"
 }
 
@@ -94,7 +95,20 @@ impl<S> Layer<S> for ConflictLayer {
     }
 }
 
-/// The service made by [`ConflictLayer`]; see there for what it does.
+/// The service made by [`ConflictLayer`]; see there for what it does. It shares the layer's
+/// counts and journal, so either can be read:
+///
+/// ```
+/// use reqwest_conflict::{ConflictLayer, ConflictPolicy};
+/// use tower::{Layer, service_fn};
+///
+/// let layer = ConflictLayer::new(ConflictPolicy::azure_arm());
+/// let service = layer.layer(service_fn(|_: http::Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// }));
+/// assert_eq!(service.stats().snapshot(), layer.stats().snapshot());
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 #[derive(Clone, Debug)]
 pub struct ConflictService<S> {
     inner: S,

@@ -25,6 +25,16 @@ pub(crate) use rules::code_matches;
 pub use rules::{RequestCondition, Rule};
 
 /// What a 409 or 412 means, and therefore what can be done about it.
+///
+/// Written in snake_case wherever it is serialized or displayed:
+///
+/// ```
+/// use reqwest_conflict::ConflictKind;
+///
+/// assert_eq!(ConflictKind::StateConflict.to_string(), "state_conflict");
+/// assert_eq!(serde_json::to_value(ConflictKind::AlreadyExists)?, "already_exists");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -122,6 +132,22 @@ impl Classifier {
     }
 
     /// The built-in table with `extra` rules consulted first, so they can override built-in ones.
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use reqwest_conflict::{Classifier, ConflictKind, classify::Rule};
+    ///
+    /// let rule: Rule = serde_json::from_str(r#"{
+    ///     "name": "inhouse_busy", "why": "our service's busy code clears by itself",
+    ///     "kind": "state_conflict", "status": [409], "codes": ["InHouseBusy"]
+    /// }"#)?;
+    /// let classifier = Classifier::with_rules([rule]);
+    /// let body = br#"{"code":"InHouseBusy","message":"try later"}"#;
+    /// let c = classifier.classify(StatusCode::CONFLICT, &HeaderMap::new(), &HeaderMap::new(), body);
+    /// assert_eq!(c.kind, ConflictKind::StateConflict);
+    /// assert_eq!(c.rule.as_deref(), Some("inhouse_busy"));
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
     pub fn with_rules(extra: impl IntoIterator<Item = Rule>) -> Self {
         let mut rules: Vec<Rule> = extra.into_iter().collect();
         rules.extend_from_slice(rules::builtin());
@@ -135,6 +161,25 @@ impl Classifier {
 
     /// Classifies one response. `body` may be empty, truncated or garbage: the result is then
     /// built from the status, the headers and whatever could be read, never a panic.
+    ///
+    /// The request's headers decide what a 412 means:
+    ///
+    /// ```
+    /// use http::{HeaderMap, HeaderValue, StatusCode};
+    /// use reqwest_conflict::{Classifier, ConflictKind};
+    ///
+    /// let classifier = Classifier::azure();
+    /// let body = br#"{"error":{"code":"PreconditionFailed","message":"The condition specified using HTTP conditional header(s) is not met."}}"#;
+    /// let mut request = HeaderMap::new();
+    /// request.insert("if-match", HeaderValue::from_static("\"etag-1\""));
+    /// let stale = classifier.classify(StatusCode::PRECONDITION_FAILED, &request, &HeaderMap::new(), body);
+    /// assert_eq!(stale.kind, ConflictKind::StalePrecondition);
+    ///
+    /// let mut create_only = HeaderMap::new();
+    /// create_only.insert("if-none-match", HeaderValue::from_static("*"));
+    /// let exists = classifier.classify(StatusCode::PRECONDITION_FAILED, &create_only, &HeaderMap::new(), body);
+    /// assert_eq!(exists.kind, ConflictKind::AlreadyExists);
+    /// ```
     pub fn classify(
         &self,
         status: StatusCode,

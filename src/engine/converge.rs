@@ -112,6 +112,7 @@ impl Run<'_> {
             classification: Some(Box::new(report.classification.clone())),
             attempts: report.attempts,
             waited: report.waited,
+            report: None,
         })
     }
 

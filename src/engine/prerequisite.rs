@@ -140,6 +140,7 @@ impl Run<'_> {
             last_state: seen.last,
             attempts: report.attempts,
             waited: report.waited,
+            report: None,
         })
     }
 }

@@ -100,7 +100,7 @@ impl Run<'_> {
                     drop(response);
                     if let Err(error) = self.converge(transport, report).await {
                         record(report);
-                        return Err(Failure::Conflict(error));
+                        return Err(Failure::Conflict(ended(error, report)));
                     }
                     None
                 }
@@ -129,7 +129,7 @@ impl Run<'_> {
                         }
                         Err(error) => {
                             *prepared = Some(rule.clone());
-                            return Err(Failure::Conflict(error));
+                            return Err(Failure::Conflict(ended(error, report)));
                         }
                     }
                     drop(response);
@@ -197,20 +197,24 @@ impl Run<'_> {
         report.classification = classification;
     }
 
-    /// Runs the prerequisite's restore, noting it in the report — or, when the request failed
-    /// and has no report, in a warning.
+    /// Runs the prerequisite's restore, noting it in the report (the response's, or the one the
+    /// error carries) — or, when the request failed without one, in a warning.
     async fn restore_after<T: Transport>(
         &self,
         transport: &mut T,
         rule: &Prerequisite,
         result: &mut Result<Answered<T::Response>, Failure<T::Error>>,
     ) {
-        if let Ok(Answered {
-            report: Some(report),
-            ..
-        }) = result
-        {
-            return self.restore(transport, rule, report).await;
+        match result {
+            Ok(Answered {
+                report: Some(report),
+                ..
+            })
+            | Err(Failure::Conflict(Error::NotConverged {
+                report: Some(report),
+                ..
+            })) => return self.restore(transport, rule, report).await,
+            _ => {}
         }
         let mut lost = self.new_report(&Classification::default());
         self.restore(transport, rule, &mut lost).await;
@@ -248,6 +252,16 @@ fn answer<R>(response: R, report: Option<ConflictReport>) -> Answered<R> {
         response,
         report: report.map(Box::new),
     }
+}
+
+/// `error` carrying the report of the resolution it ends: a wait that gave up at the deadline.
+fn ended(mut error: Error, report: &ConflictReport) -> Error {
+    if let Error::NotConverged { report: slot, .. } = &mut error {
+        let mut report = report.clone();
+        report.outcome = Outcome::DeadlineExceeded;
+        *slot = Some(Box::new(report));
+    }
+    error
 }
 
 /// Records the report on the current span.

@@ -164,6 +164,7 @@ impl<'r> Run<'r> {
                 last_state: seen.last,
                 attempts: 0,
                 waited: waiting.elapsed(),
+                report: None,
             });
         }
         self.engine.leases.set_transitioning(lease, false).await

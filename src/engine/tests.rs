@@ -742,6 +742,7 @@ async fn a_state_that_never_converges_fails_at_the_deadline_not_later() {
         last_state,
         attempts,
         waited,
+        ..
     } = error
     else {
         panic!("{error}");
@@ -1188,6 +1189,26 @@ async fn prerequisite_state_never_reached_fails_and_still_restores() {
         matches!(&error, Error::NotConverged { last_state, attempts: 1, .. }
             if last_state.as_deref() == Some("PowerState/deallocating")),
         "{error}"
+    );
+    // The error's report tells the whole story, the restore after the failure included.
+    let report = error.report().expect("the resolution's report");
+    assert_eq!(report.outcome, Outcome::DeadlineExceeded);
+    assert_eq!(
+        report.steps.first().map(String::as_str),
+        Some("POST deallocate: 202")
+    );
+    assert!(
+        report.steps.iter().any(|s| s == "POST start: 202"),
+        "{:?}",
+        report.steps
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("restore `start` did not finish")),
+        "{:?}",
+        report.notes
     );
     // The restore has a deadline of its own, so the request ends one deadline after the first
     // one passed (the instance view never says running either).

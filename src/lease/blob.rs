@@ -52,7 +52,7 @@ const MAX_LEASE: u64 = 60;
 /// ```no_run
 /// use std::time::Duration;
 /// use reqwest_conflict::LeaseStore;
-/// use reqwest_conflict::lease::BlobLeases;
+/// use reqwest_conflict::BlobLeases;
 ///
 /// # async fn run(container_url_with_sas: &str) -> Result<(), reqwest_conflict::Error> {
 /// // "https://myaccount.blob.core.windows.net/leases?sv=...&sig=..."
@@ -65,6 +65,7 @@ const MAX_LEASE: u64 = 60;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure-blob")))]
 pub struct BlobLeases {
     inner: Arc<Inner>,
 }

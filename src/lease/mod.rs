@@ -31,9 +31,12 @@ use std::{
     time::Duration,
 };
 
+// Documented at the crate's root, the one path the docs use (`reqwest_conflict::RedisLeases`).
 #[cfg(feature = "redis")]
+#[doc(hidden)]
 pub use self::redis::RedisLeases;
 #[cfg(feature = "azure-blob")]
+#[doc(hidden)]
 pub use blob::BlobLeases;
 pub use memory::MemoryLeases;
 #[cfg(feature = "azure-blob")]
@@ -43,6 +46,18 @@ use crate::{Error, shared::BoxFuture};
 
 /// Where leases live. Implementations: [`MemoryLeases`] (default, one process), `RedisLeases`
 /// (feature `redis`), `BlobLeases` (feature `azure-blob`).
+///
+/// A middleware uses its own [`MemoryLeases`] unless given a store; give the same store to every
+/// client whose writers must take turns:
+///
+/// ```
+/// use std::sync::Arc;
+/// use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, LeaseStore, MemoryLeases};
+///
+/// let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeases::new());
+/// let a = ConflictMiddleware::new(ConflictPolicy::azure_arm()).with_shared_leases(store.clone());
+/// let b = ConflictMiddleware::new(ConflictPolicy::azure_arm()).with_shared_leases(store);
+/// ```
 pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
     /// Waits until `key` is free, at most `wait`, then holds it for `ttl`, renewed in the
     /// background while the returned [`Lease`] lives. Fails with [`Error::LeaseTimeout`] when
@@ -90,6 +105,18 @@ enum Release {
 impl Lease {
     /// A lease on `key` with fencing `token`; `release` runs once, when the lease is released or
     /// dropped. For in-process store implementations.
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+    /// use reqwest_conflict::Lease;
+    ///
+    /// let released = Arc::new(AtomicBool::new(false));
+    /// let flag = released.clone();
+    /// let lease = Lease::new("/subscriptions/s/resourcegroups/g", 7, move || flag.store(true, Ordering::SeqCst));
+    /// assert_eq!((lease.key(), lease.token()), ("/subscriptions/s/resourcegroups/g", 7));
+    /// drop(lease);
+    /// assert!(released.load(Ordering::SeqCst));
+    /// ```
     pub fn new(
         key: impl Into<Arc<str>>,
         token: u64,

@@ -97,7 +97,7 @@ return 1",
 /// ```no_run
 /// use std::time::Duration;
 /// use reqwest_conflict::LeaseStore;
-/// use reqwest_conflict::lease::RedisLeases;
+/// use reqwest_conflict::RedisLeases;
 ///
 /// # async fn run() -> Result<(), reqwest_conflict::Error> {
 /// let leases = RedisLeases::new("redis://127.0.0.1:6379/", "myapp:").await?;
@@ -108,6 +108,7 @@ return 1",
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisLeases {
     inner: Arc<Inner>,
 }

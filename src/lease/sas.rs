@@ -30,6 +30,7 @@ const DEV_KEY: &str =
 /// );
 /// assert!(url.starts_with("http://127.0.0.1:10000/devstoreaccount1/leases?sv="));
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "azure-blob")))]
 pub fn dev_sas_container_url(blob_endpoint: &str, container: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -69,10 +69,5 @@ pub fn report(resp: &reqwest::Response) -> ConflictReport {
 
 /// The engine's own error inside a middleware error.
 pub fn engine_error(err: &reqwest_middleware::Error) -> &Error {
-    match err {
-        reqwest_middleware::Error::Middleware(e) => e
-            .downcast_ref::<Error>()
-            .unwrap_or_else(|| panic!("an untyped middleware error: {e:#}")),
-        other => panic!("expected an engine error, got {other:?}"),
-    }
+    Error::from_middleware(err).unwrap_or_else(|| panic!("expected an engine error, got {err:?}"))
 }

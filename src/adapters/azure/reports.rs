@@ -26,6 +26,7 @@ const MAX_REPORTS: usize = 64;
 /// // ... send the request with `ctx` ...
 /// assert!(reports.take().is_empty());
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "azure-core")))]
 #[derive(Clone, Debug, Default)]
 pub struct ConflictReports(Arc<Mutex<VecDeque<ConflictReport>>>);
 

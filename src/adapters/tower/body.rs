@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 /// The body of a response from [`ConflictService`](super::ConflictService): the wrapped service's body, passed through
 /// untouched — or, when the engine read the start of a 409/412 body to classify it, that body
 /// with the bytes read replayed in front. Either way it yields every byte the server sent.
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct ConflictBody<B: Body<Data = Bytes>> {
     inner: Inner<B>,
 }
