@@ -243,3 +243,59 @@ async fn a_journal_given_to_two_middlewares_records_both_within_its_window() {
     assert_eq!(seqs, [1, 2, 3]);
     assert!(entries[2].resource.ends_with("3"), "{entries:?}");
 }
+
+/// The verifier of merged journals tells writers that shared a lease store from writers that did
+/// not: two "processes" (middlewares with journals of their own) write the VM on a simulator that
+/// accepts overlapping writes, first with a store each, then with one store between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_journals_show_whether_two_writers_shared_their_leases() {
+    use reqwest_conflict::journal::{Journal, verify};
+
+    async fn two_processes(
+        shared: Option<Arc<MemoryLeases>>,
+    ) -> reqwest_conflict::journal::Verification {
+        // Answers take 50 ms, so writers of the two that start together are in flight together.
+        let sim = configured_sim_with_vm(SimConfig {
+            transition: Duration::from_millis(40),
+            reject_during_transition: false,
+            faults: arm_sim::Faults {
+                latency: Duration::from_millis(50),
+                ..arm_sim::Faults::default()
+            },
+            ..SimConfig::default()
+        })
+        .await;
+        let journals = [
+            Journal::default().with_process("a"),
+            Journal::default().with_process("b"),
+        ];
+        let middlewares: Vec<ConflictMiddleware> = journals
+            .iter()
+            .map(|journal| {
+                let middleware =
+                    ConflictMiddleware::new(fast_policy()).with_journal(journal.clone());
+                match &shared {
+                    Some(store) => middleware.with_shared_leases(store.clone()),
+                    None => middleware,
+                }
+            })
+            .collect();
+        let clients: Vec<_> = middlewares.into_iter().map(middleware_client).collect();
+        assert_eq!(sixteen_writers_through(&sim, &clients).await, 16);
+        let verdict = verify(journals.iter().flat_map(Journal::entries), Duration::ZERO);
+        assert_eq!((verdict.entries, verdict.processes), (16, 2), "{verdict}");
+        if verdict.is_ok() {
+            assert_eq!(
+                sim.overlapping_transitions(),
+                0,
+                "the journals missed an overlap"
+            );
+        }
+        verdict
+    }
+
+    let apart = two_processes(None).await;
+    assert!(!apart.overlaps.is_empty(), "{apart}");
+    let together = two_processes(Some(Arc::new(MemoryLeases::new()))).await;
+    assert!(together.is_ok(), "{together}");
+}
