@@ -44,6 +44,30 @@ pub enum Error {
         /// wait, which met no conflict. Also reachable through [`Error::report`].
         report: Option<Box<ConflictReport>>,
     },
+    /// The resource (or the operation named) stayed in one non-terminal state for the policy's
+    /// `stuck_after`: it is stuck, not slow, and waiting out the deadline would not help. Someone
+    /// has to look at it — the report's `blocker` and `activity` say what is known of who holds
+    /// it.
+    // The state is the server's text: escaped, so that it cannot start a line of its own in a log.
+    #[error(
+        "{resource} is stuck: its state has stayed {} for {since:?} (after {attempts} attempt(s), {waited:?} waited)",
+        state.escape_debug()
+    )]
+    Stuck {
+        /// The key of the resource the request targets.
+        resource: String,
+        /// The state that stopped moving (`Updating`, `InProgress`, …).
+        state: String,
+        /// How long it had not changed.
+        since: Duration,
+        /// How many times the original request was sent.
+        attempts: u32,
+        /// Time spent waiting and polling.
+        waited: Duration,
+        /// What was done about the conflict before the wait gave up (outcome
+        /// [`Stuck`](crate::Outcome::Stuck)); `None` for the state guard's wait.
+        report: Option<Box<ConflictReport>>,
+    },
     /// A string is not an ARM resource ID.
     #[error("invalid resource ID {input:?}: {reason}")]
     InvalidResourceId {
@@ -133,7 +157,7 @@ impl Error {
     /// ```
     pub fn report(&self) -> Option<&ConflictReport> {
         match self {
-            Error::NotConverged { report, .. } => report.as_deref(),
+            Error::NotConverged { report, .. } | Error::Stuck { report, .. } => report.as_deref(),
             _ => None,
         }
     }

@@ -33,10 +33,11 @@ pub use lease::BlobLeases;
 pub use lease::RedisLeases;
 pub use lease::{Lease, LeaseStore, MemoryLeases};
 pub use policy::{
-    ConflictPolicy, LeasePolicy, MergeBase, PolicyOverride, PollSchedule, PreconditionStrategy,
+    ConflictPolicy, DiagnosePolicy, LeasePolicy, MergeBase, PolicyOverride, PollSchedule,
+    PreconditionStrategy,
 };
 pub use prerequisite::{Action, Prerequisite, StateCheck};
-pub use report::{ConflictReport, Outcome};
+pub use report::{Activity, Blocker, ConflictReport, Outcome};
 pub use resource::ResourceId;
 pub use stats::{ConflictCount, ConflictStats, StatsSnapshot};
 pub use update::{BoxError, UpdateError, UpdateOptions, update, update_as, update_with};

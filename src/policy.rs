@@ -92,6 +92,14 @@ pub struct ConflictPolicy {
     /// Prerequisite transitions (deallocate before resize, …); none unless configured.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub prerequisites: Vec<Prerequisite>,
+    /// Give up on a resource or operation whose observed state has not changed for this long:
+    /// it is stuck, not slow, and the write fails with [`Error::Stuck`] instead of waiting out its
+    /// deadline (a warning is logged halfway). `None` (the default) waits until the deadline.
+    /// At least `poll.min_delay`.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub stuck_after: Option<Duration>,
+    /// What to find out about a conflict besides resolving it.
+    pub diagnose: DiagnosePolicy,
     /// Free text for whoever maintains the file; ignored.
     #[serde(rename = "$comment", skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
@@ -136,6 +144,9 @@ pub struct PolicyOverride {
     /// See [`ConflictPolicy::leases`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leases: Option<LeasePolicy>,
+    /// See [`ConflictPolicy::stuck_after`].
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub stuck_after: Option<Duration>,
 }
 
 impl PolicyOverride {
@@ -162,6 +173,9 @@ impl PolicyOverride {
         if let Some(v) = &self.leases {
             policy.leases = v.clone();
         }
+        if let Some(v) = self.stuck_after {
+            policy.stuck_after = Some(v);
+        }
     }
 
     /// An override of the same fields as this one, holding `policy`'s values: given this override
@@ -176,6 +190,45 @@ impl PolicyOverride {
             retry_unknown: self.retry_unknown.map(|_| policy.retry_unknown),
             precondition: self.precondition.map(|_| policy.precondition),
             leases: self.leases.as_ref().map(|_| policy.leases.clone()),
+            stuck_after: self.stuck_after.and(policy.stuck_after),
+        }
+    }
+}
+
+/// What to find out about a conflict besides resolving it: each costs requests, so each is
+/// opt-in, and none of them changes how the conflict ends — a failed query is a note in the
+/// report.
+///
+/// ```
+/// use reqwest_conflict::ConflictPolicy;
+///
+/// let policy = ConflictPolicy::from_json(r#"{
+///     "diagnose": { "activity_log": true, "activity_log_window": "2h", "end_state": true }
+/// }"#)?;
+/// assert!(policy.diagnose.activity_log);
+/// # Ok::<(), reqwest_conflict::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosePolicy {
+    /// On an ARM resource's first conflict, ask ARM's Activity Log once which operations ran on
+    /// the resource in the last `activity_log_window` (who started them, how they ended, their
+    /// correlation ids), for the report and its span. Goes through the rest of the chain to the
+    /// request's own origin, so the same credentials apply; needs Reader on the subscription.
+    pub activity_log: bool,
+    /// How far back the Activity Log query looks (1 s to 7 days).
+    #[serde(with = "humantime_serde")]
+    pub activity_log_window: Duration,
+    /// After a conflict was resolved, read the resource once and report the state it ended in.
+    pub end_state: bool,
+}
+
+impl Default for DiagnosePolicy {
+    fn default() -> Self {
+        Self {
+            activity_log: false,
+            activity_log_window: Duration::from_secs(3600),
+            end_state: false,
         }
     }
 }
@@ -399,6 +452,8 @@ impl ConflictPolicy {
             remember_representations: 256,
             resource_types: BTreeMap::new(),
             prerequisites: Vec::new(),
+            stuck_after: None,
+            diagnose: DiagnosePolicy::default(),
             comment: None,
         }
     }
@@ -439,7 +494,9 @@ impl ConflictPolicy {
     /// `max_attempts` in 1..=1000; `deadline` from 1ms to 7 days; `poll.min_delay` from 1ms, and
     /// `poll.max_delay` from `poll.min_delay`, to 7 days; `poll.factor` in 1..=100;
     /// `retry_after_cap` at most 7 days; `max_error_body` and `max_fetch_body` from 1 byte to
-    /// 64 MiB; `leases.ttl` from 1s to 7 days; `remember_representations` at most 65,536; every
+    /// 64 MiB; `leases.ttl` from 1s to 7 days; `remember_representations` at most 65,536;
+    /// `stuck_after`, when set, from `poll.min_delay` to 7 days; `diagnose.activity_log_window`
+    /// from 1s to 7 days; every
     /// `allowed_hosts` pattern a host name, or `*.` and a host name of two labels or more.
     ///
     /// The error names the first field out of bounds, under its override's quoted path when it

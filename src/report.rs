@@ -1,10 +1,14 @@
 //! What happened to a request that met a conflict.
 
+mod diagnosis;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{Classification, ConflictKind};
+pub use diagnosis::{Activity, Blocker};
+pub(crate) use diagnosis::{activity_log_url, read_activity};
 
 /// How many observed states a report keeps; a long wait repeats itself and must not grow memory.
 const MAX_STATES: usize = 32;
@@ -40,6 +44,9 @@ pub enum Outcome {
     /// A stale-precondition write turned out to be in the fresh representation already (its first
     /// answer was lost): the response is the fresh representation, as a success.
     AlreadyApplied,
+    /// The state the resolution waited on stopped changing for the policy's `stuck_after`; the
+    /// request ended with [`Error::Stuck`](crate::Error::Stuck).
+    Stuck,
 }
 
 /// Attached to the extensions of every response that met a 409/412, and recorded on its tracing span.
@@ -94,6 +101,15 @@ pub struct ConflictReport {
     pub lease_token: Option<u64>,
     /// The request's entry in the middleware's [`Journal`](crate::Journal).
     pub journal_seq: Option<u64>,
+    /// What is known of the operation that blocked the write: from the error, and from polling
+    /// the operation's status when the error named one.
+    pub blocker: Option<Blocker>,
+    /// The operations ARM's Activity Log lists on the resource around the conflict, newest first,
+    /// when the policy's `diagnose.activity_log` asks for them.
+    pub activity: Vec<Activity>,
+    /// The state the resource ended in, read once after the conflict was resolved, when the
+    /// policy's `diagnose.end_state` asks for it.
+    pub end_state: Option<String>,
 }
 
 impl ConflictReport {
@@ -121,6 +137,9 @@ impl ConflictReport {
             steps: Vec::new(),
             lease_token: None,
             journal_seq: None,
+            blocker: Blocker::from_error(first),
+            activity: Vec::new(),
+            end_state: None,
         }
     }
 

@@ -153,6 +153,14 @@ impl ResourceId {
         self.api_version.as_deref()
     }
 
+    /// The subscription an ARM ID is in (as spelled); `None` for non-ARM resources.
+    pub fn subscription(&self) -> Option<&str> {
+        if !self.is_arm() {
+            return None;
+        }
+        self.path.split('/').nth(2).filter(|s| !s.is_empty())
+    }
+
     /// The resource's own name (the last segment of the ID).
     pub fn name(&self) -> Option<&str> {
         if !self.is_arm() {

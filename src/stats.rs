@@ -84,7 +84,8 @@ pub struct ConflictCount {
 pub struct StatsSnapshot {
     /// 409/412 answers by resource type, kind and code, sorted.
     pub conflicts: Vec<ConflictCount>,
-    /// Resolutions by outcome (`resolved`, `surfaced`, …, and `not_converged` for errors).
+    /// Resolutions by outcome (`resolved`, `surfaced`, …, and `not_converged` or `stuck` for
+    /// errors).
     pub outcomes: BTreeMap<String, u64>,
     /// Requests sent again because of a conflict.
     pub retries: u64,

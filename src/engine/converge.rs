@@ -19,7 +19,7 @@ use super::{
     state::{Source, is_terminal, read_state},
 };
 use crate::{
-    Classification, ConflictReport, Error, ResourceId, StateCheck,
+    Blocker, Classification, ConflictReport, Error, ResourceId, StateCheck,
     classify::retry_after,
     redact::{redact, scrub},
 };
@@ -30,6 +30,8 @@ pub(super) trait Trail {
     fn observe(&mut self, state: &str, done: bool);
     /// Something the classification suggested but was not done.
     fn note(&mut self, note: String);
+    /// What an operation-status answer said (its status, and its body's name and start time).
+    fn operation_status(&mut self, _status: &str, _body: &[u8]) {}
 }
 
 impl Trail for ConflictReport {
@@ -38,6 +40,11 @@ impl Trail for ConflictReport {
     }
     fn note(&mut self, note: String) {
         ConflictReport::note(self, note);
+    }
+    fn operation_status(&mut self, status: &str, body: &[u8]) {
+        self.blocker
+            .get_or_insert_with(Blocker::default)
+            .observe_status(status, body);
     }
 }
 
@@ -58,6 +65,70 @@ impl Trail for Observations {
     }
     fn note(&mut self, note: String) {
         tracing::debug!(%note, "state guard");
+    }
+}
+
+/// How a wait ended.
+#[derive(Debug, PartialEq)]
+pub(super) enum Polled {
+    /// A terminal state (or the watch's condition) was seen.
+    Converged,
+    /// The deadline came first.
+    TimedOut,
+    /// The state read from the answers stayed `state` for the policy's `stuck_after`.
+    Stuck { state: String, since: Duration },
+}
+
+impl Polled {
+    pub(super) fn converged(&self) -> bool {
+        *self == Polled::Converged
+    }
+}
+
+/// Watches for a state that stops changing: the policy's `stuck_after`, with a warning halfway.
+struct Stillness {
+    limit: Option<Duration>,
+    /// The state last read, and when it was first read.
+    current: Option<(String, Instant)>,
+    warned: bool,
+}
+
+impl Stillness {
+    fn new(limit: Option<Duration>) -> Self {
+        Self {
+            limit,
+            current: None,
+            warned: false,
+        }
+    }
+
+    /// Takes in a non-terminal state read from an answer; `Some` (how long it has not changed)
+    /// once that is the limit or more.
+    fn observe(&mut self, state: &str, target: &Url) -> Option<Duration> {
+        let limit = self.limit?;
+        let since = match &self.current {
+            Some((same, since)) if same == state => *since,
+            _ => {
+                self.current = Some((state.to_owned(), Instant::now()));
+                self.warned = false;
+                return None;
+            }
+        };
+        let unchanged = since.elapsed();
+        if unchanged >= limit {
+            return Some(unchanged);
+        }
+        if !self.warned && unchanged >= limit / 2 {
+            self.warned = true;
+            tracing::warn!(
+                state = %state.escape_debug(),
+                unchanged = ?unchanged,
+                stuck_after = ?limit,
+                url = %redact(target),
+                "the state has not changed for a while; it will be given up on as stuck"
+            );
+        }
+        None
     }
 }
 
@@ -101,19 +172,51 @@ impl Run<'_> {
     ) -> Result<(), Error> {
         let waiting = Instant::now();
         let watch = self.poll_target(report);
-        let converged = self.poll(transport, watch, report).await;
+        let polled = self.poll(transport, watch, report).await;
         report.waited += waiting.elapsed();
-        if converged {
+        if polled.converged() {
             return Ok(());
         }
-        Err(Error::NotConverged {
-            resource: self.original.resource.key().to_owned(),
-            last_state: report.last_state().map(str::to_owned),
-            classification: Some(Box::new(report.classification.clone())),
-            attempts: report.attempts,
-            waited: report.waited,
-            report: None,
-        })
+        let last_state = report.last_state().map(str::to_owned);
+        let classification = Some(Box::new(report.classification.clone()));
+        Err(self.gave_up(
+            polled,
+            last_state,
+            classification,
+            report.attempts,
+            report.waited,
+        ))
+    }
+
+    /// The error a wait that did not converge ends with: [`Error::Stuck`] for a state that
+    /// stopped changing, else [`Error::NotConverged`]. The caller attaches its report, if any.
+    pub(super) fn gave_up(
+        &self,
+        polled: Polled,
+        last_state: Option<String>,
+        classification: Option<Box<Classification>>,
+        attempts: u32,
+        waited: Duration,
+    ) -> Error {
+        let resource = self.original.resource.key().to_owned();
+        match polled {
+            Polled::Stuck { state, since } => Error::Stuck {
+                resource,
+                state,
+                since,
+                attempts,
+                waited,
+                report: None,
+            },
+            Polled::Converged | Polled::TimedOut => Error::NotConverged {
+                resource,
+                classification,
+                last_state,
+                attempts,
+                waited,
+                report: None,
+            },
+        }
     }
 
     /// Whether a terminal state (or the watch's condition) was seen before the request's
@@ -123,20 +226,22 @@ impl Run<'_> {
         transport: &mut T,
         watch: Watch,
         trail: &mut impl Trail,
-    ) -> bool {
+    ) -> Polled {
         self.poll_until(transport, watch, self.deadline, trail)
             .await
     }
 
-    /// Whether a terminal state (or the watch's condition) was seen before `deadline`.
+    /// Whether a terminal state (or the watch's condition) was seen before `deadline`, or the
+    /// state stopped changing first.
     pub(super) async fn poll_until<T: Transport>(
         &self,
         transport: &mut T,
         watch: Watch,
         deadline: Instant,
         trail: &mut impl Trail,
-    ) -> bool {
+    ) -> Polled {
         let policy = &*self.policy;
+        let mut stillness = Stillness::new(policy.stuck_after);
         let Watch {
             mut target,
             mut source,
@@ -156,14 +261,16 @@ impl Run<'_> {
             sleep(delay.min(remaining)).await;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return false;
+                return Polled::TimedOut;
             }
             let fetch = transport.call(self.exchange(http::Method::GET, target.clone()));
             let mut hint = None;
             let mut done = None;
+            // Whether the state was read from an answer (not a failure to get one).
+            let mut read = false;
             let state = match timeout(remaining, fetch).await {
                 // Cut off by the deadline: nothing was observed, so the last state stays the last one seen.
-                Err(_) => return false,
+                Err(_) => return Polled::TimedOut,
                 Ok(Err(error)) => {
                     tracing::debug!(error = %scrub(&error.to_string()), url = %redact(&target), "poll failed");
                     "transport error".to_owned()
@@ -177,10 +284,17 @@ impl Run<'_> {
                                 .map(|c| c.evaluate(&fetched.body))
                                 .unwrap_or_default();
                             done = Some(satisfied);
+                            read = seen.is_some();
                             seen.unwrap_or_else(|| "unreadable".to_owned())
                         }
                         s if s.is_success() => match read_state(source, &fetched.body) {
-                            Some(state) => state,
+                            Some(state) => {
+                                read = true;
+                                if source == Source::Operation {
+                                    trail.operation_status(&state, &fetched.body);
+                                }
+                                state
+                            }
                             None => {
                                 done = lenient.then_some(true);
                                 "unreadable".to_owned()
@@ -220,7 +334,10 @@ impl Run<'_> {
             let done = done.unwrap_or_else(|| is_terminal(&state) || state == "NotFound");
             trail.observe(&state, done);
             if done {
-                return true;
+                return Polled::Converged;
+            }
+            if read && let Some(since) = stillness.observe(&state, &target) {
+                return Polled::Stuck { state, since };
             }
             delay = match planned.next() {
                 Some(at) => at.saturating_duration_since(Instant::now()),

@@ -16,6 +16,7 @@
 
 mod converge;
 mod decide;
+mod diagnose;
 mod estimate;
 mod precondition;
 mod prerequisite;

@@ -46,10 +46,8 @@ impl Run<'_> {
         let deadline = Instant::now() + self.policy.deadline;
         let resource = Watch::state(self.resource_url(), Source::Resource);
         let mut seen = Observations::default();
-        if !self
-            .poll_until(transport, resource, deadline, &mut seen)
-            .await
-        {
+        let settled = self.poll_until(transport, resource, deadline, &mut seen);
+        if !settled.await.converged() {
             report.note(format!(
                 "restore `{}` skipped: the resource did not settle",
                 action.path
@@ -123,10 +121,10 @@ impl Run<'_> {
         };
         let waiting = Instant::now();
         let mut seen = Observations::default();
-        let reached = self.poll_until(transport, watch, deadline, &mut seen).await;
+        let polled = self.poll_until(transport, watch, deadline, &mut seen).await;
         report.waited += waiting.elapsed();
         report.polls += seen.polls.len() as u32;
-        if reached {
+        if polled.converged() {
             report.step(format!(
                 "{}: reached after {} poll(s)",
                 check.equals,
@@ -134,14 +132,14 @@ impl Run<'_> {
             ));
             return Ok(());
         }
-        Err(Error::NotConverged {
-            resource: self.original.resource.key().to_owned(),
-            classification: Some(Box::new(report.classification.clone())),
-            last_state: seen.last,
-            attempts: report.attempts,
-            waited: report.waited,
-            report: None,
-        })
+        let classification = Some(Box::new(report.classification.clone()));
+        Err(self.gave_up(
+            polled,
+            seen.last,
+            classification,
+            report.attempts,
+            report.waited,
+        ))
     }
 }
 

@@ -11,7 +11,7 @@ use super::{
     prerequisite::Prepared,
     run::Run,
 };
-use crate::{Classification, ConflictReport, Error, Prerequisite, report::Outcome};
+use crate::{Blocker, Classification, ConflictReport, Error, Prerequisite, report::Outcome};
 
 impl Run<'_> {
     /// Takes over after `first`, a 409/412 answer, and returns the response the caller should
@@ -39,6 +39,15 @@ impl Run<'_> {
             // A prerequisite action ran: put the resource back, whatever became of the request.
             if let Some(rule) = prepared {
                 self.restore_after(transport, &rule, &mut result).await;
+            }
+            if self.policy.diagnose.end_state
+                && let Ok(Answered {
+                    report: Some(report),
+                    ..
+                }) = &mut result
+                && report.outcome == Outcome::Resolved
+            {
+                self.end_state(transport, report).await;
             }
             self.count(&result);
             if let Ok(Answered {
@@ -82,6 +91,9 @@ impl Run<'_> {
             );
             let report = report.get_or_insert_with(|| self.new_report(&classification));
             self.note_conflict(report, classification);
+            if report.conflicts == 1 && self.policy.diagnose.activity_log {
+                self.activity_log(transport, report).await;
+            }
 
             let step = decide(
                 &report.classification,
@@ -186,6 +198,12 @@ impl Run<'_> {
 
     fn note_conflict(&self, report: &mut ConflictReport, classification: Classification) {
         report.conflicts += 1;
+        // A later conflict may name another operation in the way: the latest one is the blocker.
+        if report.conflicts > 1
+            && let Some(blocker) = Blocker::from_error(&classification)
+        {
+            report.blocker = Some(blocker);
+        }
         let resource_type = self.original.resource.resource_type();
         self.engine.stats.conflict(resource_type, &classification);
         tracing::debug!(
@@ -210,10 +228,16 @@ impl Run<'_> {
                 report: Some(report),
                 ..
             })
-            | Err(Failure::Conflict(Error::NotConverged {
-                report: Some(report),
-                ..
-            })) => return self.restore(transport, rule, report).await,
+            | Err(Failure::Conflict(
+                Error::NotConverged {
+                    report: Some(report),
+                    ..
+                }
+                | Error::Stuck {
+                    report: Some(report),
+                    ..
+                },
+            )) => return self.restore(transport, rule, report).await,
             _ => {}
         }
         let mut lost = self.new_report(&Classification::default());
@@ -241,6 +265,16 @@ impl Run<'_> {
                 *attempts,
                 *waited,
             ),
+            Err(Failure::Conflict(Error::Stuck {
+                report: Some(report),
+                ..
+            })) => self.engine.stats.failure(
+                resource_type,
+                report.kind,
+                "stuck",
+                report.attempts,
+                report.waited,
+            ),
             _ => {}
         }
     }
@@ -254,13 +288,17 @@ fn answer<R>(response: R, report: Option<ConflictReport>) -> Answered<R> {
     }
 }
 
-/// `error` carrying the report of the resolution it ends: a wait that gave up at the deadline.
+/// `error` carrying the report of the resolution it ends: a wait that gave up at the deadline,
+/// or on a state that stopped changing.
 fn ended(mut error: Error, report: &ConflictReport) -> Error {
-    if let Error::NotConverged { report: slot, .. } = &mut error {
-        let mut report = report.clone();
-        report.outcome = Outcome::DeadlineExceeded;
-        *slot = Some(Box::new(report));
-    }
+    let (slot, outcome) = match &mut error {
+        Error::NotConverged { report, .. } => (report, Outcome::DeadlineExceeded),
+        Error::Stuck { report, .. } => (report, Outcome::Stuck),
+        _ => return error,
+    };
+    let mut report = report.clone();
+    report.outcome = outcome;
+    *slot = Some(Box::new(report));
     error
 }
 

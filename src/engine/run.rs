@@ -155,17 +155,10 @@ impl<'r> Run<'r> {
         };
         let mut seen = converge::Observations::default();
         let waiting = Instant::now();
-        let converged = self.poll(transport, watch, &mut seen).await;
+        let polled = self.poll(transport, watch, &mut seen).await;
         estimates.learn(start, kind, &seen.polls);
-        if !converged {
-            return Err(Error::NotConverged {
-                resource: resource.key().to_owned(),
-                classification: None,
-                last_state: seen.last,
-                attempts: 0,
-                waited: waiting.elapsed(),
-                report: None,
-            });
+        if !polled.converged() {
+            return Err(self.gave_up(polled, seen.last, None, 0, waiting.elapsed()));
         }
         self.engine.leases.set_transitioning(lease, false).await
     }

@@ -760,6 +760,98 @@ async fn a_state_that_never_converges_fails_at_the_deadline_not_later() {
     assert_eq!(trace.len() - 1, 2 + (5000 - 30) / 40);
 }
 
+/// `fast()` that gives up on a state unchanged for 300 ms.
+fn impatient() -> ConflictPolicy {
+    ConflictPolicy {
+        stuck_after: Some(ms(300)),
+        ..fast()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_that_stops_changing_ends_the_wait_as_stuck_not_at_the_deadline() {
+    let engine = Engine::new(impatient());
+    let write = Write::put();
+    let mut t = Scripted::new()
+        .sends([fixture(CONCURRENT)])
+        .on("GET vm1", [resource("Updating")]);
+    let started = Instant::now();
+
+    let error = engine_error(engine.execute(&mut t, &write.original()).await);
+
+    // Polls at 10, 30, 70, 110, … ms: Updating first read at 10 ms, stuck at the first poll
+    // 300 ms or more after that.
+    assert_eq!(started.elapsed(), ms(310));
+    let Error::Stuck {
+        state,
+        since,
+        attempts,
+        report,
+        ..
+    } = &error
+    else {
+        panic!("{error}");
+    };
+    assert_eq!(
+        (state.as_str(), *since, *attempts),
+        ("Updating", ms(300), 1)
+    );
+    let report = report.as_ref().expect("the resolution's report");
+    assert_eq!(report.outcome, Outcome::Stuck);
+    assert_eq!(error.report().map(|r| r.outcome), Some(Outcome::Stuck));
+    assert!(error.to_string().contains("stuck"), "{error}");
+    assert_eq!(engine.stats().snapshot().outcomes.get("stuck"), Some(&1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_that_keeps_moving_is_waited_for() {
+    let engine = Engine::new(impatient());
+    let write = Write::put();
+    // Each state lasts about 150 ms (5 polls), under the 300 ms that would make it stuck.
+    let states = ["Updating", "Migrating", "Updating"]
+        .into_iter()
+        .flat_map(|s| std::iter::repeat_n(s, 5))
+        .map(resource)
+        .chain([resource("Succeeded")]);
+    let mut t = Scripted::new()
+        .sends([fixture(CONCURRENT), ok(d4s())])
+        .on("GET vm1", states);
+
+    let (resp, report) = reported(engine.execute(&mut t, &write.original()).await);
+
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(report.outcome, Outcome::Resolved);
+    assert_eq!(
+        report.states,
+        ["Updating", "Migrating", "Updating", "Succeeded"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_guard_that_sees_no_change_gives_up_as_stuck_before_sending() {
+    let engine = Engine::new(impatient());
+    let write = Write::put();
+    let mut t = Scripted::new()
+        .sends([status(202)])
+        .on("GET vm1", [resource("Updating")]);
+    answered(engine.execute(&mut t, &write.original()).await);
+
+    let error = engine_error(engine.execute(&mut t, &write.original()).await);
+
+    let Error::Stuck {
+        state,
+        attempts,
+        report,
+        ..
+    } = &error
+    else {
+        panic!("{error}");
+    };
+    assert_eq!((state.as_str(), *attempts), ("Updating", 0));
+    assert!(report.is_none(), "no conflict started this wait");
+    assert_eq!(t.trace().iter().filter(|l| **l == "PUT vm1").count(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_poll_that_hangs_is_cut_off_at_the_deadline() {
     let engine = Engine::new(fast());

@@ -123,6 +123,35 @@ pub(super) const BOUNDS: &[Bound] = &[
               and a longer one outlives any deadline",
     },
     Bound {
+        path: "stuck_after",
+        range: Range::Duration {
+            // Unset is unbounded: the deadline alone ends the wait.
+            get: |p| p.stuck_after.unwrap_or(MAX_DEADLINE),
+            set: |p, v| {
+                if p.stuck_after.is_some() {
+                    p.stuck_after = Some(v);
+                }
+            },
+            min: Floor::Field {
+                path: "poll.min_delay",
+                get: |p| p.poll.min_delay,
+            },
+            max: MAX_DEADLINE,
+        },
+        why: "a state can only be seen not to change between two polls, and each wait is added \
+              to the clock",
+    },
+    Bound {
+        path: "diagnose.activity_log_window",
+        range: Range::Duration {
+            get: |p| p.diagnose.activity_log_window,
+            set: |p, v| p.diagnose.activity_log_window = v,
+            min: Floor::At(Duration::from_secs(1)),
+            max: MAX_DEADLINE,
+        },
+        why: "the Activity Log is queried by the second, and the window is taken from the clock",
+    },
+    Bound {
         path: "remember_representations",
         range: Range::Count {
             get: |p| p.remember_representations as u64,
@@ -495,6 +524,32 @@ mod tests {
             p.leases.ttl == MAX_DEADLINE
         }),
         (
+            r#"{"poll": {"min_delay": "2s"}, "stuck_after": "1s"}"#,
+            "stuck_after",
+            |p| p.stuck_after == Some(Duration::from_secs(2)),
+        ),
+        (r#"{"stuck_after": "8days"}"#, "stuck_after", |p| {
+            p.stuck_after == Some(MAX_DEADLINE)
+        }),
+        (
+            r#"{"resource_types": {"Microsoft.Compute/virtualMachines": {"stuck_after": "0s"}}}"#,
+            r#"resource_types."Microsoft.Compute/virtualMachines".stuck_after"#,
+            |p| {
+                p.resource_types["Microsoft.Compute/virtualMachines"].stuck_after
+                    == Some(p.poll.min_delay)
+            },
+        ),
+        (
+            r#"{"diagnose": {"activity_log_window": "999ms"}}"#,
+            "diagnose.activity_log_window",
+            |p| p.diagnose.activity_log_window == Duration::from_secs(1),
+        ),
+        (
+            r#"{"diagnose": {"activity_log_window": "8days"}}"#,
+            "diagnose.activity_log_window",
+            |p| p.diagnose.activity_log_window == MAX_DEADLINE,
+        ),
+        (
             r#"{"remember_representations": 100000000}"#,
             "remember_representations",
             |p| p.remember_representations == 65_536,
@@ -581,6 +636,9 @@ mod tests {
             r#"{"max_error_body": 67108864, "max_fetch_body": 67108864}"#,
             r#"{"leases": {"ttl": "1s"}}"#,
             r#"{"leases": {"ttl": "7days"}}"#,
+            r#"{"stuck_after": "5s", "poll": {"min_delay": "5s"}}"#,
+            r#"{"stuck_after": "7days", "diagnose": {"activity_log_window": "7days"}}"#,
+            r#"{"diagnose": {"activity_log": true, "activity_log_window": "1s", "end_state": true}}"#,
             r#"{"remember_representations": 0}"#,
             r#"{"remember_representations": 65536}"#,
             r#"{"allowed_hosts": []}"#,

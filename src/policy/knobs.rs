@@ -126,6 +126,22 @@ impl ConflictPolicy {
         self.set(|p| p.leases.enabled = enabled)
     }
 
+    /// This policy with [`stuck_after`](Self::stuck_after) set: a state unchanged for this long
+    /// ends the wait with [`Error::Stuck`] (at least `poll.min_delay`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use reqwest_conflict::ConflictPolicy;
+    ///
+    /// let policy = ConflictPolicy::azure_arm().stuck_after(Duration::from_secs(15 * 60))?;
+    /// assert_eq!(policy.stuck_after, Some(Duration::from_secs(15 * 60)));
+    /// assert!(ConflictPolicy::azure_arm().stuck_after(Duration::from_millis(1)).is_err());
+    /// # Ok::<(), reqwest_conflict::Error>(())
+    /// ```
+    pub fn stuck_after(self, unchanged_for: Duration) -> Result<Self, Error> {
+        self.set(|p| p.stuck_after = Some(unchanged_for))
+    }
+
     /// This policy changed by `change`, if it stays within the bounds of
     /// [`validate`](Self::validate).
     fn set(mut self, change: impl FnOnce(&mut Self)) -> Result<Self, Error> {
