@@ -648,6 +648,75 @@ async fn sas_signatures_of_non_arm_urls_never_reach_the_tracing_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_writes_no_sas_to_its_logs_or_errors() {
+    use reqwest_conflict::{UpdateError, UpdateOptions};
+    use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
+
+    let captured = capture();
+    const SIG: &str = "SECRETSIG-UPDATE-71d2";
+    const USER: &str = "SECRETUSER-UPDATE-71d2";
+    let sas = format!("sv=2024-08-04&sr=b&sp=rw&sig={SIG}");
+    let options = UpdateOptions {
+        max_attempts: 2,
+        deadline: Duration::from_secs(5),
+        ..UpdateOptions::default()
+    };
+    // Every write loses the race: the loop logs each lost round, then gives up.
+    let server = Raw::start(|head| {
+        if head.starts_with("GET") {
+            let body = r#"{"tags":{}}"#;
+            RawReply::Send(
+                format!(
+                    "HTTP/1.1 200 OK\r\netag: \"1\"\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes(),
+            )
+        } else {
+            RawReply::Send(http_response("412 Precondition Failed", "{}"))
+        }
+    })
+    .await;
+    let url = format!("{}/c/b?{sas}", server.base());
+    let plain = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
+    let lost = reqwest_conflict::update_with(&plain, &url, &options, |_| Ok(())).await;
+    assert!(
+        matches!(lost, Err(UpdateError::Exhausted { attempts: 2, .. })),
+        "{lost:?}"
+    );
+    assert!(
+        captured.text().contains("update lost the race"),
+        "the lost round was not logged"
+    );
+
+    // A transport failure, seen through a retry middleware that keeps reqwest's error (with its
+    // URL) as the cause of its own.
+    let closed = format!("http://{USER}:pw@127.0.0.1:{}/c/b?{sas}", free_port());
+    let retry = ExponentialBackoff::builder()
+        .retry_bounds(Duration::from_millis(1), Duration::from_millis(2))
+        .build_with_max_retries(1);
+    let retrying = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(RetryTransientMiddleware::new_with_policy(retry))
+        .build();
+    let failed = reqwest_conflict::update_with(&retrying, &closed, &options, |_| Ok(())).await;
+    let failed = failed.expect_err("nothing listens there");
+    assert!(matches!(failed, UpdateError::Http(_)), "{failed:?}");
+    let mut shown = vec![format!("{failed}"), format!("{failed:?}")];
+    let mut cause = std::error::Error::source(&failed);
+    while let Some(c) = cause {
+        shown.push(format!("{c} / {c:?}"));
+        cause = c.source();
+    }
+    let shown = shown.join("\n");
+    assert!(
+        shown.contains("127.0.0.1"),
+        "the error says where it failed: {shown}"
+    );
+    assert_no_secret(&shown, &[SIG, USER], "update's error");
+    assert_no_secret(&captured.text(), &[SIG, USER], "the tracing output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_text_cannot_forge_tracing_lines() {
     let captured = capture();
     const FORGED: &str = "FORGED-LINE-3b9e";
@@ -679,6 +748,37 @@ async fn server_text_cannot_forge_tracing_lines() {
     assert!(text.contains(FORGED), "the state was not logged at all");
     let forged: Vec<&str> = text.lines().filter(|l| l.starts_with(FORGED)).collect();
     assert!(forged.is_empty(), "a server forged log lines: {forged:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_text_cannot_forge_lines_in_errors() {
+    capture();
+    const STATE: &str = "Updating\nFAKE level=ERROR";
+    let conflict = r#"{"error":{"code":"AnotherOperationInProgress","message":"busy"}}"#;
+    let state = json!({"properties": {"provisioningState": STATE}}).to_string();
+    let server = Raw::start(move |head| {
+        if head.starts_with("PUT") {
+            RawReply::Send(http_response("409 Conflict", conflict))
+        } else {
+            RawReply::Send(http_response("200 OK", &state))
+        }
+    })
+    .await;
+    let err = put_with_a_short_deadline(&server, "a state that never converges hung")
+        .await
+        .unwrap_err();
+    let Error::NotConverged { last_state, .. } = engine_error(&err) else {
+        panic!("expected NotConverged, got {err}");
+    };
+    assert_eq!(
+        last_state.as_deref(),
+        Some(STATE),
+        "the state is kept as sent"
+    );
+    for shown in [engine_error(&err).to_string(), err.to_string()] {
+        assert!(shown.contains("FAKE level=ERROR"), "{shown}");
+        assert!(!shown.contains('\n'), "a server forged a line: {shown:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
