@@ -78,6 +78,7 @@ impl ConflictMiddleware {
             template: &template,
             body,
             stream,
+            redirects: self.engine.redirects().clone(),
         };
         match self.engine.execute(&mut transport, &original).await {
             Ok(answered) => {
@@ -122,6 +123,8 @@ struct ReqwestTransport<'a> {
     body: Option<Bytes>,
     /// The request itself, with its streamed body, until it is sent.
     stream: Option<Request>,
+    /// Where a redirect to another origin, followed by the client, is recorded.
+    redirects: Redirects,
 }
 
 impl Transport for ReqwestTransport<'_> {
@@ -167,12 +170,15 @@ impl Transport for ReqwestTransport<'_> {
         let mut request = Request::new(exchange.method, exchange.url);
         *request.headers_mut() = exchange.headers;
         let cap = exchange.cap;
+        let redirects = self.redirects.clone();
         let response = self.next.clone().run(request, self.extensions);
         Box::pin(async move {
             let response = response.await?;
             // The client followed a redirect elsewhere: whatever answered there is not the
-            // resource's state. (Clients should not follow redirects at all; see SECURITY.md.)
+            // resource's state, and the engine must send nothing more through this client.
+            // (reqwest offers no way to turn redirects off for one request; see SECURITY.md.)
             if response.url().origin() != origin {
+                redirects.record();
                 return Err(Error::middleware(RedirectedAway));
             }
             let (status, headers) = (response.status(), response.headers().clone());
@@ -219,8 +225,3 @@ fn rebuild(parts: http::response::Parts, body: reqwest::Body, url: Url) -> Respo
     }
     Response::from(response)
 }
-
-/// A re-fetch or poll was redirected to another origin by the client.
-#[derive(Debug, thiserror::Error)]
-#[error("the answer came from another origin (the client follows redirects); it is not trusted")]
-struct RedirectedAway;
