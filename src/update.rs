@@ -35,7 +35,8 @@ pub enum UpdateError {
     #[error("request failed: {0}")]
     Http(#[source] reqwest_middleware::Error),
     /// An answer it cannot continue from (not found, forbidden, a permanent conflict). The body is
-    /// the server's text, shown escaped.
+    /// the server's text, shown escaped, with the query of any URL in it cut (a server may echo
+    /// the request's URL, SAS and all).
     #[error("unexpected HTTP {status}: {}", body.escape_debug())]
     Status {
         /// The status.
@@ -240,7 +241,7 @@ async fn expect_success(response: reqwest::Response) -> Result<reqwest::Response
     }
     let status = response.status().as_u16();
     let body = read_body(response, 4096).await.unwrap_or_default();
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let body = scrub(&String::from_utf8_lossy(&body));
     Err(UpdateError::Status { status, body })
 }
 

@@ -790,10 +790,31 @@ async fn update_writes_no_sas_to_its_logs_or_errors() {
         shown.push(format!("{c} / {c:?}"));
         cause = c.source();
     }
+
+    // A server that echoes the URL it was asked for in its error body.
+    let echo = Raw::start(|head| {
+        let target = head.split(' ').nth(1).unwrap_or_default();
+        let body = format!(r#"{{"error":"no http://h{target} here"}}"#);
+        RawReply::Send(http_response("404 Not Found", &body))
+    })
+    .await;
+    let missing = format!("{}/c/b?{sas}", echo.base());
+    let status = reqwest_conflict::update_with(&plain, &missing, &options, |_| Ok(())).await;
+    let status = status.expect_err("not found");
+    assert!(
+        matches!(status, UpdateError::Status { status: 404, .. }),
+        "{status:?}"
+    );
+    shown.push(format!("{status} / {status:?}"));
+
     let shown = shown.join("\n");
     assert!(
         shown.contains("127.0.0.1"),
         "the error says where it failed: {shown}"
+    );
+    assert!(
+        shown.contains("http://h/c/b?"),
+        "the echoed URL is kept, cut: {shown}"
     );
     assert_no_secret(&shown, &[SIG, USER], "update's error");
     assert_no_secret(&captured.text(), &[SIG, USER], "the tracing output");
