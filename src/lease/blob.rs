@@ -54,8 +54,9 @@ const MAX_LEASE: u64 = 60;
 /// Authenticated by a SAS token in the container URL (it needs read, write and create
 /// permissions on blobs; add container-create to use [`create_container`](Self::create_container)). For Azurite, [`dev_sas_container_url`](super::dev_sas_container_url) makes one.
 /// A lease lasts `ttl` clamped to 15–60 s, renewed every third of that while its [`Lease`] lives,
-/// released when it is dropped. Needs a Tokio runtime. Cloning gives another handle to the same
-/// store.
+/// released when it is dropped. `acquire` ends by its `wait`, every call it makes included (so a
+/// `wait` of zero leaves the store no time to answer: [`Error::LeaseBackend`]). Needs a Tokio
+/// runtime. Cloning gives another handle to the same store.
 ///
 /// ```no_run
 /// use std::time::Duration;
