@@ -22,13 +22,21 @@ adapter! {
     /// [`Error::NotConverged`](crate::Error::NotConverged) inside
     /// `reqwest_middleware::Error::Middleware`.
     ///
+    /// Re-fetches and polls go through the same `reqwest::Client`, whose redirects no middleware
+    /// can turn off for one request: build it without them (SECURITY.md says why).
+    ///
     /// ```no_run
     /// use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
     /// use reqwest_middleware::ClientBuilder;
     ///
-    /// let client = ClientBuilder::new(reqwest::Client::new())
+    /// # fn build() -> Result<(), reqwest::Error> {
+    /// let http = reqwest::Client::builder()
+    ///     .redirect(reqwest::redirect::Policy::none())
+    ///     .build()?;
+    /// let client = ClientBuilder::new(http)
     ///     .with(ConflictMiddleware::new(ConflictPolicy::azure_arm()))
     ///     .build();
+    /// # Ok(()) }
     /// ```
     pub struct ConflictMiddleware, "middleware"
 }
