@@ -220,6 +220,66 @@ async fn a_blob_endpoint_that_never_answers_ends_by_the_deadline() {
     );
 }
 
+/// A blob endpoint that grants the lease, then never answers the call that clears the flag the
+/// previous writer left (the state guard's last step before the write): the write still ends by
+/// its deadline (within 10 %).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_endpoint_that_stalls_after_granting_ends_by_the_deadline() {
+    use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let flag_writes = AtomicUsize::new(0);
+    let endpoint = support::hostile::Canned::start(move |head| {
+        let answer = |status: &str, headers: &str| {
+            format!("HTTP/1.1 {status}\r\n{headers}content-length: 0\r\n\r\n")
+        };
+        if head.contains("x-ms-lease-action: acquire") {
+            answer("201 Created", "x-ms-lease-id: L1\r\n")
+        } else if head.starts_with("HEAD") {
+            answer(
+                "200 OK",
+                "x-ms-meta-fence: 7\r\nx-ms-meta-transitioning: true\r\n",
+            )
+        } else if head.contains("comp=metadata") && flag_writes.fetch_add(1, Ordering::SeqCst) > 0 {
+            String::new()
+        } else {
+            answer("200 OK", "")
+        }
+    })
+    .await;
+    let leases = BlobLeases::new(&dev_sas_container_url(
+        &format!("{}/devstoreaccount1", endpoint.base()),
+        "leases",
+    ))
+    .unwrap();
+    let sim = support::sim_with_vm(Duration::ZERO).await;
+    let deadline = Duration::from_secs(1);
+    let policy = ConflictPolicy {
+        deadline,
+        ..support::fast_policy()
+    };
+    let client = support::middleware_client(ConflictMiddleware::new(policy).with_leases(leases));
+    let started = Instant::now();
+    let error = client
+        .put(support::url(&sim, support::VM))
+        .json(&support::vm_body("t"))
+        .send()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(support::engine_error(&error), Error::LeaseBackend { .. }),
+        "{error}"
+    );
+    assert!(
+        took <= deadline + deadline / 10,
+        "the write took {took:?} with a deadline of {deadline:?}"
+    );
+    assert!(
+        sim.requests().iter().all(|r| r.method == "GET"),
+        "nothing is written"
+    );
+}
+
 /// An acquire dropped at any point — before its request left, while the store answers, while
 /// the fence is written — leaves the key free for the next holder at once, not after the
 /// lease's 15 s.

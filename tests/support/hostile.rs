@@ -1,6 +1,7 @@
 //! Bare loopback servers that misbehave on purpose, for what a well-behaved server will not do:
-//! [`Canned`] answers every request with what its function says (a redirect elsewhere) and
-//! records every request head it was sent; [`Silent`] accepts connections and never answers.
+//! [`Canned`] answers every request with what its function says (a redirect elsewhere, or no
+//! answer at all) and records every request head it was sent; [`Silent`] accepts connections
+//! and never answers.
 
 use std::{
     net::SocketAddr,
@@ -13,7 +14,8 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// A server that answers each request with `answer(head)` and closes the connection.
+/// A server that answers each request with `answer(head)` and closes the connection; an empty
+/// answer means none: the connection stays open and silent.
 pub struct Canned {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
@@ -34,7 +36,11 @@ impl Canned {
                         return;
                     };
                     log.lock().unwrap().push(head.clone());
-                    let _ = socket.write_all(answer(&head).as_bytes()).await;
+                    let answer = answer(&head);
+                    if answer.is_empty() {
+                        std::future::pending::<()>().await;
+                    }
+                    let _ = socket.write_all(answer.as_bytes()).await;
                     let _ = socket.shutdown().await;
                 });
             }
