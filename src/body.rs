@@ -131,9 +131,11 @@ where
 
 /// A body that passes every frame through and, if it ends within `cap` bytes, hands a copy of
 /// it to `done` — how representations are remembered without delaying or buffering the caller.
+/// The copy handed on holds exactly its bytes: it may be kept for long (a merge-base cache), and
+/// the spare room a growing buffer leaves would be kept with it.
 pub(crate) struct Tee<B> {
     inner: B,
-    copy: Option<BytesMut>,
+    copy: Option<Vec<u8>>,
     cap: usize,
     done: Option<Box<dyn FnOnce(Bytes) + Send + Sync>>,
 }
@@ -146,7 +148,7 @@ impl<B> Tee<B> {
     ) -> Self {
         Self {
             inner,
-            copy: Some(BytesMut::new()),
+            copy: Some(Vec::new()),
             cap,
             done: Some(Box::new(done)),
         }
@@ -178,7 +180,7 @@ where
             }
             Poll::Ready(None) => {
                 if let (Some(copy), Some(done)) = (self.copy.take(), self.done.take()) {
-                    done(copy.freeze());
+                    done(Bytes::from(copy.into_boxed_slice()));
                 }
             }
             Poll::Ready(Some(Err(_))) => self.copy = None,
@@ -257,6 +259,21 @@ mod tests {
             seen.lock().unwrap().is_none(),
             "a body over the cap is not kept"
         );
+    }
+
+    #[tokio::test]
+    async fn a_tee_copy_keeps_no_spare_capacity() {
+        // Chunks of odd sizes make a growing buffer overshoot; the copy handed on must not.
+        let chunks: Vec<&'static [u8]> = vec![&[7; 1000], &[8; 100], &[9; 101]];
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let sink = seen.clone();
+        let tee = Tee::new(chunked(&chunks), 1 << 20, move |b| {
+            *sink.lock().unwrap() = Some(b)
+        });
+        tee.collect().await.unwrap();
+        let copy = seen.lock().unwrap().take().expect("kept");
+        let copy = copy.try_into_mut().expect("the only handle");
+        assert_eq!((copy.len(), copy.capacity()), (1201, 1201));
     }
 
     #[tokio::test]

@@ -23,9 +23,10 @@ pub enum Error {
     /// A conflict was worth waiting for — or the previous writer left the resource in transition —
     /// but the resource (or the operation named) did not reach a terminal state before the
     /// policy's deadline.
+    // The state is the server's text: escaped, so that it cannot start a line of its own in a log.
     #[error(
         "{resource} did not converge within {waited:?} after {attempts} attempt(s); last state: {}",
-        last_state.as_deref().unwrap_or("never observed")
+        last_state.as_deref().map_or("never observed".into(), |s| s.escape_debug().to_string())
     )]
     NotConverged {
         /// The key of the resource the request targets.

@@ -14,15 +14,29 @@ pub(crate) fn redact(url: &Url) -> String {
     )
 }
 
-/// `text` (an error message) with the query of every URL in it cut, for the same reason.
+/// `text` (an error message) with the query and the userinfo of every URL in it cut, for the
+/// same reason.
 pub(crate) fn scrub(text: &str) -> String {
     text.split(' ')
-        .map(|word| match (word.find("://"), word.find('?')) {
-            (Some(scheme), Some(query)) if query > scheme => format!("{}?…", &word[..query]),
-            _ => word.to_owned(),
-        })
+        .map(scrub_word)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+fn scrub_word(word: &str) -> String {
+    let Some(scheme) = word.find("://") else {
+        return word.to_owned();
+    };
+    let (head, rest) = word.split_at(scheme + 3);
+    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let rest = match rest[..authority].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    match rest.find('?') {
+        Some(query) => format!("{head}{}?…", &rest[..query]),
+        None => format!("{head}{rest}"),
+    }
 }
 
 #[cfg(test)]
@@ -37,6 +51,10 @@ mod tests {
         assert_eq!(
             scrub("error sending request for url (https://h/c/b?sig=S) at x?y"),
             "error sending request for url (https://h/c/b?… at x?y"
+        );
+        assert_eq!(
+            scrub("for url (https://u:pw@h:1/c?sig=S) and http://tok@h2"),
+            "for url (https://h:1/c?… and http://h2"
         );
     }
 }

@@ -14,7 +14,12 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::time::{Instant, sleep};
 
-use crate::PollSchedule;
+use url::Url;
+
+use crate::{
+    PollSchedule,
+    redact::{redact, scrub},
+};
 
 /// The error a mutation closure may return to stop an update.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,13 +28,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpdateError {
-    /// A request failed on the way (reqwest's own errors without their URL, which may carry a
-    /// SAS). A conflict the middleware gave up on is a [`crate::Error`] inside
-    /// `reqwest_middleware::Error::Middleware`.
+    /// A request failed on the way. The URL may carry a SAS, so it is not kept: reqwest's own
+    /// errors lose their URL, and another middleware's error (a retry middleware's, say) is kept
+    /// as its message with the query of every URL in it cut. A conflict the middleware gave up
+    /// on is a [`crate::Error`] inside `reqwest_middleware::Error::Middleware`, kept as it is.
     #[error("request failed: {0}")]
     Http(#[source] reqwest_middleware::Error),
-    /// An answer it cannot continue from (not found, forbidden, a permanent conflict).
-    #[error("unexpected HTTP {status}: {body}")]
+    /// An answer it cannot continue from (not found, forbidden, a permanent conflict). The body is
+    /// the server's text, shown escaped, with the query of any URL in it cut (a server may echo
+    /// the request's URL, SAS and all).
+    #[error("unexpected HTTP {status}: {}", body.escape_debug())]
     Status {
         /// The status.
         status: u16,
@@ -58,10 +66,24 @@ impl From<reqwest_middleware::Error> for UpdateError {
             reqwest_middleware::Error::Reqwest(e) => {
                 Self::Http(reqwest_middleware::Error::Reqwest(e.without_url()))
             }
-            other => Self::Http(other),
+            reqwest_middleware::Error::Middleware(e)
+                if e.downcast_ref::<crate::Error>().is_some() =>
+            {
+                Self::Http(reqwest_middleware::Error::Middleware(e))
+            }
+            // Its causes may name the URL, and they cannot be taken out of the chain: keep the
+            // chain's text, scrubbed.
+            reqwest_middleware::Error::Middleware(e) => Self::Http(
+                reqwest_middleware::Error::middleware(Scrubbed(scrub(&format!("{e:#}")))),
+            ),
         }
     }
 }
+
+/// Another middleware's error, as text with no query string in it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Scrubbed(String);
 
 /// Bounds and method of an [`update_with`] loop.
 #[derive(Clone, Debug)]
@@ -154,6 +176,8 @@ pub async fn update_with<F>(
 where
     F: FnMut(&mut Value) -> Result<(), BoxError>,
 {
+    // What may be logged of the URL: its query may be a SAS.
+    let shown = Url::parse(url).map_or_else(|_| "an invalid URL".to_owned(), |u| redact(&u));
     let started = Instant::now();
     let deadline = started + options.deadline;
     let mut backoff = options.backoff.backoff();
@@ -193,7 +217,7 @@ where
             let answer: Option<Value> = serde_json::from_slice(&answer).ok();
             return Ok(answer.unwrap_or(value));
         }
-        tracing::debug!(attempt, url, "update lost the race; re-reading");
+        tracing::debug!(attempt, url = %shown, "update lost the race; re-reading");
         let pause = backoff.next().unwrap_or(options.backoff.max_delay);
         let left = deadline.saturating_duration_since(Instant::now());
         if attempt == attempts || left.is_zero() {
@@ -217,7 +241,7 @@ async fn expect_success(response: reqwest::Response) -> Result<reqwest::Response
     }
     let status = response.status().as_u16();
     let body = read_body(response, 4096).await.unwrap_or_default();
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let body = scrub(&String::from_utf8_lossy(&body));
     Err(UpdateError::Status { status, body })
 }
 
@@ -227,4 +251,21 @@ async fn read_body(response: reqwest::Response, cap: usize) -> Result<bytes::Byt
     crate::body::read_capped(body, cap)
         .await
         .map_err(|e| UpdateError::from(reqwest_middleware::Error::Reqwest(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_shown_in_an_error_cannot_start_a_line() {
+        let error = UpdateError::Status {
+            status: 409,
+            body: "busy\nFAKE level=ERROR".to_owned(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "unexpected HTTP 409: busy\\nFAKE level=ERROR"
+        );
+    }
 }

@@ -132,6 +132,175 @@ async fn errors_never_show_the_sas() {
     assert!(!shown.contains("sig="), "{shown}");
 }
 
+#[tokio::test]
+async fn no_call_follows_a_redirect_or_sends_a_referer() {
+    use support::hostile::{Canned, redirect};
+    const SIG: &str = "SECRETSIG-BLOB-REDIRECT-5e0a";
+    let honeypot = Canned::start(|_| redirect(404, "/")).await;
+    for status in [301, 302, 303, 307, 308] {
+        let target = format!("{}/elsewhere", honeypot.base());
+        let redirector = Canned::start(move |_| redirect(status, &target)).await;
+        let url = format!(
+            "{}/devstoreaccount1/leases?sv=2021-08-06&sig={SIG}",
+            redirector.base()
+        );
+        let leases = BlobLeases::new(&url).unwrap();
+        let error = leases.acquire(KEY, TTL, LONG).await.unwrap_err();
+        assert!(
+            matches!(error, Error::LeaseBackend { .. }),
+            "{status}: {error:?}"
+        );
+        assert!(!error.to_string().contains(SIG), "{error}");
+        assert!(
+            !redirector.seen().is_empty(),
+            "{status}: the store was not called"
+        );
+        let seen = redirector.seen().join("");
+        assert!(!seen.to_ascii_lowercase().contains("referer"), "{seen}");
+    }
+    assert_eq!(
+        honeypot.seen(),
+        Vec::<String>::new(),
+        "a redirect was followed"
+    );
+}
+
+/// A call to a blob endpoint that never answers ends by the caller's deadline (within 10 %),
+/// whether the caller is `acquire` itself or a write through the middleware.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_endpoint_that_never_answers_ends_by_the_deadline() {
+    use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
+    let silent = support::hostile::Silent::start().await;
+    let leases = BlobLeases::new(&dev_sas_container_url(
+        &format!("{}/devstoreaccount1", silent.base()),
+        "leases",
+    ))
+    .unwrap();
+    let deadline = Duration::from_secs(1);
+    let within = deadline + deadline / 10;
+
+    let started = Instant::now();
+    let error = leases.acquire(KEY, TTL, deadline).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(error, Error::LeaseBackend { .. }), "{error:?}");
+    assert!(
+        took <= within,
+        "acquire took {took:?} for a wait of {deadline:?}"
+    );
+
+    let sim = support::instant_sim().await;
+    let policy = ConflictPolicy {
+        deadline,
+        ..support::fast_policy()
+    };
+    let client = support::middleware_client(ConflictMiddleware::new(policy).with_leases(leases));
+    let started = Instant::now();
+    let error = client
+        .put(support::url(&sim, support::VM))
+        .json(&support::vm_body("t"))
+        .send()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(support::engine_error(&error), Error::LeaseBackend { .. }),
+        "{error}"
+    );
+    assert!(
+        took <= within,
+        "the write took {took:?} with a deadline of {deadline:?}"
+    );
+    assert_eq!(
+        sim.requests().len(),
+        0,
+        "nothing is written without its lease"
+    );
+}
+
+/// A blob endpoint that grants the lease, then never answers the call that clears the flag the
+/// previous writer left (the state guard's last step before the write): the write still ends by
+/// its deadline (within 10 %).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_endpoint_that_stalls_after_granting_ends_by_the_deadline() {
+    use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let flag_writes = AtomicUsize::new(0);
+    let endpoint = support::hostile::Canned::start(move |head| {
+        let answer = |status: &str, headers: &str| {
+            format!("HTTP/1.1 {status}\r\n{headers}content-length: 0\r\n\r\n")
+        };
+        if head.contains("x-ms-lease-action: acquire") {
+            answer("201 Created", "x-ms-lease-id: L1\r\n")
+        } else if head.starts_with("HEAD") {
+            answer(
+                "200 OK",
+                "x-ms-meta-fence: 7\r\nx-ms-meta-transitioning: true\r\n",
+            )
+        } else if head.contains("comp=metadata") && flag_writes.fetch_add(1, Ordering::SeqCst) > 0 {
+            String::new()
+        } else {
+            answer("200 OK", "")
+        }
+    })
+    .await;
+    let leases = BlobLeases::new(&dev_sas_container_url(
+        &format!("{}/devstoreaccount1", endpoint.base()),
+        "leases",
+    ))
+    .unwrap();
+    let sim = support::sim_with_vm(Duration::ZERO).await;
+    let deadline = Duration::from_secs(1);
+    let policy = ConflictPolicy {
+        deadline,
+        ..support::fast_policy()
+    };
+    let client = support::middleware_client(ConflictMiddleware::new(policy).with_leases(leases));
+    let started = Instant::now();
+    let error = client
+        .put(support::url(&sim, support::VM))
+        .json(&support::vm_body("t"))
+        .send()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(support::engine_error(&error), Error::LeaseBackend { .. }),
+        "{error}"
+    );
+    assert!(
+        took <= deadline + deadline / 10,
+        "the write took {took:?} with a deadline of {deadline:?}"
+    );
+    assert!(
+        sim.requests().iter().all(|r| r.method == "GET"),
+        "nothing is written"
+    );
+}
+
+/// An acquire dropped at any point — before its request left, while the store answers, while
+/// the fence is written — leaves the key free for the next holder at once, not after the
+/// lease's 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_acquire_leaves_the_key_free() {
+    let azurite = support::start_azurite();
+    let (a, b) = (store(&azurite).await, store(&azurite).await);
+    // How long an acquire takes here, to spread the drops over it (and a little past).
+    let started = Instant::now();
+    a.acquire(KEY, TTL, LONG).await.unwrap().release().await;
+    let span = started.elapsed() * 2;
+    let drops = 60;
+    for i in 0..drops {
+        let at = span * i / drops;
+        let dropped = tokio::time::timeout(at, a.acquire(KEY, TTL, LONG)).await;
+        if let Ok(lease) = dropped {
+            lease.unwrap().release().await;
+        }
+        let next = b.acquire(KEY, TTL, Duration::from_secs(2)).await;
+        let next = next.unwrap_or_else(|e| panic!("after a drop at {at:?}: {e}"));
+        next.release().await;
+    }
+}
+
 /// The child side of the SIGKILL test: takes the lease, says so, and hangs until killed.
 #[test]
 fn child_hold_lease() {
@@ -176,8 +345,9 @@ async fn killed_holders_lose_their_lease_live_ones_keep_it() {
 
     // Meanwhile the live holder's lease, older than the dead one's, was renewed past 15 s.
     assert!(live_since.elapsed() > TTL);
+    // (Long enough a wait for the store to answer: every call ends by the wait.)
     let error = other
-        .acquire(live_key, TTL, Duration::ZERO)
+        .acquire(live_key, TTL, Duration::from_millis(500))
         .await
         .unwrap_err();
     assert!(matches!(error, Error::LeaseTimeout { .. }), "{error:?}");

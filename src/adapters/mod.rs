@@ -15,12 +15,18 @@ pub(crate) mod reqwest;
 #[cfg(feature = "tower")]
 pub(crate) mod tower;
 
+/// A re-fetch or poll was answered from another origin: the stack followed a redirect.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer came from another origin (the client follows redirects); it is not trusted")]
+pub(crate) struct RedirectedAway;
+
 /// What every adapter takes from the engine.
 mod prelude {
+    pub(crate) use super::RedirectedAway;
     pub(crate) use crate::{
         engine::{
-            Changes, Exchange, Failure, Fetched, Original, Overrides, Peeked, Replay, Route,
-            Transport,
+            Changes, Exchange, Failure, Fetched, Original, Overrides, Peeked, Redirects, Replay,
+            Route, Transport,
         },
         shared::BoxFuture,
     };

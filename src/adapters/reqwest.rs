@@ -22,6 +22,8 @@ adapter! {
     /// [`Error::NotConverged`](crate::Error::NotConverged) inside
     /// `reqwest_middleware::Error::Middleware`.
     ///
+    /// Re-fetches and polls go through the same `reqwest::Client`, whose redirects no middleware
+    /// can turn off for one request: build it without them (SECURITY.md says why).
     /// `ClientBuilder::with` takes the middleware by value. Clones share their counts, journal and
     /// leases, so keep a clone to read [`stats`](Self::stats) and [`journal`](Self::journal)
     /// later:
@@ -30,11 +32,12 @@ adapter! {
     /// use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
     /// use reqwest_middleware::ClientBuilder;
     ///
-    /// # async fn run() -> Result<(), reqwest_middleware::Error> {
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let http = reqwest::Client::builder()
+    ///     .redirect(reqwest::redirect::Policy::none())
+    ///     .build()?;
     /// let conflicts = ConflictMiddleware::new(ConflictPolicy::azure_arm());
-    /// let client = ClientBuilder::new(reqwest::Client::new())
-    ///     .with(conflicts.clone())
-    ///     .build();
+    /// let client = ClientBuilder::new(http).with(conflicts.clone()).build();
     ///
     /// client.put("https://management.azure.com/…").body("{}").send().await?;
     /// let stats = conflicts.stats().snapshot();
@@ -90,6 +93,7 @@ impl ConflictMiddleware {
             template: &template,
             body,
             stream,
+            redirects: self.engine.redirects().clone(),
         };
         match self.engine.execute(&mut transport, &original).await {
             Ok(answered) => {
@@ -134,6 +138,8 @@ struct ReqwestTransport<'a> {
     body: Option<Bytes>,
     /// The request itself, with its streamed body, until it is sent.
     stream: Option<Request>,
+    /// Where a redirect to another origin, followed by the client, is recorded.
+    redirects: Redirects,
 }
 
 impl Transport for ReqwestTransport<'_> {
@@ -179,12 +185,15 @@ impl Transport for ReqwestTransport<'_> {
         let mut request = Request::new(exchange.method, exchange.url);
         *request.headers_mut() = exchange.headers;
         let cap = exchange.cap;
+        let redirects = self.redirects.clone();
         let response = self.next.clone().run(request, self.extensions);
         Box::pin(async move {
             let response = response.await?;
             // The client followed a redirect elsewhere: whatever answered there is not the
-            // resource's state. (Clients should not follow redirects at all; see SECURITY.md.)
+            // resource's state, and the engine must send nothing more through this client.
+            // (reqwest offers no way to turn redirects off for one request; see SECURITY.md.)
             if response.url().origin() != origin {
+                redirects.record();
                 return Err(Error::middleware(RedirectedAway));
             }
             let (status, headers) = (response.status(), response.headers().clone());
@@ -228,12 +237,6 @@ fn rebuild(parts: http::response::Parts, body: reqwest::Body, url: Url) -> Respo
     }
     Response::from(response)
 }
-
-/// A re-fetch or poll was redirected to another origin by the client.
-#[derive(Debug, thiserror::Error)]
-#[error("the answer came from another origin (the client follows redirects); it is not trusted")]
-struct RedirectedAway;
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

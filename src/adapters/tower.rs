@@ -24,6 +24,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Uri, request::Parts};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
+use tower_http::follow_redirect::RequestUri;
 use url::Url;
 
 pub use body::ConflictBody;
@@ -196,6 +197,7 @@ where
                 head: &head,
                 first: Some(first),
                 body: kept,
+                redirects: engine.redirects().clone(),
             };
             match engine.execute(&mut transport, &original).await {
                 Ok(answered) => {
@@ -260,6 +262,8 @@ struct TowerTransport<'h, S, B> {
     first: Option<Request<B>>,
     /// The body every later attempt is rebuilt from; `None` when it could not be kept.
     body: Option<Bytes>,
+    /// Where a redirect to another origin, followed by the service, is recorded.
+    redirects: Redirects,
 }
 
 /// Polls `service` ready, then sends `request` through it.
@@ -335,6 +339,16 @@ where
             head.headers = exchange.headers;
             let request = Request::from_parts(head, B::from(Bytes::new()));
             let (parts, body) = dispatch(&mut self.service, request).await?.into_parts();
+            // A `FollowRedirect` layer (tower-http's, or the one inside a reqwest client used as
+            // a service) says where its answer came from. An answer from another origin is not
+            // the resource's state, and nothing more may be sent through a service that
+            // follows redirects there. A service without that layer follows none.
+            if let Some(RequestUri(uri)) = parts.extensions.get()
+                && Url::parse(&uri.to_string()).map(|url| url.origin()) != Ok(exchange.url.origin())
+            {
+                self.redirects.record();
+                return Err(BoxError::from(RedirectedAway));
+            }
             let body = crate::body::read_capped(body, exchange.cap)
                 .await
                 .map_err(Into::into)?;

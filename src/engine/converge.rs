@@ -14,7 +14,8 @@ use tokio::time::{Instant, sleep, timeout};
 use url::Url;
 
 use super::{
-    Exchange, Transport,
+    Exchange, Fetched, Transport,
+    resolve::OFFSITE,
     run::Run,
     state::{Source, is_terminal, read_state},
 };
@@ -23,6 +24,21 @@ use crate::{
     classify::retry_after,
     redact::{redact, scrub},
 };
+
+/// The state observed when a poll was answered from another origin, or not sent for that reason.
+pub(super) const REDIRECTED: &str = "redirected to another origin";
+
+/// What became of one of the engine's own requests.
+pub(super) enum Called<E> {
+    Answered(Fetched),
+    /// The stack failed.
+    Failed(E),
+    /// Not answered by the deadline.
+    CutOff,
+    /// Answered from another origin (the stack followed a redirect), or not sent because the
+    /// stack was seen doing so before.
+    Offsite,
+}
 
 /// Where a poll loop writes down what it saw.
 pub(super) trait Trail {
@@ -263,19 +279,29 @@ impl Run<'_> {
             if remaining.is_zero() {
                 return Polled::TimedOut;
             }
-            let fetch = transport.call(self.exchange(http::Method::GET, target.clone()));
+            let exchange = self.exchange(http::Method::GET, target.clone());
             let mut hint = None;
             let mut done = None;
             // Whether the state was read from an answer (not a failure to get one).
             let mut read = false;
-            let state = match timeout(remaining, fetch).await {
+            let state = match self.call(transport, exchange, deadline).await {
                 // Cut off by the deadline: nothing was observed, so the last state stays the last one seen.
-                Err(_) => return Polled::TimedOut,
-                Ok(Err(error)) => {
+                Called::CutOff => return Polled::TimedOut,
+                // No state can be known without polling; the state guard lets the write go.
+                Called::Offsite => {
+                    trail.note(OFFSITE.to_owned());
+                    trail.observe(REDIRECTED, lenient);
+                    return if lenient {
+                        Polled::Converged
+                    } else {
+                        Polled::TimedOut
+                    };
+                }
+                Called::Failed(error) => {
                     tracing::debug!(error = %scrub(&error.to_string()), url = %redact(&target), "poll failed");
                     "transport error".to_owned()
                 }
-                Ok(Ok(fetched)) => {
+                Called::Answered(fetched) => {
                     hint = retry_after(&fetched.headers);
                     match fetched.status {
                         s if s.is_success() && until.is_some() => {
@@ -420,6 +446,28 @@ impl Run<'_> {
     /// Where the resource itself is read: the request's origin, its path without an action.
     pub(super) fn resource_url(&self) -> Url {
         self.original.resource.fetch_url(self.original.url)
+    }
+
+    /// Sends one of the engine's own requests, answered by `deadline` — or none at all once the
+    /// stack was seen following a redirect to another origin.
+    pub(super) async fn call<T: Transport>(
+        &self,
+        transport: &mut T,
+        exchange: Exchange,
+        deadline: Instant,
+    ) -> Called<T::Error> {
+        let redirects = self.engine.redirects();
+        if redirects.followed() {
+            return Called::Offsite;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match timeout(remaining, transport.call(exchange)).await {
+            Err(_) => Called::CutOff,
+            // The adapter records a redirect it saw, and fails the call.
+            Ok(Err(_)) if redirects.followed() => Called::Offsite,
+            Ok(Err(error)) => Called::Failed(error),
+            Ok(Ok(fetched)) => Called::Answered(fetched),
+        }
     }
 
     /// A re-fetch, poll or prerequisite action: `method url`, with [`fetch_headers`](Self::fetch_headers),

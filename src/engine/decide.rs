@@ -35,6 +35,9 @@ pub(crate) struct Budget {
     /// Whether a prerequisite transition ran already (one per request: a second would mean the
     /// first did not give the state it promised).
     pub prepared: bool,
+    /// Whether the engine may send requests of its own: not once the stack was seen following a
+    /// redirect to another origin (see `Redirects`).
+    pub may_call: bool,
 }
 
 /// The next step for a conflict classified `classification`, on a resource of `resource_type`.
@@ -44,6 +47,10 @@ pub(crate) fn decide<'p>(
     policy: &'p ConflictPolicy,
     budget: Budget,
 ) -> Step<'p> {
+    // Every step but surfacing sends requests of the engine's own: polls, a re-fetch, actions.
+    if !budget.may_call {
+        return Step::Surface(Outcome::Surfaced);
+    }
     let retry = |then: Step<'p>| match blocked(policy, budget) {
         Some(outcome) => Step::Surface(outcome),
         None => then,
@@ -94,6 +101,7 @@ mod tests {
             resendable: true,
             expired: false,
             prepared: false,
+            may_call: true,
         }
     }
 
@@ -157,6 +165,10 @@ mod tests {
             prepared: true,
             ..fresh()
         };
+        let offsite = Budget {
+            may_call: false,
+            ..fresh()
+        };
         let plain = ConflictPolicy::azure_arm();
         let retry_unknown = ConflictPolicy {
             retry_unknown: true,
@@ -179,6 +191,30 @@ mod tests {
                 fresh(),
                 VM,
                 Step::WaitAndRetry,
+            ),
+            (
+                StateConflict,
+                "AnotherOperationInProgress",
+                &plain,
+                offsite,
+                VM,
+                Step::Surface(Surfaced),
+            ),
+            (
+                StalePrecondition,
+                "PreconditionFailed",
+                &merge,
+                offsite,
+                VM,
+                Step::Surface(Surfaced),
+            ),
+            (
+                PrerequisiteRequired,
+                "OperationNotAllowed",
+                &with_rule,
+                offsite,
+                VM,
+                Step::Surface(Surfaced),
             ),
             (
                 StateConflict,
@@ -312,6 +348,7 @@ mod tests {
             resendable: false,
             expired: true,
             prepared: false,
+            may_call: true,
         };
         assert_eq!(blocked(&policy, everything), Some(Outcome::NotRetryable));
         let resendable = Budget {

@@ -9,11 +9,12 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use tokio::time::{Instant, timeout};
 use url::Url;
 
 use super::{
     Transport,
+    converge::Called,
+    resolve::OFFSITE,
     run::Run,
     state::{Source, read_state},
 };
@@ -86,13 +87,13 @@ impl Run<'_> {
 
     /// The body of one successful GET of `url` within the deadline, or why there is none.
     async fn read_once<T: Transport>(&self, transport: &mut T, url: Url) -> Result<Bytes, String> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let call = transport.call(self.exchange(http::Method::GET, url));
-        match timeout(left, call).await {
-            Err(_) => Err("the deadline passed first".to_owned()),
-            Ok(Err(error)) => Err(scrub(&error.to_string())),
-            Ok(Ok(fetched)) if fetched.status.is_success() => Ok(fetched.body),
-            Ok(Ok(fetched)) => Err(format!("HTTP {}", fetched.status.as_u16())),
+        let exchange = self.exchange(http::Method::GET, url);
+        match self.call(transport, exchange, self.deadline).await {
+            Called::Answered(fetched) if fetched.status.is_success() => Ok(fetched.body),
+            Called::Answered(fetched) => Err(format!("HTTP {}", fetched.status.as_u16())),
+            Called::Failed(error) => Err(scrub(&error.to_string())),
+            Called::CutOff => Err("the deadline passed first".to_owned()),
+            Called::Offsite => Err(OFFSITE.to_owned()),
         }
     }
 }

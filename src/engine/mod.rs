@@ -34,7 +34,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
 pub(crate) use transport::{
-    Answered, Changes, Exchange, Failure, Fetched, Original, Overrides, Peeked, Replay, Transport,
+    Answered, Changes, Exchange, Failure, Fetched, Original, Overrides, Peeked, Redirects, Replay,
+    Transport,
 };
 
 use crate::{
@@ -55,6 +56,8 @@ pub(crate) struct Engine {
     /// When transitions started and how long they take, to time the state guard's polls.
     estimates: Arc<estimate::Estimates>,
     stats: ConflictStats,
+    /// Set once the stack followed a redirect to another origin: no request of our own since.
+    redirects: Redirects,
 }
 
 /// The policy, compiled: the classifier made from its rules, and each overridden resource type's
@@ -116,6 +119,7 @@ impl Engine {
             remembered,
             estimates: Arc::default(),
             stats: ConflictStats::default(),
+            redirects: Redirects::default(),
         }
     }
 
@@ -170,6 +174,11 @@ impl Engine {
             None => Ok(policy.clone()),
             Some(o) => policy.with_override(o).map(Arc::new),
         }
+    }
+
+    /// Where an adapter records that its stack followed a redirect to another origin.
+    pub(crate) fn redirects(&self) -> &Redirects {
+        &self.redirects
     }
 
     /// Runs one write: under its leases (when the policy says so), after the previous holder's

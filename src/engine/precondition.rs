@@ -15,9 +15,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use lru::LruCache;
 use serde_json::Value;
-use tokio::time::{Instant, timeout};
 
-use super::{Changes, Fetched, Transport, run::Run};
+use super::{Changes, Fetched, Transport, converge::Called, resolve::OFFSITE, run::Run};
 use crate::{ConflictReport, PreconditionStrategy, merge, redact::scrub, report::Outcome};
 
 /// Representations the caller has seen, by (resource key, ETag): the bases of three-way merges.
@@ -124,21 +123,24 @@ impl Run<'_> {
         transport: &mut T,
         report: &mut ConflictReport,
     ) -> Option<Fetched> {
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        let fetch = transport.call(self.exchange(http::Method::GET, self.resource_url()));
+        let exchange = self.exchange(http::Method::GET, self.resource_url());
         report.polls += 1;
-        match timeout(remaining, fetch).await {
-            Ok(Ok(fresh)) if fresh.status.is_success() => Some(fresh),
-            Ok(Ok(fresh)) => {
+        match self.call(transport, exchange, self.deadline).await {
+            Called::Answered(fresh) if fresh.status.is_success() => Some(fresh),
+            Called::Answered(fresh) => {
                 report.note(format!("re-fetch answered HTTP {}", fresh.status.as_u16()));
                 None
             }
-            Ok(Err(error)) => {
+            Called::Failed(error) => {
                 report.note(format!("re-fetch failed: {}", scrub(&error.to_string())));
                 None
             }
-            Err(_) => {
+            Called::CutOff => {
                 report.note("re-fetch cut off by the deadline".to_owned());
+                None
+            }
+            Called::Offsite => {
+                report.note(OFFSITE.to_owned());
                 None
             }
         }

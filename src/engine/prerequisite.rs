@@ -1,12 +1,13 @@
 //! Running a prerequisite transition: act, wait for the needed state, and afterwards restore.
 
 use http::Method;
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 use url::Url;
 
 use super::{
     Transport,
-    converge::{Observations, Watch},
+    converge::{Called, Observations, Watch},
+    resolve::OFFSITE,
     run::Run,
     state::Source,
 };
@@ -76,10 +77,9 @@ impl Run<'_> {
             report.note(format!("`{}` is not an HTTP method", action.method));
             return Acted::Refused;
         };
-        let call = transport.call(self.exchange(method.clone(), self.under(&action.path)));
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match timeout(remaining, call).await {
-            Ok(Ok(answer)) => {
+        let exchange = self.exchange(method.clone(), self.under(&action.path));
+        match self.call(transport, exchange, deadline).await {
+            Called::Answered(answer) => {
                 report.step(format!(
                     "{method} {}: {}",
                     action.path,
@@ -92,7 +92,7 @@ impl Run<'_> {
                 }
             }
             // The action may have reached the server all the same.
-            Ok(Err(error)) => {
+            Called::Failed(error) => {
                 report.note(format!(
                     "{method} {} failed: {}",
                     action.path,
@@ -100,9 +100,14 @@ impl Run<'_> {
                 ));
                 Acted::Unknown
             }
-            Err(_) => {
+            Called::CutOff => {
                 report.note(format!("{method} {} cut off by the deadline", action.path));
                 Acted::Unknown
+            }
+            // The origin answered with a redirect (so it did not act), or nothing was sent.
+            Called::Offsite => {
+                report.note(format!("{method} {} not done: {OFFSITE}", action.path));
+                Acted::Refused
             }
         }
     }

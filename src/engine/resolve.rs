@@ -104,6 +104,9 @@ impl Run<'_> {
             let preparing = matches!(step, Step::Prepare(_));
             let changes = match step {
                 Step::Surface(outcome) => {
+                    if self.engine.redirects.followed() {
+                        report.note(OFFSITE.to_owned());
+                    }
                     report.outcome = outcome;
                     return Ok(answer(response, Some(report.clone())));
                 }
@@ -164,6 +167,7 @@ impl Run<'_> {
             resendable: self.original.body.resendable(),
             expired: tokio::time::Instant::now() >= self.deadline,
             prepared,
+            may_call: !self.engine.redirects.followed(),
         }
     }
 
@@ -279,6 +283,9 @@ impl Run<'_> {
         }
     }
 }
+
+/// Why the engine makes no request of its own any more.
+pub(super) const OFFSITE: &str = "the HTTP client followed a redirect to another origin: no re-fetch, poll or prerequisite action is sent through it any more (see SECURITY.md)";
 
 /// The response with its report, if any.
 fn answer<R>(response: R, report: Option<ConflictReport>) -> Answered<R> {

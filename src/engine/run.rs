@@ -136,9 +136,13 @@ impl<'r> Run<'r> {
     /// The state guard: if the previous holder left the resource in transition, wait (polling
     /// it) until it is terminal, so this writer is not the one that eats the 409.
     async fn guard<T: Transport>(&self, transport: &mut T, lease: &Lease) -> Result<(), Error> {
+        let leases = &self.engine.leases;
         let transitioning = match lease.transitioning() {
             Some(known) => known,
-            None => self.engine.leases.is_transitioning(lease).await?,
+            None => {
+                self.by_deadline(lease, leases.is_transitioning(lease))
+                    .await?
+            }
         };
         if !transitioning {
             return Ok(());
@@ -160,7 +164,25 @@ impl<'r> Run<'r> {
         if !polled.converged() {
             return Err(self.gave_up(polled, seen.last, None, 0, waiting.elapsed()));
         }
-        self.engine.leases.set_transitioning(lease, false).await
+        self.by_deadline(lease, leases.set_transitioning(lease, false))
+            .await
+    }
+
+    /// A lease store call made before the write, ended by the request's deadline: a store that
+    /// stops answering must not hold the write past it.
+    async fn by_deadline<T>(
+        &self,
+        lease: &Lease,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout_at(self.deadline, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::LeaseBackend {
+                    key: lease.key().to_owned(),
+                    message: "no answer by the deadline".to_owned(),
+                })
+            })
     }
 }
 

@@ -5,7 +5,13 @@
 //! its own types. Everything else (when to resend, what a resend changes, which bodies are read)
 //! is decided and done once, in the engine.
 
-use std::fmt::Display;
+use std::{
+    fmt::Display,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
@@ -70,6 +76,34 @@ pub(crate) struct Exchange {
     pub url: Url,
     pub headers: HeaderMap,
     pub cap: usize,
+}
+
+/// Whether the HTTP stack was seen following a redirect to another origin on one of the engine's
+/// own requests. Shared by an engine and its clones; once set, it stays set.
+///
+/// No stack lets a request of ours turn its client's redirects off, and a hop to another origin
+/// carries what the client adds to it (reqwest: a `Referer` with the poll's URL, SAS and all).
+/// The first such hop can only be seen once it happened; from then on the engine sends no
+/// request of its own, since each would be followed the same way.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Redirects(Arc<AtomicBool>);
+
+impl Redirects {
+    /// Whether a redirect to another origin was followed.
+    pub(crate) fn followed(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Records that the stack followed a redirect to another origin.
+    pub(crate) fn record(&self) {
+        if !self.0.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the HTTP client followed a redirect to another origin on a re-fetch or poll; \
+                 no more re-fetches, polls or prerequisite actions are sent through it \
+                 (build the client without redirects: see SECURITY.md)"
+            );
+        }
+    }
 }
 
 /// The answer to a bodiless exchange, read up to a cap.

@@ -18,12 +18,20 @@
 //!
 //! The client is a few REST calls on `reqwest`, authenticated by a SAS token in the container
 //! URL: no second HTTP stack, and every header (lease action, duration, conditions) is spelled out
-//! where it is sent. The SAS query string is a credential: it never appears in errors or logs.
+//! where it is sent. The SAS query string is a credential: it never appears in errors or logs,
+//! and since every URL carries it, the client follows no redirect and sends no `Referer` (the
+//! Blob service does not redirect its API calls; a redirect can only lead the SAS elsewhere).
+//!
+//! Time: `acquire`'s calls all end by the caller's `wait`. The acquire request itself runs in a
+//! task of its own that outlives a caller who stops waiting — its wait ran out, or its future was
+//! dropped — so that a lease the service grants to nobody is released at once instead of holding
+//! the key until it expires.
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, redirect};
 use sha2::{Digest, Sha256};
+use tokio::{sync::oneshot, time::Instant};
 use url::Url;
 
 use super::{
@@ -34,7 +42,7 @@ use crate::{Error, shared::BoxFuture};
 
 /// The Blob REST API version spoken (and signed into dev SAS tokens).
 pub(super) const API_VERSION: &str = "2021-08-06";
-/// How long one REST call may take.
+/// How long one REST call may take, at most (less when the caller's time is shorter).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Azure's bounds on a (non-infinite) lease.
 const MIN_LEASE: u64 = 15;
@@ -46,8 +54,9 @@ const MAX_LEASE: u64 = 60;
 /// Authenticated by a SAS token in the container URL (it needs read, write and create
 /// permissions on blobs; add container-create to use [`create_container`](Self::create_container)). For Azurite, [`dev_sas_container_url`](super::dev_sas_container_url) makes one.
 /// A lease lasts `ttl` clamped to 15–60 s, renewed every third of that while its [`Lease`] lives,
-/// released when it is dropped. Needs a Tokio runtime. Cloning gives another handle to the same
-/// store.
+/// released when it is dropped. `acquire` ends by its `wait`, every call it makes included (so a
+/// `wait` of zero leaves the store no time to answer: [`Error::LeaseBackend`]). Needs a Tokio
+/// runtime. Cloning gives another handle to the same store.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -85,6 +94,8 @@ enum Attempt {
     Acquired(String),
     Taken,
     NoBlob,
+    /// No answer by the caller's deadline.
+    Unanswered,
 }
 
 /// The metadata this store keeps on a key's blob.
@@ -98,20 +109,27 @@ impl BlobLeases {
     /// (`https://account.blob.core.windows.net/container?<SAS>`), on a plain `reqwest` client.
     ///
     /// This crate builds `reqwest` without TLS; for `https` URLs either enable a TLS feature of
-    /// `reqwest` 0.13 in your own `Cargo.toml` (features unify) or pass your client to
-    /// [`with_client`](Self::with_client).
+    /// `reqwest` 0.13 in your own `Cargo.toml` (features unify) or configure a client builder of
+    /// your own for [`with_client_builder`](Self::with_client_builder).
     pub fn new(container_url_with_sas: &str) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
+        Self::with_client_builder(reqwest::Client::builder(), container_url_with_sas)
+    }
+
+    /// A store in the container at `container_url_with_sas`, sending through a client built
+    /// from `builder` (your TLS, proxy and connection settings) with redirects and `Referer`
+    /// turned off: every URL this store sends carries the SAS.
+    pub fn with_client_builder(
+        builder: reqwest::ClientBuilder,
+        container_url_with_sas: &str,
+    ) -> Result<Self, Error> {
+        let http = builder
+            .redirect(redirect::Policy::none())
+            .referer(false)
             .build()
             .map_err(|e| Error::LeaseBackend {
                 key: String::new(),
                 message: format!("cannot build an HTTP client: {}", e.without_url()),
             })?;
-        Self::with_client(http, container_url_with_sas)
-    }
-
-    /// A store in the container at `container_url_with_sas`, sending through `http`.
-    pub fn with_client(http: reqwest::Client, container_url_with_sas: &str) -> Result<Self, Error> {
         let invalid = |reason: &str| Error::LeaseBackend {
             key: String::new(),
             message: format!("invalid container URL: {reason}"),
@@ -141,7 +159,7 @@ impl BlobLeases {
         let what = "create container";
         let url = inner.url(None, &[("restype", "container")]);
         let response = inner
-            .send("", what, inner.http.request(Method::PUT, url))
+            .send("", what, inner.http.request(Method::PUT, url), None)
             .await?;
         match response.status() {
             StatusCode::CREATED => Ok(()),
@@ -161,7 +179,7 @@ impl BlobLeases {
             .request(Method::PUT, inner.url(Some(key), &[("comp", "lease")]))
             .header("x-ms-lease-action", "break")
             .header("x-ms-lease-break-period", "0");
-        let response = inner.send(key, what, request).await?;
+        let response = inner.send(key, what, request, None).await?;
         match (response.status(), error_code(&response).as_str()) {
             (StatusCode::ACCEPTED | StatusCode::OK, _) => Ok(()),
             (StatusCode::CONFLICT, "LeaseNotPresentWithLeaseOperation")
@@ -204,21 +222,34 @@ impl Inner {
         url
     }
 
-    /// Sends `request` with the API version; a transport failure becomes an error that names
-    /// `what` but not the URL.
+    /// Sends `request` with the API version, answered by `deadline` (and within
+    /// [`REQUEST_TIMEOUT`]) or failed; a transport failure becomes an error that names `what`
+    /// but not the URL.
     async fn send(
         &self,
         key: &str,
         what: &str,
         request: RequestBuilder,
+        deadline: Option<Instant>,
     ) -> Result<Response, Error> {
+        let left = deadline.map_or(REQUEST_TIMEOUT, |deadline| {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .min(REQUEST_TIMEOUT)
+        });
+        if left.is_zero() {
+            return Err(no_answer(key, what));
+        }
         request
             .header("x-ms-version", API_VERSION)
             .header(reqwest::header::CONTENT_LENGTH, "0")
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(left)
             .send()
             .await
             .map_err(|e| {
+                if e.is_timeout() {
+                    return no_answer(key, what);
+                }
                 let e = e.without_url();
                 // The causes ("connection refused") carry no URL; keep them.
                 let mut message = format!("{what}: {e}");
@@ -235,14 +266,51 @@ impl Inner {
             })
     }
 
-    async fn try_acquire(&self, key: &str, seconds: u64) -> Result<Attempt, Error> {
+    /// Asks for the lease on `key` in a task of its own and waits for the answer until
+    /// `deadline`. A caller that stops waiting leaves the task to finish: a lease granted after
+    /// nobody waits for it any more is released there and then.
+    async fn try_acquire(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        key: &str,
+        seconds: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Attempt, Error> {
+        let (answer, answered) = oneshot::channel();
+        let (inner, owned_key) = (self.clone(), key.to_owned());
+        runtime.spawn(async move {
+            let attempt = inner.request_lease(&owned_key, seconds).await;
+            if let Err(Ok(Attempt::Acquired(id))) = answer.send(attempt)
+                && let Renewal::Failed(error) =
+                    inner.lease_action(&owned_key, "release", &id).await
+            {
+                tracing::warn!(key = %owned_key, %error, "releasing a lease nobody waited for failed; it will expire");
+            }
+        });
+        let answered = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, answered).await {
+                Ok(answered) => answered,
+                Err(_) => return Ok(Attempt::Unanswered),
+            },
+            None => answered.await,
+        };
+        answered.unwrap_or_else(|_| {
+            Err(Error::LeaseBackend {
+                key: key.to_owned(),
+                message: "acquire lease: the request ended without an answer".to_owned(),
+            })
+        })
+    }
+
+    /// The acquire request itself, within [`REQUEST_TIMEOUT`].
+    async fn request_lease(&self, key: &str, seconds: u64) -> Result<Attempt, Error> {
         let what = "acquire lease";
         let request = self
             .http
             .request(Method::PUT, self.url(Some(key), &[("comp", "lease")]))
             .header("x-ms-lease-action", "acquire")
             .header("x-ms-lease-duration", seconds.to_string());
-        let response = self.send(key, what, request).await?;
+        let response = self.send(key, what, request, None).await?;
         match (response.status(), error_code(&response).as_str()) {
             (StatusCode::CREATED | StatusCode::OK, _) => response
                 .headers()
@@ -260,14 +328,14 @@ impl Inner {
     }
 
     /// Creates `key`'s empty blob unless it exists (a concurrent creator may win: fine).
-    async fn create_blob(&self, key: &str) -> Result<(), Error> {
+    async fn create_blob(&self, key: &str, deadline: Option<Instant>) -> Result<(), Error> {
         let what = "create lease blob";
         let request = self
             .http
             .request(Method::PUT, self.url(Some(key), &[]))
             .header("x-ms-blob-type", "BlockBlob")
             .header(reqwest::header::IF_NONE_MATCH, "*");
-        let response = self.send(key, what, request).await?;
+        let response = self.send(key, what, request, deadline).await?;
         match response.status() {
             // 409 BlobAlreadyExists, or 412 when it exists (possibly leased).
             StatusCode::CREATED | StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => Ok(()),
@@ -275,15 +343,10 @@ impl Inner {
         }
     }
 
-    async fn read_meta(&self, key: &str) -> Result<Meta, Error> {
+    async fn read_meta(&self, key: &str, deadline: Option<Instant>) -> Result<Meta, Error> {
         let what = "read lease blob metadata";
-        let response = self
-            .send(
-                key,
-                what,
-                self.http.request(Method::HEAD, self.url(Some(key), &[])),
-            )
-            .await?;
+        let request = self.http.request(Method::HEAD, self.url(Some(key), &[]));
+        let response = self.send(key, what, request, deadline).await?;
         if response.status() != StatusCode::OK {
             return Err(unexpected(key, what, &response));
         }
@@ -309,7 +372,13 @@ impl Inner {
     }
 
     /// Writes the metadata under the lease `lease_id`; refused (an error) if the lease was lost.
-    async fn write_meta(&self, key: &str, lease_id: &str, meta: &Meta) -> Result<(), Error> {
+    async fn write_meta(
+        &self,
+        key: &str,
+        lease_id: &str,
+        meta: &Meta,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
         let what = "write lease blob metadata";
         let request = self
             .http
@@ -317,7 +386,7 @@ impl Inner {
             .header("x-ms-lease-id", lease_id)
             .header("x-ms-meta-fence", meta.fence.to_string())
             .header("x-ms-meta-transitioning", meta.transitioning.to_string());
-        let response = self.send(key, what, request).await?;
+        let response = self.send(key, what, request, deadline).await?;
         match response.status() {
             StatusCode::OK => Ok(()),
             StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => Err(Error::LeaseBackend {
@@ -338,7 +407,7 @@ impl Inner {
             .request(Method::PUT, self.url(Some(key), &[("comp", "lease")]))
             .header("x-ms-lease-action", action)
             .header("x-ms-lease-id", lease_id);
-        match self.send(key, action, request).await {
+        match self.send(key, action, request, None).await {
             Ok(response) => match response.status() {
                 StatusCode::OK => Renewal::Kept,
                 StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => Renewal::Lost,
@@ -357,6 +426,14 @@ fn error_code(response: &Response) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A call not answered in the time it had.
+fn no_answer(key: &str, what: &str) -> Error {
+    Error::LeaseBackend {
+        key: key.to_owned(),
+        message: format!("{what}: no answer in the time left"),
+    }
 }
 
 fn unexpected(key: &str, what: &str, response: &Response) -> Error {
@@ -379,19 +456,26 @@ impl LeaseStore for BlobLeases {
         Box::pin(async move {
             let runtime = remote::runtime(key)?;
             let inner = &self.inner;
+            // `None` when `wait` is too long to add to the clock: no deadline.
+            let deadline = Instant::now().checked_add(wait);
             let mut patience = remote::Patience::new(wait);
             let seconds = ttl.as_secs().clamp(MIN_LEASE, MAX_LEASE);
-            let mut created = false;
+            let (mut created, mut taken) = (false, false);
             let lease_id = loop {
-                match inner.try_acquire(key, seconds).await? {
+                match inner.try_acquire(&runtime, key, seconds, deadline).await? {
                     Attempt::Acquired(id) => break id,
                     // The first lease on a key creates its blob, then tries again at once.
                     Attempt::NoBlob if !created => {
-                        inner.create_blob(key).await?;
+                        inner.create_blob(key, deadline).await?;
                         created = true;
                         continue;
                     }
-                    Attempt::NoBlob | Attempt::Taken => {}
+                    Attempt::Taken => taken = true,
+                    Attempt::NoBlob => {}
+                    // A key seen taken whose last attempt, at the deadline, was not answered
+                    // in time: the wait ran out (the pause below says so).
+                    Attempt::Unanswered if taken => {}
+                    Attempt::Unanswered => return Err(no_answer(key, "acquire lease")),
                 }
                 patience.pause(key).await?;
             };
@@ -424,12 +508,14 @@ impl LeaseStore for BlobLeases {
                     release,
                 )
             };
-            let mut meta = inner.read_meta(key).await?;
+            let mut meta = inner.read_meta(key, deadline).await?;
             meta.fence += 1;
-            inner.write_meta(key, &lease_id, &meta).await?;
+            inner.write_meta(key, &lease_id, &meta, deadline).await?;
             let token = meta.fence;
 
-            Ok(inner.held.grant(key, token, lease_id, keep))
+            // The flag was read under this lease: the engine need not ask for it again.
+            let lease = inner.held.grant(key, token, lease_id, keep);
+            Ok(lease.with_transitioning(meta.transitioning))
         })
     }
 
@@ -446,7 +532,7 @@ impl LeaseStore for BlobLeases {
                 fence: lease.token(),
                 transitioning,
             };
-            self.inner.write_meta(key, &lease_id, &meta).await
+            self.inner.write_meta(key, &lease_id, &meta, None).await
         })
     }
 
@@ -454,7 +540,7 @@ impl LeaseStore for BlobLeases {
         Box::pin(async move {
             let key = lease.key();
             self.inner.held.get(key, lease.token())?;
-            Ok(self.inner.read_meta(key).await?.transitioning)
+            Ok(self.inner.read_meta(key, None).await?.transitioning)
         })
     }
 }

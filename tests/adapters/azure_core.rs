@@ -134,3 +134,38 @@ fn the_policy_is_an_azure_core_policy() {
     fn policy(_: std::sync::Arc<dyn azure_core::http::policies::Policy>) {}
     policy(std::sync::Arc::new(AzureConflictPolicy::default()));
 }
+
+/// The transport Azure SDK clients get by default follows no redirect (azure_core builds its
+/// reqwest client without), so a poll answered with a redirect elsewhere is a state that is not
+/// terminal, and the redirect's target hears nothing. (A transport of the caller's own that
+/// follows redirects is not seen doing so: SECURITY.md, "Known gaps".)
+#[tokio::test]
+async fn the_default_transport_follows_no_redirect_of_a_poll() {
+    use azure_core::http::{ClientOptions, Pipeline};
+    use support::hostile::{Canned, json_answer};
+    let honeypot = Canned::start(|_| json_answer(404, "{}")).await;
+    let sim = sim_with_vm(Duration::from_millis(50)).await;
+    sim.script("PUT", VM, vec![busy()]);
+    let elsewhere = format!("{}/collect", honeypot.base());
+    let redirects = (0..100).map(|_| Scripted::raw(302, "").header("location", &elsewhere));
+    sim.script("GET", VM, redirects.collect());
+    let policy = ConflictPolicy {
+        deadline: Duration::from_millis(500),
+        ..fast_policy()
+    };
+    let options = ClientOptions {
+        per_call_policies: vec![std::sync::Arc::new(AzureConflictPolicy::new(policy))],
+        ..ClientOptions::default()
+    };
+    let pipeline = Pipeline::new(None, None, options, Vec::new(), Vec::new(), None);
+    let (mut request, ctx, _) = AzureStack::request(&Put::json(url(&sim, VM), &vm_body("x")));
+    let error = pipeline.send(&ctx, &mut request, None).await.unwrap_err();
+    let error = std::error::Error::source(&error)
+        .and_then(|e| e.downcast_ref::<Error>())
+        .unwrap_or_else(|| panic!("expected the engine's error, got {error}"));
+    assert!(
+        matches!(error, Error::NotConverged { last_state: Some(s), .. } if s == "HTTP 302"),
+        "{error}"
+    );
+    assert!(honeypot.seen().is_empty(), "{:?}", honeypot.seen());
+}

@@ -72,6 +72,51 @@ async fn a_reqwest_client_wrapped_as_a_service_works_too() {
     assert_eq!(put_statuses(&sim), [409, 200]);
 }
 
+/// A reqwest client used as a service follows redirects (its `FollowRedirect` layer says where
+/// an answer came from): after the first poll redirected to another origin, nothing more of the
+/// engine's own goes through it.
+#[tokio::test]
+async fn a_service_seen_following_a_redirect_elsewhere_gets_no_more_own_requests() {
+    use support::hostile::{Canned, json_answer};
+    let honeypot = Canned::start(|_| json_answer(404, "{}")).await;
+    let sim = sim_with_vm(Duration::from_millis(50)).await;
+    sim.script("PUT", VM, (0..2).map(|_| busy()).collect());
+    let elsewhere = format!("{}/collect", honeypot.base());
+    let redirects = (0..100).map(|_| Scripted::raw(302, "").header("location", &elsewhere));
+    sim.script("GET", VM, redirects.collect());
+    let client = reqwest::Client::new();
+    let reqwest_service = tower::service_fn(move |request: http::Request<reqwest::Body>| {
+        let client = client.clone();
+        async move {
+            let response = client.execute(reqwest::Request::try_from(request)?).await?;
+            Ok::<_, BoxError>(http::Response::<reqwest::Body>::from(response))
+        }
+    });
+    let policy = ConflictPolicy {
+        deadline: Duration::from_secs(1),
+        ..fast_policy()
+    };
+    let layer = ConflictLayer::new(policy);
+    let put = || {
+        let request = http::Request::put(url(&sim, VM))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::from(vm_body("x").to_string()))
+            .unwrap();
+        layer.layer(reqwest_service.clone()).oneshot(request)
+    };
+    match put().await.map_err(from_box) {
+        Err(Failed::Conflict(Error::NotConverged { last_state, .. })) => {
+            assert_eq!(last_state.as_deref(), Some("redirected to another origin"));
+        }
+        other => panic!("expected NotConverged, got {:?}", other.map(|r| r.status())),
+    }
+    let outcome = tower_outcome(put().await.map_err(from_box).unwrap()).await;
+    let outcome = outcome.unwrap();
+    assert_eq!(outcome.status, 409);
+    assert_eq!(outcome.report().outcome, Outcome::Surfaced);
+    assert_eq!(honeypot.seen().len(), 1, "the first hop, and only it");
+}
+
 #[tokio::test]
 async fn reads_pass_straight_through() {
     let sim = sim_with_vm(Duration::from_millis(50)).await;

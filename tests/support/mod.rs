@@ -7,7 +7,8 @@
 //! - [`capture`]: tracing output captured in memory;
 //! - [`servers`]: a real `redis-server` and Azurite of our own, on free loopback ports;
 //! - [`child`]: tests that re-run their own binary as a child process;
-//! - [`contract`]: what every cross-process lease store must do.
+//! - [`contract`]: what every cross-process lease store must do;
+//! - [`hostile`]: bare loopback servers that redirect elsewhere or never answer.
 
 // Each test binary uses only part of this module, and of what it re-exports.
 #![allow(dead_code, unused_imports)]
@@ -16,6 +17,7 @@ pub mod capture;
 pub mod child;
 pub mod client;
 pub mod contract;
+pub mod hostile;
 pub mod servers;
 pub mod sim;
 
