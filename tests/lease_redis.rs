@@ -128,6 +128,21 @@ fn redis_command(mut stream: std::net::TcpStream, command: &str) {
 }
 
 #[tokio::test]
+async fn tokens_keep_growing_after_the_server_restarts_empty() {
+    let mut redis = support::start_redis();
+    let before = store(&redis).await.acquire(KEY, TTL, LONG).await.unwrap();
+    let token = before.token();
+    // Leases and fencing counters are gone with the server's memory.
+    redis.restart_empty();
+    let after = store(&redis).await.acquire(KEY, TTL, LONG).await.unwrap();
+    assert!(
+        after.token() > token,
+        "the token went from {token} back to {}",
+        after.token()
+    );
+}
+
+#[tokio::test]
 async fn unreachable_server_is_a_backend_error_without_credentials() {
     let port = support::free_port();
     let url = format!("redis://:hunter2secret@127.0.0.1:{port}/");

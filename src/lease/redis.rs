@@ -2,10 +2,14 @@
 //!
 //! Why these commands: a lease is the plain Redis lock, `SET {prefix}lease:{key} <holder> NX PX
 //! ttl`, so a crashed holder's lease simply expires. Expiry alone cannot tell a holder that was
-//! paused past its TTL from the one that replaced it, hence the fencing token: a per-key counter,
-//! `INCR {prefix}fence:{key}`, bumped **in the same Lua script** as the successful `SET`, so no
-//! two holders ever see the same token and a later holder always sees a larger one. The counter
-//! never expires (one small key per resource ever leased) — expiring it would restart tokens.
+//! paused past its TTL from the one that replaced it, hence the fencing token, drawn **in the same
+//! Lua script** as the successful `SET`, so no two holders ever see the same token and a later
+//! holder always sees a larger one. It is the larger of the last token plus one (kept in
+//! `{prefix}fence:{key}`) and the server's clock (`TIME`) in milliseconds times 1024: a counter
+//! alone would start again at 1 after the server restarts without its data, and the clock alone
+//! would repeat within a millisecond. As long as the server's clock does not step back across a
+//! restart, and no key is leased more than 1024 times a millisecond on average, tokens never go
+//! backwards, whatever the server forgets.
 //!
 //! Renewal, release and the transitioning flag are compare-and-set scripts keyed on the holder
 //! ID, so a holder whose lease expired can neither extend, delete nor write under the next
@@ -36,14 +40,20 @@ use super::{
 };
 use crate::{Error, shared::BoxFuture};
 
-/// `SET lease NX PX ttl`; on success `INCR fence`. Returns the new token, or 0 if the key is held.
+/// `SET lease NX PX ttl`; on success the next fencing token (see the module's doc), kept in
+/// `fence`. Returns the new token, or 0 if the key is held. Lua numbers are doubles, exact up to
+/// 2^53 (past the year 2200 for these tokens), hence `%.0f` rather than `tostring`.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 0
 end
-return 0",
+local now = redis.call('TIME')
+local floor = (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) * 1024
+local token = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, floor)
+redis.call('SET', KEYS[2], string.format('%.0f', token))
+return token",
     )
 });
 
