@@ -4,7 +4,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    task::Poll,
+    time::{Duration, Instant},
+};
 
 use reqwest_conflict::{Error, LeaseStore, lease::RedisLeases};
 
@@ -125,6 +128,50 @@ fn redis_command(mut stream: std::net::TcpStream, command: &str) {
     let mut answer = [0u8; 5];
     stream.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"+OK\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_dropped_at_any_point_leaves_the_key_free() {
+    let redis = support::start_redis();
+    let leases = store(&redis).await;
+    let mut rng = support::Rng::seeded();
+    // A TTL no test waits out: a key left leased shows at once.
+    let ttl = Duration::from_secs(60);
+    let (mut dropped, mut granted) = (0, 0);
+    for round in 0..300 {
+        // Polled, with the runtime's I/O going on in between, until a random moment within a
+        // few round trips, then dropped: before the request left, in the middle of the round
+        // trip, or after the answer.
+        let give_up = Duration::from_micros(rng.below(600));
+        let started = Instant::now();
+        let mut acquire = Box::pin(leases.acquire(KEY, ttl, Duration::from_secs(5)));
+        let mut outcome = None;
+        loop {
+            if let Poll::Ready(result) = futures_util::poll!(acquire.as_mut()) {
+                outcome = Some(result);
+                break;
+            }
+            if started.elapsed() >= give_up {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        match outcome {
+            // Granted before the drop: dropping the lease releases it.
+            Some(lease) => {
+                drop(lease.unwrap());
+                granted += 1;
+            }
+            None => dropped += 1,
+        }
+        drop(acquire);
+        assert!(
+            support::redis_key_gone(&redis, &format!("test:lease:{KEY}")).await,
+            "round {round} (dropped after {give_up:?}): the key stayed leased after the acquire was dropped"
+        );
+    }
+    eprintln!("{dropped} acquires dropped unanswered, {granted} granted before the drop");
+    assert!(dropped > 0, "no acquire was dropped in flight");
 }
 
 #[tokio::test]

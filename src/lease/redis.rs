@@ -14,9 +14,10 @@
 //! Renewal, release and the transitioning flag are compare-and-set scripts keyed on the holder
 //! ID, so a holder whose lease expired can neither extend, delete nor write under the next
 //! holder's lease. Renewal runs every ttl/3 in a background task; dropping the [`Lease`] stops it
-//! and releases the key from that task (see `remote.rs`). A lease whose acquire future is dropped
-//! in the middle of the Redis round trip may have been taken without anyone knowing; it expires
-//! after `ttl`.
+//! and releases the key from that task (see `remote.rs`). An acquire whose answer never came back
+//! (its future dropped, its wait or the connection's response timeout run out) may have been
+//! granted all the same, to a holder nobody would renew or release: it is released in the
+//! background too (`Unanswered`).
 //!
 //! All keys of one lease are in one script, so with Redis Cluster they would need a hash tag in
 //! the prefix; [`RedisLeases`] talks to a single server (or a proxy) through a
@@ -194,6 +195,61 @@ fn holder_id() -> String {
     format!("{a:016x}{b:016x}")
 }
 
+/// An acquire sent but not answered yet. The store may grant it whatever becomes of the answer;
+/// given up unanswered (dropped before [`answered`](Self::answered)), it has the lease the
+/// request may have taken released in the background. The release goes out on the same
+/// connection, queued behind the acquire, so the server runs it after the acquire; and it deletes
+/// the key only if that request's own holder ID is in it. If it cannot run (no runtime, the
+/// server unreachable), the key expires after its TTL.
+struct Unanswered {
+    /// `None` once answered.
+    conn: Option<ConnectionManager>,
+    lease_key: String,
+    holder: String,
+    ttl_ms: u64,
+}
+
+impl Unanswered {
+    fn new(conn: &ConnectionManager, lease_key: &str, holder: &str, ttl_ms: u64) -> Self {
+        Self {
+            conn: Some(conn.clone()),
+            lease_key: lease_key.to_owned(),
+            holder: holder.to_owned(),
+            ttl_ms,
+        }
+    }
+
+    /// The answer came back: whatever it granted has an owner.
+    fn answered(mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (lease_key, holder) = (
+            std::mem::take(&mut self.lease_key),
+            std::mem::take(&mut self.holder),
+        );
+        // Past the TTL the key has expired anyway.
+        let patience = Duration::from_millis(self.ttl_ms);
+        runtime.spawn(async move {
+            let mut release = RELEASE.key(&lease_key);
+            release.arg(&holder);
+            let release = release.invoke_async::<i64>(&mut conn);
+            if let Ok(Err(error)) = tokio::time::timeout(patience, release).await {
+                tracing::warn!(key = %lease_key, error = ?error.to_string(), "releasing an unanswered acquire failed; it will expire");
+            }
+        });
+    }
+}
+
 /// A TTL in whole milliseconds, at least 1 (Redis rejects `PX 0`).
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -215,14 +271,16 @@ impl LeaseStore for RedisLeases {
             let fence_key = self.redis_key("fence", key);
             let mut conn = self.inner.conn.clone();
             let token = loop {
-                let token: u64 = ACQUIRE
-                    .key(&lease_key)
-                    .key(&fence_key)
-                    .arg(&holder)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| backend(key, "acquire", e))?;
+                let unanswered = Unanswered::new(&conn, &lease_key, &holder, ttl_ms);
+                let mut attempt = ACQUIRE.key(&lease_key);
+                attempt.key(&fence_key).arg(&holder).arg(ttl_ms);
+                let attempt = attempt.invoke_async::<u64>(&mut conn);
+                let token = match tokio::time::timeout(patience.left(), attempt).await {
+                    Ok(Ok(token)) => token,
+                    Ok(Err(e)) => return Err(backend(key, "acquire", e)),
+                    Err(_) => return Err(patience.timed_out(key)),
+                };
+                unanswered.answered();
                 if token > 0 {
                     break token;
                 }

@@ -46,18 +46,28 @@ impl Patience {
         }
     }
 
+    /// What is left of `wait` (`Duration::MAX` with no deadline).
+    pub(crate) fn left(&self) -> Duration {
+        match self.deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        }
+    }
+
+    /// The error for `key` once `wait` is spent.
+    pub(crate) fn timed_out(&self, key: &str) -> Error {
+        Error::LeaseTimeout {
+            key: key.to_owned(),
+            waited: self.started.elapsed(),
+        }
+    }
+
     /// Sleeps until the next attempt, or fails with [`Error::LeaseTimeout`] once `wait` is
     /// spent (right after a last attempt at the deadline).
     pub(crate) async fn pause(&mut self, key: &str) -> Result<(), Error> {
-        let left = match self.deadline {
-            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
-            None => Duration::MAX,
-        };
+        let left = self.left();
         if left.is_zero() {
-            return Err(Error::LeaseTimeout {
-                key: key.to_owned(),
-                waited: self.started.elapsed(),
-            });
+            return Err(self.timed_out(key));
         }
         let delay = self.delays.next().unwrap_or(Duration::from_millis(200));
         tokio::time::sleep(delay.min(left)).await;
