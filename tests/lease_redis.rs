@@ -189,6 +189,29 @@ async fn tokens_keep_growing_after_the_server_restarts_empty() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_not_renewed_within_its_ttl_is_lost() {
+    let redis = support::start_redis();
+    let leases = store(&redis).await;
+    let ttl = Duration::from_millis(600);
+    let lease = leases.acquire(KEY, ttl, LONG).await.unwrap();
+    lease.check().unwrap();
+    // Renewals go unanswered while the server is stopped.
+    redis.pause();
+    tokio::time::sleep(2 * ttl).await;
+    let lost = lease.check();
+    redis.resume();
+    let error = lost.unwrap_err();
+    assert!(
+        matches!(&error, Error::LeaseLost { key, reason, .. } if key == KEY && reason.contains("TTL")),
+        "{error:?}"
+    );
+    // Once the server answers again, the key is someone else's to take: the lease stays lost.
+    let next = leases.acquire(KEY, ttl, LONG).await.unwrap();
+    assert!(next.token() > lease.token());
+    assert!(lease.check().is_err());
+}
+
 #[tokio::test]
 async fn unreachable_server_is_a_backend_error_without_credentials() {
     let port = support::free_port();

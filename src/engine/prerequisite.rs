@@ -13,7 +13,8 @@ use super::{
 use crate::{Action, ConflictReport, Error, Prerequisite, StateCheck, redact::scrub};
 
 impl Run<'_> {
-    /// Runs `rule.action` and waits until `rule.until` holds.
+    /// Runs `rule.action` and waits until `rule.until` holds; fails with [`Error::LeaseLost`],
+    /// sending nothing, if a lease the write holds is lost.
     pub(super) async fn prepare<T: Transport>(
         &self,
         transport: &mut T,
@@ -21,6 +22,7 @@ impl Run<'_> {
         report: &mut ConflictReport,
     ) -> Result<Prepared, Error> {
         let deadline = self.deadline;
+        self.still_held()?;
         match self.act(transport, &rule.action, deadline, report).await {
             Acted::Accepted => {}
             Acted::Refused => return Ok(Prepared::NotTaken),
@@ -56,6 +58,11 @@ impl Run<'_> {
             ));
             return;
         }
+        // The restore writes too: not under a lease this write no longer holds.
+        if let Err(lost) = self.still_held() {
+            report.note(format!("restore `{}` not sent: {lost}", action.path));
+            return;
+        }
         if self.act(transport, action, deadline, report).await != Acted::Accepted {
             return;
         }
@@ -80,7 +87,9 @@ impl Run<'_> {
         };
         let call = transport.call(self.exchange(method.clone(), self.under(&action.path)));
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match timeout(remaining, call).await {
+        let answer = timeout(remaining, call).await;
+        self.answered();
+        match answer {
             Ok(Ok(answer)) => {
                 report.step(format!(
                     "{method} {}: {}",

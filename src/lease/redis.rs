@@ -13,11 +13,11 @@
 //!
 //! Renewal, release and the transitioning flag are compare-and-set scripts keyed on the holder
 //! ID, so a holder whose lease expired can neither extend, delete nor write under the next
-//! holder's lease. Renewal runs every ttl/3 in a background task; dropping the [`Lease`] stops it
-//! and releases the key from that task (see `remote.rs`). An acquire whose answer never came back
-//! (its future dropped, its wait or the connection's response timeout run out) may have been
-//! granted all the same, to a holder nobody would renew or release: it is released in the
-//! background too (`Unanswered`).
+//! holder's lease. Renewal runs every ttl/3 in a background task that keeps the lease's
+//! [`Validity`](super::Validity); dropping the [`Lease`] stops it and releases the key from that
+//! task (see `remote.rs`). An acquire whose answer never came back (its future dropped, its wait
+//! or the connection's response timeout run out) may have been granted all the same, to a holder
+//! nobody would renew or release: it is released in the background too (`Unanswered`).
 //!
 //! All keys of one lease are in one script, so with Redis Cluster they would need a hash tag in
 //! the prefix; [`RedisLeases`] talks to a single server (or a proxy) through a
@@ -270,7 +270,8 @@ impl LeaseStore for RedisLeases {
             let lease_key = self.redis_key("lease", key);
             let fence_key = self.redis_key("fence", key);
             let mut conn = self.inner.conn.clone();
-            let token = loop {
+            let (token, asked) = loop {
+                let asked = tokio::time::Instant::now();
                 let unanswered = Unanswered::new(&conn, &lease_key, &holder, ttl_ms);
                 let mut attempt = ACQUIRE.key(&lease_key);
                 attempt.key(&fence_key).arg(&holder).arg(ttl_ms);
@@ -282,7 +283,7 @@ impl LeaseStore for RedisLeases {
                 };
                 unanswered.answered();
                 if token > 0 {
-                    break token;
+                    break (token, asked);
                 }
                 patience.pause(key).await?;
             };
@@ -320,7 +321,8 @@ impl LeaseStore for RedisLeases {
                 remote::keep_alive(
                     &runtime,
                     key.to_owned(),
-                    Duration::from_millis(ttl_ms / 3).max(Duration::from_millis(1)),
+                    Duration::from_millis(ttl_ms),
+                    asked,
                     renew,
                     release,
                 )
