@@ -48,20 +48,25 @@ impl Run<'_> {
         let deadline = Instant::now() + self.policy.deadline;
         let resource = Watch::state(self.resource_url(), Source::Resource);
         let mut seen = Observations::default();
-        if !self
-            .poll_until(transport, resource, deadline, &mut seen)
-            .await
-        {
-            report.note(format!(
-                "restore `{}` skipped: the resource did not settle",
-                action.path
-            ));
-            return;
-        }
+        let settle = self.poll_until(transport, resource, deadline, &mut seen);
         // The restore writes too: not under a lease this write no longer holds.
-        if let Err(lost) = self.still_held() {
-            report.note(format!("restore `{}` not sent: {lost}", action.path));
-            return;
+        let settled = self
+            .unless_lost(settle)
+            .await
+            .and_then(|settled| self.still_held().map(|()| settled));
+        match settled {
+            Ok(true) => {}
+            Ok(false) => {
+                report.note(format!(
+                    "restore `{}` skipped: the resource did not settle",
+                    action.path
+                ));
+                return;
+            }
+            Err(lost) => {
+                report.note(format!("restore `{}` not sent: {lost}", action.path));
+                return;
+            }
         }
         if self.act(transport, action, deadline, report).await != Acted::Accepted {
             return;
@@ -118,7 +123,8 @@ impl Run<'_> {
         }
     }
 
-    /// Polls until `check` holds, or fails with [`Error::NotConverged`] at `deadline`.
+    /// Polls until `check` holds, or fails with [`Error::NotConverged`] at `deadline`
+    /// ([`Error::LeaseLost`] as soon as a lease the write holds is lost).
     async fn wait_until<T: Transport>(
         &self,
         transport: &mut T,
@@ -132,8 +138,11 @@ impl Run<'_> {
         };
         let waiting = Instant::now();
         let mut seen = Observations::default();
-        let reached = self.poll_until(transport, watch, deadline, &mut seen).await;
+        let reached = self
+            .unless_lost(self.poll_until(transport, watch, deadline, &mut seen))
+            .await;
         report.waited += waiting.elapsed();
+        let reached = reached?;
         report.polls += seen.polls.len() as u32;
         if reached {
             report.step(format!(
