@@ -6,15 +6,16 @@
 //! process ([`MemoryLeases`]) or across processes and machines (`RedisLeases`, `BlobLeases`).
 //!
 //! Every lease carries a **fencing token** that grows strictly per key, so a holder that was
-//! paused past its TTL can be told apart from the one that replaced it. A remote lease also
-//! carries its [`Validity`]: until when it is known held (its last successful renewal plus its
-//! TTL), or that a renewal found it taken. [`Lease::check`] reads it, and the engine checks before
-//! every request it sends under the lease, so a writer that lost its lease stops instead of
-//! writing alongside the next holder. An in-process lease cannot expire while it is held and has
-//! nothing to check. Keys are always acquired
+//! paused past its TTL can be told apart from the one that replaced it. Keys are always acquired
 //! sorted and de-duplicated ([`acquire_all`]), so two writers needing overlapping key sets cannot
 //! deadlock. Dropping a [`Lease`] releases it — also when the request future holding it is
 //! cancelled.
+//!
+//! A remote lease also carries its [`Validity`]: until when it is known held (the moment its last
+//! successful renewal was sent, plus its TTL), or that a renewal found it taken. [`Lease::check`]
+//! reads it, and the engine checks before every request it sends under the lease, so a writer
+//! that lost its lease stops instead of writing alongside the next holder. An in-process lease
+//! cannot expire while it is held and has nothing to check.
 //!
 //! A store also remembers whether the last holder left the resource **in transition** (a 201/202,
 //! or a non-terminal `provisioningState`), so that the next holder waits for the resource to

@@ -115,8 +115,9 @@ impl KeepAlive {
 
 /// Spawns the task that keeps a lease granted for `ttl` by a request sent at `asked`: it calls
 /// `renew` every third of `ttl` and, once the returned handle is dropped, `release`. Each answer
-/// to a renewal updates the lease's [`Validity`]; a renewal or release that takes longer than
-/// its period is given up (the store may be paused), so neither can hold the task for ever.
+/// to a renewal updates the lease's [`Validity`]. A renewal not answered within its period, or a
+/// release not answered within the TTL, is given up (the store may be paused), so neither can
+/// hold the task for ever.
 pub(crate) fn keep_alive<R, RF, L, LF>(
     runtime: &tokio::runtime::Handle,
     key: String,
