@@ -101,7 +101,10 @@ return 1",
 /// server and prefix.
 ///
 /// A lease expires `ttl` after it was last renewed; it is renewed every `ttl / 3` while its
-/// [`Lease`] lives, and released when the `Lease` is dropped. A transitioning flag expires after
+/// [`Lease`] lives, and released when the `Lease` is dropped. Once its TTL passes with no
+/// renewal answered, or a renewal finds the key taken, the lease is lost ([`Lease::check`] fails,
+/// and a write under it stops). Fencing tokens keep growing when the server restarts without its
+/// data, as long as its clock does not step back. A transitioning flag expires after
 /// ten times the TTL of the lease that set it, so a writer that vanished cannot leave it set
 /// forever. Needs a Tokio runtime. Cloning gives another handle to the same connection.
 ///
