@@ -174,6 +174,38 @@ async fn an_acquire_dropped_at_any_point_leaves_the_key_free() {
     assert!(dropped > 0, "no acquire was dropped in flight");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_the_server_does_not_answer_fails_and_leaves_the_key_free() {
+    let redis = support::start_redis();
+    let leases = store(&redis).await;
+    // The script is loaded while the server answers, so the acquire below is one request.
+    drop(leases.acquire("warm-up", TTL, LONG).await.unwrap());
+    redis.pause();
+    let started = Instant::now();
+    let error = leases
+        .acquire(KEY, Duration::from_secs(60), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    // The server runs the acquire when it wakes up: it must not keep the key for its TTL.
+    redis.resume();
+    assert!(
+        matches!(
+            error,
+            Error::LeaseBackend { .. } | Error::LeaseTimeout { .. }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5) + Duration::from_millis(500),
+        "took {took:?}"
+    );
+    assert!(
+        support::redis_key_gone(&redis, &format!("test:lease:{KEY}")).await,
+        "the unanswered acquire kept the key"
+    );
+}
+
 #[tokio::test]
 async fn tokens_keep_growing_after_the_server_restarts_empty() {
     let mut redis = support::start_redis();
