@@ -93,6 +93,21 @@ pub enum Error {
         /// How long we waited.
         waited: Duration,
     },
+    /// A lease the write held was lost before the write was done: it was not renewed within its
+    /// TTL (the store was unreachable or slow, or this process was paused), or the store says
+    /// another holder has the key (it expired there, or the store lost it in a restart). The write
+    /// stopped before its next request — no retry, resend or prerequisite action was sent after
+    /// the loss was known. Requests sent before may have been applied; the next holder (with a
+    /// larger fencing token) may already be writing.
+    #[error("lease on {key} (token {token}) lost: {reason}; nothing more was sent under it")]
+    LeaseLost {
+        /// The key whose lease was lost.
+        key: String,
+        /// The fencing token the lost lease carried.
+        token: u64,
+        /// Why it is taken for lost.
+        reason: &'static str,
+    },
     /// The lease store failed (unreachable, refused, malformed answer).
     #[error("lease store failed for {key}: {message}")]
     LeaseBackend {

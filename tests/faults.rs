@@ -19,7 +19,7 @@ use std::{
 use arm_sim::{Faults, Scripted, Sim};
 use reqwest_conflict::{
     ConflictKind, ConflictMiddleware, ConflictPolicy, ConflictReport, Error, LeaseStore,
-    MemoryLeases, Outcome, PollSchedule, ResourceId,
+    MemoryLeases, Outcome, PollSchedule, ResourceId, lease::Validity,
 };
 use reqwest_middleware::ClientWithMiddleware;
 use serde_json::json;
@@ -572,6 +572,122 @@ async fn an_unreachable_lease_store_fails_writes_before_they_are_sent() {
     );
     // Reads take no lease, so they are not affected.
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+}
+
+/// A store whose leases are valid for `valid` and never renewed, as a remote lease is when its
+/// store stops answering.
+#[derive(Debug)]
+struct NeverRenewed {
+    valid: Duration,
+}
+
+impl LeaseStore for NeverRenewed {
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        _ttl: Duration,
+        _wait: Duration,
+    ) -> StoreFuture<'a, reqwest_conflict::Lease> {
+        let until = tokio::time::Instant::now() + self.valid;
+        Box::pin(async move {
+            Ok(reqwest_conflict::Lease::new(key, 1, || {})
+                .with_transitioning(false)
+                .with_validity(Validity::new(until)))
+        })
+    }
+    fn set_transitioning<'a>(
+        &'a self,
+        _lease: &'a reqwest_conflict::Lease,
+        _transitioning: bool,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move { Ok(()) })
+    }
+    fn is_transitioning<'a>(
+        &'a self,
+        _lease: &'a reqwest_conflict::Lease,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move { Ok(false) })
+    }
+}
+
+#[tokio::test]
+async fn a_lease_lost_while_waiting_stops_the_write_before_its_retry() {
+    // The resource is busy for longer than the lease stays valid: the write meets a 409, waits,
+    // and its lease runs out meanwhile.
+    let sim = busy_sim(Duration::from_millis(400)).await;
+    let deadline = Duration::from_secs(2);
+    let client = middleware_client(ConflictMiddleware::new(policy(deadline)).with_leases(
+        NeverRenewed {
+            valid: Duration::from_millis(100),
+        },
+    ));
+    let started = std::time::Instant::now();
+    let err = client
+        .put(url(&sim, &widget(0)))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() <= deadline + deadline / 10);
+    match engine_error(&err) {
+        Error::LeaseLost { token, reason, .. } => {
+            assert_eq!(*token, 1);
+            assert!(reason.contains("TTL"), "{reason}");
+        }
+        other => panic!("expected a lost lease, got {other}"),
+    }
+    let puts: Vec<u16> = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(puts, [409], "a retry was sent under a lost lease");
+}
+
+#[tokio::test]
+async fn a_lease_lost_before_a_prerequisite_action_stops_the_write_before_it() {
+    // A resize the VM's cluster cannot host needs a deallocation first. Every answer takes
+    // longer than the lease stays valid, so it is lost by the time the 409 comes back.
+    let sim = sim_with_vm(Duration::from_millis(30)).await;
+    sim.set_faults(Faults {
+        latency: Duration::from_millis(200),
+        ..Faults::default()
+    });
+    let rule = ConflictPolicy::from_json(
+        r#"{"prerequisites": [{
+            "resource_type": "Microsoft.Compute/virtualMachines",
+            "codes": ["OperationNotAllowed"],
+            "message_contains": ["deallocat"],
+            "action": { "method": "POST", "path": "deallocate" },
+            "until": { "path": "instanceView", "pointer": "/statuses", "equals": "PowerState/deallocated" },
+            "restore": { "method": "POST", "path": "start" }
+        }]}"#,
+    )
+    .unwrap();
+    let policy = ConflictPolicy {
+        prerequisites: rule.prerequisites,
+        ..policy(Duration::from_secs(2))
+    };
+    let client = middleware_client(ConflictMiddleware::new(policy).with_leases(NeverRenewed {
+        valid: Duration::from_millis(100),
+    }));
+    let err = client
+        .put(url(&sim, VM))
+        .json(&sized_vm("Standard_E8s_v5"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(engine_error(&err), Error::LeaseLost { .. }),
+        "{err}"
+    );
+    assert_eq!(put_statuses(&sim), [409]);
+    assert_eq!(
+        sim.count("POST", &format!("{VM}/deallocate"), None),
+        0,
+        "the prerequisite action was sent under a lost lease"
+    );
 }
 
 /// Every 409 and the first polls of every resource carry `header: value`; the 409s name no

@@ -4,7 +4,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    task::Poll,
+    time::{Duration, Instant},
+};
 
 use reqwest_conflict::{Error, LeaseStore, RedisLeases};
 
@@ -125,6 +128,120 @@ fn redis_command(mut stream: std::net::TcpStream, command: &str) {
     let mut answer = [0u8; 5];
     stream.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"+OK\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_dropped_at_any_point_leaves_the_key_free() {
+    let redis = support::start_redis();
+    let leases = store(&redis).await;
+    let mut rng = support::Rng::seeded();
+    // A TTL no test waits out: a key left leased shows at once.
+    let ttl = Duration::from_secs(60);
+    let (mut dropped, mut granted) = (0, 0);
+    for round in 0..300 {
+        // Polled, with the runtime's I/O going on in between, until a random moment within a
+        // few round trips, then dropped: before the request left, in the middle of the round
+        // trip, or after the answer.
+        let give_up = Duration::from_micros(rng.below(600));
+        let started = Instant::now();
+        let mut acquire = Box::pin(leases.acquire(KEY, ttl, Duration::from_secs(5)));
+        let mut outcome = None;
+        loop {
+            if let Poll::Ready(result) = futures_util::poll!(acquire.as_mut()) {
+                outcome = Some(result);
+                break;
+            }
+            if started.elapsed() >= give_up {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        match outcome {
+            // Granted before the drop: dropping the lease releases it.
+            Some(lease) => {
+                drop(lease.unwrap());
+                granted += 1;
+            }
+            None => dropped += 1,
+        }
+        drop(acquire);
+        assert!(
+            support::redis_key_gone(&redis, &format!("test:lease:{KEY}")).await,
+            "round {round} (dropped after {give_up:?}): the key stayed leased after the acquire was dropped"
+        );
+    }
+    eprintln!("{dropped} acquires dropped unanswered, {granted} granted before the drop");
+    assert!(dropped > 0, "no acquire was dropped in flight");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_the_server_does_not_answer_fails_and_leaves_the_key_free() {
+    let redis = support::start_redis();
+    let leases = store(&redis).await;
+    // The script is loaded while the server answers, so the acquire below is one request.
+    drop(leases.acquire("warm-up", TTL, LONG).await.unwrap());
+    redis.pause();
+    let started = Instant::now();
+    let error = leases
+        .acquire(KEY, Duration::from_secs(60), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    // The server runs the acquire when it wakes up: it must not keep the key for its TTL.
+    redis.resume();
+    assert!(
+        matches!(
+            error,
+            Error::LeaseBackend { .. } | Error::LeaseTimeout { .. }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5) + Duration::from_millis(500),
+        "took {took:?}"
+    );
+    assert!(
+        support::redis_key_gone(&redis, &format!("test:lease:{KEY}")).await,
+        "the unanswered acquire kept the key"
+    );
+}
+
+#[tokio::test]
+async fn tokens_keep_growing_after_the_server_restarts_empty() {
+    let mut redis = support::start_redis();
+    let before = store(&redis).await.acquire(KEY, TTL, LONG).await.unwrap();
+    let token = before.token();
+    // Leases and fencing counters are gone with the server's memory.
+    redis.restart_empty();
+    let after = store(&redis).await.acquire(KEY, TTL, LONG).await.unwrap();
+    assert!(
+        after.token() > token,
+        "the token went from {token} back to {}",
+        after.token()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_not_renewed_within_its_ttl_is_lost() {
+    let redis = support::start_redis();
+    let leases = store(&redis).await;
+    let ttl = Duration::from_millis(600);
+    let lease = leases.acquire(KEY, ttl, LONG).await.unwrap();
+    lease.check().unwrap();
+    // Renewals go unanswered while the server is stopped.
+    redis.pause();
+    tokio::time::sleep(2 * ttl).await;
+    let lost = lease.check();
+    redis.resume();
+    let error = lost.unwrap_err();
+    assert!(
+        matches!(&error, Error::LeaseLost { key, reason, .. } if key == KEY && reason.contains("TTL")),
+        "{error:?}"
+    );
+    // Once the server answers again, the key is someone else's to take: the lease stays lost.
+    let next = leases.acquire(KEY, ttl, LONG).await.unwrap();
+    assert!(next.token() > lease.token());
+    assert!(lease.check().is_err());
 }
 
 #[tokio::test]

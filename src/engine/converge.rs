@@ -179,8 +179,9 @@ impl Watch {
 }
 
 impl Run<'_> {
-    /// Polls until a terminal state is seen, or fails with [`Error::NotConverged`] at `deadline`.
-    /// The time spent is added to the report either way.
+    /// Polls until a terminal state is seen, or fails with [`Error::NotConverged`] at `deadline`
+    /// ([`Error::LeaseLost`] as soon as a lease the write holds is lost). The time spent is added
+    /// to the report either way.
     pub(super) async fn converge<T: Transport>(
         &self,
         transport: &mut T,
@@ -188,8 +189,9 @@ impl Run<'_> {
     ) -> Result<(), Error> {
         let waiting = Instant::now();
         let watch = self.poll_target(report);
-        let polled = self.poll(transport, watch, report).await;
+        let polled = self.unless_lost(self.poll(transport, watch, report)).await;
         report.waited += waiting.elapsed();
+        let polled = polled?;
         if polled.converged() {
             return Ok(());
         }

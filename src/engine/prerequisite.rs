@@ -14,7 +14,8 @@ use super::{
 use crate::{Action, ConflictReport, Error, Prerequisite, StateCheck, redact::scrub};
 
 impl Run<'_> {
-    /// Runs `rule.action` and waits until `rule.until` holds.
+    /// Runs `rule.action` and waits until `rule.until` holds; fails with [`Error::LeaseLost`],
+    /// sending nothing, if a lease the write holds is lost.
     pub(super) async fn prepare<T: Transport>(
         &self,
         transport: &mut T,
@@ -22,6 +23,7 @@ impl Run<'_> {
         report: &mut ConflictReport,
     ) -> Result<Prepared, Error> {
         let deadline = self.deadline;
+        self.still_held()?;
         match self.act(transport, &rule.action, deadline, report).await {
             Acted::Accepted => {}
             Acted::Refused => return Ok(Prepared::NotTaken),
@@ -47,13 +49,25 @@ impl Run<'_> {
         let deadline = Instant::now() + self.policy.deadline;
         let resource = Watch::state(self.resource_url(), Source::Resource);
         let mut seen = Observations::default();
-        let settled = self.poll_until(transport, resource, deadline, &mut seen);
-        if !settled.await.converged() {
-            report.note(format!(
-                "restore `{}` skipped: the resource did not settle",
-                action.path
-            ));
-            return;
+        let settle = self.poll_until(transport, resource, deadline, &mut seen);
+        // The restore writes too: not under a lease this write no longer holds.
+        let settled = self
+            .unless_lost(settle)
+            .await
+            .and_then(|settled| self.still_held().map(|()| settled));
+        match settled {
+            Ok(settled) if settled.converged() => {}
+            Ok(_) => {
+                report.note(format!(
+                    "restore `{}` skipped: the resource did not settle",
+                    action.path
+                ));
+                return;
+            }
+            Err(lost) => {
+                report.note(format!("restore `{}` not sent: {lost}", action.path));
+                return;
+            }
         }
         if self.act(transport, action, deadline, report).await != Acted::Accepted {
             return;
@@ -78,7 +92,9 @@ impl Run<'_> {
             return Acted::Refused;
         };
         let exchange = self.exchange(method.clone(), self.under(&action.path));
-        match self.call(transport, exchange, deadline).await {
+        let answer = self.call(transport, exchange, deadline).await;
+        self.answered();
+        match answer {
             Called::Answered(answer) => {
                 report.step(format!(
                     "{method} {}: {}",
@@ -112,7 +128,8 @@ impl Run<'_> {
         }
     }
 
-    /// Polls until `check` holds, or fails with [`Error::NotConverged`] at `deadline`.
+    /// Polls until `check` holds, or fails with [`Error::NotConverged`] at `deadline`
+    /// ([`Error::LeaseLost`] as soon as a lease the write holds is lost).
     async fn wait_until<T: Transport>(
         &self,
         transport: &mut T,
@@ -126,8 +143,11 @@ impl Run<'_> {
         };
         let waiting = Instant::now();
         let mut seen = Observations::default();
-        let polled = self.poll_until(transport, watch, deadline, &mut seen).await;
+        let polled = self
+            .unless_lost(self.poll_until(transport, watch, deadline, &mut seen))
+            .await;
         report.waited += waiting.elapsed();
+        let polled = polled?;
         report.polls += seen.polls.len() as u32;
         if polled.converged() {
             report.step(format!(

@@ -151,7 +151,13 @@ impl Run<'_> {
                     None
                 }
             };
+            // Nothing is sent under a lease this write no longer holds.
+            if let Err(lost) = self.still_held() {
+                record(report);
+                return Err(Failure::Conflict(lost));
+            }
             response = transport.send(changes).await.map_err(Failure::Transport)?;
+            self.answered();
             report.attempts += 1;
             if preparing {
                 let status = T::head(&response).0.as_u16();

@@ -5,10 +5,15 @@
 //! its deadline. The steps of the resolution (`resolve`, `converge`, `precondition`,
 //! `prerequisite`) are its methods, so none of them reaches for another request's policy.
 
-use std::sync::Arc;
+use std::{
+    future::{Future, poll_fn},
+    pin::pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::Poll,
+};
 
 use http::{HeaderMap, StatusCode};
-use tokio::time::Instant;
+use tokio::time::{Instant, sleep_until};
 
 use super::{
     Answered, Engine, Failure, Original, Transport, converge, is_conflict, is_safe, state::Source,
@@ -16,7 +21,7 @@ use super::{
 use crate::{
     ConflictPolicy, Error, Lease,
     journal::{Ending, operation_id},
-    lease::acquire_all,
+    lease::{Validity, acquire_all},
 };
 
 /// One request through the engine.
@@ -26,6 +31,12 @@ pub(super) struct Run<'r> {
     pub original: &'r Original<'r>,
     /// When the whole request, waits included, must be over.
     pub deadline: Instant,
+    /// The held leases that can be lost while held (remote ones), checked before every request
+    /// sent under them.
+    fence: Fence,
+    /// When the last answer to a write request (the original, a resend, a prerequisite action)
+    /// came back, once the resolution sent one.
+    last_answer: Mutex<Option<Instant>>,
 }
 
 impl<'r> Run<'r> {
@@ -40,16 +51,19 @@ impl<'r> Run<'r> {
             policy,
             original,
             deadline,
+            fence: Fence::default(),
+            last_answer: Mutex::new(None),
         }
     }
 
     /// Takes the write's leases, waits for a transition the previous holder left, sends the
     /// request, resolves a 409/412, and records the write in the journal.
     pub(super) async fn write<T: Transport>(
-        &self,
+        mut self,
         transport: &mut T,
     ) -> Result<Answered<T::Response>, Failure<T::Error>> {
         let leases = self.leases().await.map_err(Failure::Conflict)?;
+        self.fence = Fence::of(&leases);
         let own = leases
             .iter()
             .find(|lease| lease.key() == self.original.resource.key());
@@ -59,6 +73,8 @@ impl<'r> Run<'r> {
             let guard = Box::pin(self.guard(transport, lease));
             guard.await.map_err(Failure::Conflict)?;
         }
+        // The guard may have waited long enough for a remote lease to be lost.
+        self.fence.check().map_err(Failure::Conflict)?;
 
         let resource = self.original.resource.shared_key();
         let token = own.map(Lease::token);
@@ -66,7 +82,9 @@ impl<'r> Run<'r> {
             .engine
             .journal
             .open(resource, self.original.method, token);
-        let mut result = match transport.send(None).await {
+        let first = transport.send(None).await;
+        self.answered();
+        let mut result = match first {
             Ok(first) if is_conflict(T::head(&first).0) => {
                 Box::pin(self.resolve(transport, first)).await
             }
@@ -84,7 +102,9 @@ impl<'r> Run<'r> {
             report.lease_token = token;
             report.journal_seq = Some(entry.seq());
         }
-        // The journal's end is also when a transition this write left began (see `guard`).
+        // The journal's end is also when a transition this write left began (see `guard`). A
+        // write stopped by a lost lease sent nothing after its last answer: its entry ends there,
+        // so that the journal shows it overlapping the next holder only if it really did.
         let ending = match &result {
             Ok(answered) => {
                 let (status, headers) = T::head(&answered.response);
@@ -96,23 +116,51 @@ impl<'r> Run<'r> {
             }
             Err(_) => Ending::default(),
         };
-        entry.close(ending, Instant::now());
+        let end = match &result {
+            Err(Failure::Conflict(Error::LeaseLost { .. })) => self.last_answer(),
+            _ => None,
+        };
+        entry.close(ending, end.unwrap_or_else(Instant::now));
 
         if let (Some(lease), Ok(answered)) = (own, &result) {
             let (status, headers) = T::head(&answered.response);
             let arm = self.original.resource.is_arm();
-            if leaves_transition(arm, status, headers)
-                && let Err(error) = self.engine.leases.set_transitioning(lease, true).await
-            {
-                tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
+            if leaves_transition(arm, status, headers) {
+                let marked = self.in_time(self.engine.leases.set_transitioning(lease, true));
+                match marked.await {
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
+                    }
+                    None => {
+                        tracing::warn!(
+                            "recording the transition was cut off by the deadline; the next writer may meet a 409"
+                        );
+                    }
+                }
             }
         }
         // Released explicitly, so a remote store has them back before the caller goes on (a
-        // process that exits right after its write must not leave its lease to expire).
-        for lease in leases {
-            lease.release().await;
-        }
+        // process that exits right after its write must not leave its lease to expire). What
+        // the deadline cuts off goes on in the background.
+        let release = async {
+            for lease in leases {
+                lease.release().await;
+            }
+        };
+        self.in_time(release).await;
         result
+    }
+
+    /// Runs `call` to the lease store, cut off at the deadline when the store is a remote one (a
+    /// store that stopped answering must not hold the caller past it). In-process stores answer
+    /// at once and are not timed.
+    async fn in_time<F: Future>(&self, call: F) -> Option<F::Output> {
+        if self.fence.is_empty() {
+            Some(call.await)
+        } else {
+            tokio::time::timeout_at(self.deadline, call).await.ok()
+        }
     }
 
     /// The write's leases, when the policy takes them: the resource's, and its parent's when
@@ -130,6 +178,52 @@ impl<'r> Run<'r> {
         match leases.parent_to_lock(&self.original.resource) {
             None => acquire_all(store, &[own], ttl, wait).await,
             Some(parent) => acquire_all(store, &[own, parent.key()], ttl, wait).await,
+        }
+    }
+
+    /// Fails with [`Error::LeaseLost`] if a lease this write holds is lost: called before every
+    /// request that writes under them.
+    pub(super) fn still_held(&self) -> Result<(), Error> {
+        self.fence.check()
+    }
+
+    /// Notes that a write request just got its answer.
+    pub(super) fn answered(&self) {
+        // Only remote leases are ever lost, so only their writes need the time.
+        if !self.fence.is_empty() {
+            *self
+                .last_answer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        }
+    }
+
+    fn last_answer(&self) -> Option<Instant> {
+        *self
+            .last_answer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `wait` (polls, sleeps), ending it early with [`Error::LeaseLost`] when a lease this
+    /// write holds is lost meanwhile: waiting longer would only delay the error the next send
+    /// would meet. A loss the store reported is noticed at the latest when the lease's last
+    /// validity runs out.
+    pub(super) async fn unless_lost<F: Future>(&self, wait: F) -> Result<F::Output, Error> {
+        let mut wait = pin!(wait);
+        loop {
+            let Some(until) = self.fence.check_until()? else {
+                return Ok(wait.await);
+            };
+            let mut expiry = pin!(sleep_until(until));
+            let woke = poll_fn(|cx| match wait.as_mut().poll(cx) {
+                Poll::Ready(output) => Poll::Ready(Some(output)),
+                Poll::Pending => expiry.as_mut().poll(cx).map(|()| None),
+            })
+            .await;
+            if let Some(output) = woke {
+                return Ok(output);
+            }
         }
     }
 
@@ -159,7 +253,9 @@ impl<'r> Run<'r> {
         };
         let mut seen = converge::Observations::default();
         let waiting = Instant::now();
-        let polled = self.poll(transport, watch, &mut seen).await;
+        let polled = self
+            .unless_lost(self.poll(transport, watch, &mut seen))
+            .await?;
         estimates.learn(start, kind, &seen.polls);
         if !polled.converged() {
             return Err(self.gave_up(polled, seen.last, None, 0, waiting.elapsed()));
@@ -183,6 +279,49 @@ impl<'r> Run<'r> {
                     message: "no answer by the deadline".to_owned(),
                 })
             })
+    }
+}
+
+/// The leases of one write that can be lost while held: each remote lease's key, token and
+/// [`Validity`]. Empty for in-process leases, which cannot be lost, so checking costs them
+/// nothing but a length test.
+#[derive(Default)]
+struct Fence {
+    watched: Vec<(Arc<str>, u64, Validity)>,
+}
+
+impl Fence {
+    fn of(leases: &[Lease]) -> Self {
+        let watched = leases
+            .iter()
+            .filter_map(|lease| {
+                let validity = lease.validity()?.clone();
+                Some((Arc::from(lease.key()), lease.token(), validity))
+            })
+            .collect();
+        Self { watched }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.watched.is_empty()
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        for (key, token, validity) in &self.watched {
+            validity.check(key, *token)?;
+        }
+        Ok(())
+    }
+
+    /// Until when every lease is known held (the earliest of their validities); `None` when
+    /// none can be lost.
+    fn check_until(&self) -> Result<Option<Instant>, Error> {
+        let mut until: Option<Instant> = None;
+        for (key, token, validity) in &self.watched {
+            let valid = validity.check(key, *token)?;
+            until = Some(until.map_or(valid, |u| u.min(valid)));
+        }
+        Ok(until)
     }
 }
 

@@ -461,9 +461,10 @@ impl LeaseStore for BlobLeases {
             let mut patience = remote::Patience::new(wait);
             let seconds = ttl.as_secs().clamp(MIN_LEASE, MAX_LEASE);
             let (mut created, mut taken) = (false, false);
-            let lease_id = loop {
+            let (lease_id, asked) = loop {
+                let asked = tokio::time::Instant::now();
                 match inner.try_acquire(&runtime, key, seconds, deadline).await? {
-                    Attempt::Acquired(id) => break id,
+                    Attempt::Acquired(id) => break (id, asked),
                     // The first lease on a key creates its blob, then tries again at once.
                     Attempt::NoBlob if !created => {
                         inner.create_blob(key, deadline).await?;
@@ -503,7 +504,8 @@ impl LeaseStore for BlobLeases {
                 remote::keep_alive(
                     &runtime,
                     key.to_owned(),
-                    Duration::from_secs(seconds) / 3,
+                    Duration::from_secs(seconds),
+                    asked,
                     renew,
                     release,
                 )

@@ -11,6 +11,12 @@
 //! deadlock. Dropping a [`Lease`] releases it — also when the request future holding it is
 //! cancelled.
 //!
+//! A remote lease also carries its [`Validity`]: until when it is known held (the moment its last
+//! successful renewal was sent, plus its TTL), or that a renewal found it taken. [`Lease::check`]
+//! reads it, and the engine checks before every request it sends under the lease, so a writer
+//! that lost its lease stops instead of writing alongside the next holder. An in-process lease
+//! cannot expire while it is held and has nothing to check.
+//!
 //! A store also remembers whether the last holder left the resource **in transition** (a 201/202,
 //! or a non-terminal `provisioningState`), so that the next holder waits for the resource to
 //! converge before writing instead of eating the 409.
@@ -30,6 +36,8 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
+
+use tokio::time::Instant;
 
 // Documented at the crate's root, the one path the docs use (`reqwest_conflict::RedisLeases`).
 #[cfg(feature = "redis")]
@@ -88,6 +96,9 @@ pub struct Lease {
     token: u64,
     /// Whether the previous holder left the key in transition, when the store knew at once.
     transitioning: Option<bool>,
+    /// Until when a lease that expires unless renewed is known held; `None` for a lease that
+    /// cannot expire while held (in-process stores).
+    validity: Option<Validity>,
     release: Release,
 }
 
@@ -149,6 +160,7 @@ impl Lease {
             key,
             token,
             transitioning: None,
+            validity: None,
             release,
         }
     }
@@ -177,6 +189,28 @@ impl Lease {
         self.transitioning
     }
 
+    /// Ties the lease to the [`Validity`] its store's renewals keep, so that
+    /// [`check`](Self::check) can tell when it is lost. For remote store implementations.
+    pub fn with_validity(mut self, validity: Validity) -> Self {
+        self.validity = Some(validity);
+        self
+    }
+
+    /// The lease's [`Validity`], if it can expire while held.
+    pub fn validity(&self) -> Option<&Validity> {
+        self.validity.as_ref()
+    }
+
+    /// Whether the lease is still known held: fails with [`Error::LeaseLost`] once its validity
+    /// passed without a renewal, or a renewal found the key taken. Nothing is sent to the store;
+    /// a lease that cannot expire while held always passes.
+    pub fn check(&self) -> Result<(), Error> {
+        match &self.validity {
+            None => Ok(()),
+            Some(validity) => validity.check(&self.key, self.token).map(drop),
+        }
+    }
+
     /// Gives the lease back and waits until the store has it, so the next holder (perhaps in
     /// another process) can go at once — also when this process exits right after. An
     /// in-process lease is released by the call itself; the future then has nothing to wait for.
@@ -199,6 +233,61 @@ impl Lease {
             Release::Later(release) => Some(into_inner(release)()),
             Release::Done => None,
         }
+    }
+}
+
+/// Until when a lease that expires unless renewed is known held: shared by the [`Lease`] and the
+/// task that renews it. Cloning gives another handle to the same one.
+///
+/// A renewal that succeeded extends it to the moment the renewal was *sent* plus the TTL: the
+/// store started the TTL when it received the request, later, so the lease cannot have expired
+/// there earlier (the clocks of this process and the store are assumed to run at the same rate,
+/// not to agree). A renewal that found the key held by someone else ends it at once. A renewal
+/// that failed (the store did not answer) changes nothing: the lease stays valid until the last
+/// extension runs out, and is then taken for lost.
+#[derive(Clone, Debug)]
+pub struct Validity {
+    until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Validity {
+    /// A validity that runs until `until`.
+    pub fn new(until: Instant) -> Self {
+        Self {
+            until: Arc::new(Mutex::new(Some(until))),
+        }
+    }
+
+    /// A renewal succeeded: valid until `until` (never shortened by a renewal answered late).
+    pub fn renewed(&self, until: Instant) {
+        if let Some(current) = self.lock().as_mut() {
+            *current = (*current).max(until);
+        }
+    }
+
+    /// A renewal found the key held by someone else: lost for good.
+    pub fn lost(&self) {
+        *self.lock() = None;
+    }
+
+    /// Until when the lease is known held, or [`Error::LeaseLost`] for `key` and `token`.
+    pub fn check(&self, key: &str, token: u64) -> Result<Instant, Error> {
+        let lost = |reason| Error::LeaseLost {
+            key: key.to_owned(),
+            token,
+            reason,
+        };
+        match *self.lock() {
+            None => Err(lost("the store says another holder has it")),
+            Some(until) if Instant::now() >= until => {
+                Err(lost("its TTL passed without a successful renewal"))
+            }
+            Some(until) => Ok(until),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.until.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

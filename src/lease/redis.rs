@@ -2,17 +2,22 @@
 //!
 //! Why these commands: a lease is the plain Redis lock, `SET {prefix}lease:{key} <holder> NX PX
 //! ttl`, so a crashed holder's lease simply expires. Expiry alone cannot tell a holder that was
-//! paused past its TTL from the one that replaced it, hence the fencing token: a per-key counter,
-//! `INCR {prefix}fence:{key}`, bumped **in the same Lua script** as the successful `SET`, so no
-//! two holders ever see the same token and a later holder always sees a larger one. The counter
-//! never expires (one small key per resource ever leased) — expiring it would restart tokens.
+//! paused past its TTL from the one that replaced it, hence the fencing token, drawn **in the same
+//! Lua script** as the successful `SET`, so no two holders ever see the same token and a later
+//! holder always sees a larger one. It is the larger of the last token plus one (kept in
+//! `{prefix}fence:{key}`) and the server's clock (`TIME`) in milliseconds times 1024: a counter
+//! alone would start again at 1 after the server restarts without its data, and the clock alone
+//! would repeat within a millisecond. As long as the server's clock does not step back across a
+//! restart, and no key is leased more than 1024 times a millisecond on average, tokens never go
+//! backwards, whatever the server forgets.
 //!
 //! Renewal, release and the transitioning flag are compare-and-set scripts keyed on the holder
 //! ID, so a holder whose lease expired can neither extend, delete nor write under the next
-//! holder's lease. Renewal runs every ttl/3 in a background task; dropping the [`Lease`] stops it
-//! and releases the key from that task (see `remote.rs`). A lease whose acquire future is dropped
-//! in the middle of the Redis round trip may have been taken without anyone knowing; it expires
-//! after `ttl`.
+//! holder's lease. Renewal runs every ttl/3 in a background task that keeps the lease's
+//! [`Validity`](super::Validity); dropping the [`Lease`] stops it and releases the key from that
+//! task (see `remote.rs`). An acquire whose answer never came back (its future dropped, its wait
+//! or the connection's response timeout run out) may have been granted all the same, to a holder
+//! nobody would renew or release: it is released in the background too (`Unanswered`).
 //!
 //! All keys of one lease are in one script, so with Redis Cluster they would need a hash tag in
 //! the prefix; [`RedisLeases`] talks to a single server (or a proxy) through a
@@ -36,14 +41,20 @@ use super::{
 };
 use crate::{Error, shared::BoxFuture};
 
-/// `SET lease NX PX ttl`; on success `INCR fence`. Returns the new token, or 0 if the key is held.
+/// `SET lease NX PX ttl`; on success the next fencing token (see the module's doc), kept in
+/// `fence`. Returns the new token, or 0 if the key is held. Lua numbers are doubles, exact up to
+/// 2^53 (past the year 2200 for these tokens), hence `%.0f` rather than `tostring`.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 0
 end
-return 0",
+local now = redis.call('TIME')
+local floor = (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) * 1024
+local token = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, floor)
+redis.call('SET', KEYS[2], string.format('%.0f', token))
+return token",
     )
 });
 
@@ -90,7 +101,10 @@ return 1",
 /// server and prefix.
 ///
 /// A lease expires `ttl` after it was last renewed; it is renewed every `ttl / 3` while its
-/// [`Lease`] lives, and released when the `Lease` is dropped. A transitioning flag expires after
+/// [`Lease`] lives, and released when the `Lease` is dropped. Once its TTL passes with no
+/// renewal answered, or a renewal finds the key taken, the lease is lost ([`Lease::check`] fails,
+/// and a write under it stops). Fencing tokens keep growing when the server restarts without its
+/// data, as long as its clock does not step back. A transitioning flag expires after
 /// ten times the TTL of the lease that set it, so a writer that vanished cannot leave it set
 /// forever. Needs a Tokio runtime. Cloning gives another handle to the same connection.
 ///
@@ -185,6 +199,61 @@ fn holder_id() -> String {
     format!("{a:016x}{b:016x}")
 }
 
+/// An acquire sent but not answered yet. The store may grant it whatever becomes of the answer;
+/// given up unanswered (dropped before [`answered`](Self::answered)), it has the lease the
+/// request may have taken released in the background. The release goes out on the same
+/// connection, queued behind the acquire, so the server runs it after the acquire; and it deletes
+/// the key only if that request's own holder ID is in it. If it cannot run (no runtime, the
+/// server unreachable), the key expires after its TTL.
+struct Unanswered {
+    /// `None` once answered.
+    conn: Option<ConnectionManager>,
+    lease_key: String,
+    holder: String,
+    ttl_ms: u64,
+}
+
+impl Unanswered {
+    fn new(conn: &ConnectionManager, lease_key: &str, holder: &str, ttl_ms: u64) -> Self {
+        Self {
+            conn: Some(conn.clone()),
+            lease_key: lease_key.to_owned(),
+            holder: holder.to_owned(),
+            ttl_ms,
+        }
+    }
+
+    /// The answer came back: whatever it granted has an owner.
+    fn answered(mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (lease_key, holder) = (
+            std::mem::take(&mut self.lease_key),
+            std::mem::take(&mut self.holder),
+        );
+        // Past the TTL the key has expired anyway.
+        let patience = Duration::from_millis(self.ttl_ms);
+        runtime.spawn(async move {
+            let mut release = RELEASE.key(&lease_key);
+            release.arg(&holder);
+            let release = release.invoke_async::<i64>(&mut conn);
+            if let Ok(Err(error)) = tokio::time::timeout(patience, release).await {
+                tracing::warn!(key = %lease_key, error = ?error.to_string(), "releasing an unanswered acquire failed; it will expire");
+            }
+        });
+    }
+}
+
 /// A TTL in whole milliseconds, at least 1 (Redis rejects `PX 0`).
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -205,17 +274,20 @@ impl LeaseStore for RedisLeases {
             let lease_key = self.redis_key("lease", key);
             let fence_key = self.redis_key("fence", key);
             let mut conn = self.inner.conn.clone();
-            let token = loop {
-                let token: u64 = ACQUIRE
-                    .key(&lease_key)
-                    .key(&fence_key)
-                    .arg(&holder)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| backend(key, "acquire", e))?;
+            let (token, asked) = loop {
+                let asked = tokio::time::Instant::now();
+                let unanswered = Unanswered::new(&conn, &lease_key, &holder, ttl_ms);
+                let mut attempt = ACQUIRE.key(&lease_key);
+                attempt.key(&fence_key).arg(&holder).arg(ttl_ms);
+                let attempt = attempt.invoke_async::<u64>(&mut conn);
+                let token = match tokio::time::timeout(patience.left(), attempt).await {
+                    Ok(Ok(token)) => token,
+                    Ok(Err(e)) => return Err(backend(key, "acquire", e)),
+                    Err(_) => return Err(patience.timed_out(key)),
+                };
+                unanswered.answered();
                 if token > 0 {
-                    break token;
+                    break (token, asked);
                 }
                 patience.pause(key).await?;
             };
@@ -253,7 +325,8 @@ impl LeaseStore for RedisLeases {
                 remote::keep_alive(
                     &runtime,
                     key.to_owned(),
-                    Duration::from_millis(ttl_ms / 3).max(Duration::from_millis(1)),
+                    Duration::from_millis(ttl_ms),
+                    asked,
                     renew,
                     release,
                 )

@@ -1,5 +1,5 @@
 //! What the cross-process stores share: the acquire backoff, and the background task that renews
-//! a lease and releases it when the [`Lease`](super::Lease) is dropped.
+//! a lease (keeping its [`Validity`]) and releases it when the [`Lease`](super::Lease) is dropped.
 //!
 //! Why a task per lease: a remote lease expires unless renewed, and it must be released even when
 //! it is dropped outside async code. The [`KeepAlive`] handle inside the `Lease` is only the
@@ -17,6 +17,7 @@ use std::{
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::{sync::oneshot, time::Instant};
 
+use super::Validity;
 use crate::Error;
 
 /// The waiting between acquire attempts on a taken key, within the caller's `wait`.
@@ -46,18 +47,28 @@ impl Patience {
         }
     }
 
+    /// What is left of `wait` (`Duration::MAX` with no deadline).
+    pub(crate) fn left(&self) -> Duration {
+        match self.deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        }
+    }
+
+    /// The error for `key` once `wait` is spent.
+    pub(crate) fn timed_out(&self, key: &str) -> Error {
+        Error::LeaseTimeout {
+            key: key.to_owned(),
+            waited: self.started.elapsed(),
+        }
+    }
+
     /// Sleeps until the next attempt, or fails with [`Error::LeaseTimeout`] once `wait` is
     /// spent (right after a last attempt at the deadline).
     pub(crate) async fn pause(&mut self, key: &str) -> Result<(), Error> {
-        let left = match self.deadline {
-            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
-            None => Duration::MAX,
-        };
+        let left = self.left();
         if left.is_zero() {
-            return Err(Error::LeaseTimeout {
-                key: key.to_owned(),
-                waited: self.started.elapsed(),
-            });
+            return Err(self.timed_out(key));
         }
         let delay = self.delays.next().unwrap_or(Duration::from_millis(200));
         tokio::time::sleep(delay.min(left)).await;
@@ -87,6 +98,8 @@ pub(crate) enum Renewal {
 /// [`release`](KeepAlive::release) waits for the release.
 pub(crate) struct KeepAlive {
     stop: oneshot::Sender<oneshot::Sender<()>>,
+    /// What the renewals found, for the [`Lease`](super::Lease) to check.
+    validity: Validity,
 }
 
 impl KeepAlive {
@@ -100,12 +113,16 @@ impl KeepAlive {
     }
 }
 
-/// Spawns the task that calls `renew` every `every` and, once the returned handle is dropped,
-/// `release`.
+/// Spawns the task that keeps a lease granted for `ttl` by a request sent at `asked`: it calls
+/// `renew` every third of `ttl` and, once the returned handle is dropped, `release`. Each answer
+/// to a renewal updates the lease's [`Validity`]. A renewal not answered within its period, or a
+/// release not answered within the TTL, is given up (the store may be paused), so neither can
+/// hold the task for ever.
 pub(crate) fn keep_alive<R, RF, L, LF>(
     runtime: &tokio::runtime::Handle,
     key: String,
-    every: Duration,
+    ttl: Duration,
+    asked: Instant,
     mut renew: R,
     release: L,
 ) -> KeepAlive
@@ -115,36 +132,50 @@ where
     L: FnOnce() -> LF + Send + 'static,
     LF: Future<Output = Result<(), String>> + Send,
 {
+    let every = (ttl / 3).max(Duration::from_millis(1));
+    let validity = Validity::new(asked + ttl);
     let (stop, mut stopped) = oneshot::channel::<oneshot::Sender<()>>();
+    let renewed = validity.clone();
     runtime.spawn(async move {
         // Err(Elapsed): the period passed with the lease still held. Ok(Ok(done)): released
         // explicitly, someone waits on `done`. Ok(Err(_)): the handle was dropped.
         let done = loop {
             match tokio::time::timeout(every, &mut stopped).await {
-                Err(_) => match renew().await {
-                    Renewal::Kept => {}
-                    Renewal::Lost => {
-                        tracing::warn!(
-                            key = %key,
-                            "lease lost while held (expired or taken over); writes under it are no longer fenced"
-                        );
-                        return;
+                Err(_) => {
+                    let sent = Instant::now();
+                    let answer = tokio::time::timeout(every, renew()).await;
+                    match answer.unwrap_or_else(|_| Renewal::Failed("no answer".to_owned())) {
+                        Renewal::Kept => renewed.renewed(sent + ttl),
+                        Renewal::Lost => {
+                            renewed.lost();
+                            tracing::warn!(
+                                key = %key,
+                                "lease lost while held (expired or taken over); the write under it stops before its next request"
+                            );
+                            return;
+                        }
+                        Renewal::Failed(error) => {
+                            tracing::warn!(key = %key, error = ?error, "lease renewal failed; retrying");
+                        }
                     }
-                    Renewal::Failed(error) => {
-                        tracing::warn!(key = %key, %error, "lease renewal failed; retrying");
-                    }
-                },
+                }
                 Ok(done) => break done.ok(),
             }
         };
-        if let Err(error) = release().await {
-            tracing::warn!(key = %key, %error, "lease release failed; it will expire");
+        // Past the TTL the lease has expired anyway: a release the store does not answer by
+        // then is pointless.
+        match tokio::time::timeout(ttl, release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(key = %key, error = ?error, "lease release failed; it will expire");
+            }
+            Err(_) => tracing::warn!(key = %key, "lease release not answered; it will expire"),
         }
         if let Some(done) = done {
             let _ = done.send(());
         }
     });
-    KeepAlive { stop }
+    KeepAlive { stop, validity }
 }
 
 /// What a store remembers of each lease it handed out, by key and fencing token.
@@ -174,12 +205,14 @@ impl<T: Clone> Held<T> {
     {
         self.lock().insert((key.to_owned(), token), value);
         let (held, owned_key) = (self.clone(), key.to_owned());
+        let validity = keep.validity.clone();
         super::Lease::new_remote(key, token, move || {
             Box::pin(async move {
                 held.lock().remove(&(owned_key, token));
                 keep.release().await;
             })
         })
+        .with_validity(validity)
     }
 
     /// What was stored for a lease this store handed out, or an error for a foreign lease.

@@ -27,6 +27,30 @@ pub use client::*;
 pub use servers::*;
 pub use sim::*;
 
+/// A small, seeded xorshift, for tests that do things at random points; the seed is printed, so
+/// a failure can be told apart from another.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the clock.
+    pub fn seeded() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        eprintln!("random seed: {seed}");
+        Self(seed)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 /// An RFC 9110 `IMF-fixdate`, as `Retry-After` carries a date.
 pub fn http_date(at: std::time::SystemTime) -> String {
     httpdate::fmt_http_date(at)

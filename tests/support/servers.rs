@@ -38,37 +38,122 @@ impl Redis {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Freezes the server (SIGSTOP): its connections stay open, and nothing is answered (nor
+    /// expired) until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.process.0.id().to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -{signal} redis-server failed");
+    }
+
+    /// Kills the server (SIGKILL) and starts a new one on the same port, with nothing in it: a
+    /// store that restarted without persistence.
+    pub fn restart_empty(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(process) = spawn_redis(&redis_binary(), self.port) {
+                self.process = process;
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start again on port {}", self.port);
+    }
+
+    /// Sends one inline command (`EXISTS key`) and returns the first line of the answer
+    /// (`:0`).
+    pub fn command(&self, command: &str) -> String {
+        let mut stream =
+            TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).expect("connect to redis-server");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set a read timeout");
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .expect("send a command to redis-server");
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\r\n") {
+            stream
+                .read_exact(&mut byte)
+                .expect("read redis-server's answer");
+            answer.push(byte[0]);
+        }
+        String::from_utf8_lossy(&answer).trim_end().to_owned()
+    }
 }
 
-/// Starts `redis-server` on a free loopback port, without persistence, and waits for PING.
-pub fn start_redis() -> Redis {
-    let binary = find_on_path("redis-server").unwrap_or_else(|| {
+/// Whether `key` is gone from `redis` within a second: at once, but for a release still in flight
+/// (a dropped caller's, in the background) — not after a lease's TTL.
+pub async fn redis_key_gone(redis: &Redis, key: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        if redis.command(&format!("EXISTS {key}")) == ":0" {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn redis_binary() -> PathBuf {
+    find_on_path("redis-server").unwrap_or_else(|| {
         panic!(
             "redis-server not found on PATH; the Redis lease tests need a real server. \
              Install it with `apt-get install -y redis-server`."
         )
-    });
+    })
+}
+
+/// Starts `redis-server` on `port`, without persistence, and waits for PING; `None` if it exits
+/// first (the port is taken) or does not answer within 10 s.
+fn spawn_redis(binary: &Path, port: u16) -> Option<KillOnDrop> {
+    let child = Command::new(binary)
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    let mut process = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = process.0.try_wait() {
+            return None;
+        }
+        if redis_ping(port) {
+            return Some(process);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Starts `redis-server` on a free loopback port, without persistence, and waits for PING.
+pub fn start_redis() -> Redis {
+    let binary = redis_binary();
     // The port can be taken between choosing and binding it: try a few.
     for _ in 0..5 {
         let port = free_port();
-        let child = Command::new(&binary)
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let mut process = KillOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = process.0.try_wait() {
-                break; // exited: probably the port; try another
-            }
-            if redis_ping(port) {
-                return Redis { process, port };
-            }
-            thread::sleep(Duration::from_millis(20));
+        if let Some(process) = spawn_redis(&binary, port) {
+            return Redis { process, port };
         }
     }
     panic!("redis-server did not start answering PING");
