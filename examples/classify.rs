@@ -12,9 +12,10 @@
 //!
 //! Input fields: `status` (required); `request_headers` and `response_headers` (objects, names
 //! case-insensitive, values strings or arrays of strings); `body` (text) or `body_base64` (for
-//! bodies that are not UTF-8); `id` (echoed back). The files in `fixtures/errors/` are valid
-//! input too (`jq -c . fixtures/errors/*.json | cargo run -q --example classify`); their
-//! `description`, `service` and `expect` are ignored.
+//! bodies that are not UTF-8); `id` (echoed back). The files in `fixtures/errors/` and
+//! `fixtures/constructed/` are valid input too
+//! (`jq -c . fixtures/errors/*.json | cargo run -q --example classify`); their `description`,
+//! `service`, `source` and `expect` are ignored.
 //!
 //! A line that cannot be used gets `{"error": "…"}` and the run goes on; blank lines are skipped.
 //! The exit status is 0 unless stdin cannot be read or stdout cannot be written (a closed pipe,
@@ -45,6 +46,8 @@ struct Case {
     description: Option<Value>,
     #[allow(dead_code)]
     service: Option<Value>,
+    #[allow(dead_code)]
+    source: Option<Value>,
     #[allow(dead_code)]
     expect: Option<Value>,
 }
@@ -243,14 +246,16 @@ mod tests {
 
     #[test]
     fn fixture_files_are_valid_input() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/errors");
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "json") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                let fixture: Value = serde_json::from_str(&text).unwrap();
-                let out = classify_line(&fixture.to_string());
-                assert_eq!(out["kind"], fixture["expect"]["kind"], "{}", path.display());
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        for dir in ["errors", "constructed"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "json") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let fixture: Value = serde_json::from_str(&text).unwrap();
+                    let out = classify_line(&fixture.to_string());
+                    assert_eq!(out["kind"], fixture["expect"]["kind"], "{}", path.display());
+                }
             }
         }
     }
