@@ -19,7 +19,7 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
-pub use parse::{ErrorBody, parse};
+pub use parse::{ErrorBody, ErrorNode, parse};
 pub use retry_after::retry_after;
 pub(crate) use rules::code_matches;
 pub use rules::{RequestCondition, Rule};
@@ -121,7 +121,8 @@ impl Classifier {
         }
     }
 
-    /// The built-in table with `extra` rules consulted first, so they can override built-in ones.
+    /// The built-in table with `extra` rules consulted first, so they win over built-in rules
+    /// that recognize the same error (the innermost recognized error still decides).
     pub fn with_rules(extra: impl IntoIterator<Item = Rule>) -> Self {
         let mut rules: Vec<Rule> = extra.into_iter().collect();
         rules.extend_from_slice(rules::builtin());
