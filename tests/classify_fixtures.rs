@@ -88,9 +88,7 @@ impl Corpus {
         let mut files: Vec<String> = std::fs::read_dir(self.dir())
             .unwrap()
             .map(|entry| entry.unwrap())
-            .filter(|entry| {
-                self == Corpus::Constructed || !entry.file_type().unwrap().is_symlink()
-            })
+            .filter(|entry| self == Corpus::Constructed || !entry.file_type().unwrap().is_symlink())
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .filter(|name| name.ends_with(".json"))
             .collect();
@@ -230,7 +228,11 @@ fn compare(want: &Expect, got: &Classification) -> Vec<String> {
 /// its `expect` says.
 fn check_corpus(corpus: Corpus) {
     let files = corpus.files();
-    assert!(!files.is_empty(), "no fixtures in {}", corpus.dir().display());
+    assert!(
+        !files.is_empty(),
+        "no fixtures in {}",
+        corpus.dir().display()
+    );
     let failures: Vec<String> = files
         .iter()
         .filter_map(|file| check(corpus, file).err().map(|e| format!("{file}: {e}")))
@@ -262,11 +264,23 @@ fn recorded_corpus_is_broad() {
     let files = Corpus::Recorded.files();
     let fixtures: Vec<Fixture> = files
         .iter()
-        .map(|file| Corpus::Recorded.load(file).unwrap_or_else(|e| panic!("{file}: {e}")))
+        .map(|file| {
+            Corpus::Recorded
+                .load(file)
+                .unwrap_or_else(|e| panic!("{file}: {e}"))
+        })
         .collect();
-    assert!(fixtures.len() >= 150, "{} recorded fixtures", fixtures.len());
+    assert!(
+        fixtures.len() >= 150,
+        "{} recorded fixtures",
+        fixtures.len()
+    );
     let services: BTreeSet<&str> = fixtures.iter().map(|f| f.service.as_str()).collect();
-    assert!(services.len() >= 25, "{} services: {services:?}", services.len());
+    assert!(
+        services.len() >= 25,
+        "{} services: {services:?}",
+        services.len()
+    );
     let kinds: HashSet<ConflictKind> = fixtures.iter().map(|f| f.expect.kind).collect();
     assert_eq!(kinds.len(), 6, "every ConflictKind is recorded: {kinds:?}");
 }
