@@ -236,6 +236,10 @@ impl<'o> Walker<'o> {
             self.out.target = field(top, "target").and_then(Value::as_str).and_then(clean);
             self.out
                 .push_error(self.out.code.clone(), self.out.message.clone(), 0);
+            // A deployment's detail, read on its own, is such a top error with a document as
+            // its message.
+            let message = self.out.message.clone();
+            self.embed(message.as_deref(), 0);
             self.visited = 1;
             self.visit(children_of(top).take(MAX_NODES).map(|c| (c, 1)).collect());
         }
@@ -246,6 +250,19 @@ impl<'o> Walker<'o> {
             {
                 self.visit(VecDeque::from([(obj, depth)]));
             }
+        }
+    }
+
+    /// Queues a message that is itself an error document, to be read one level below the
+    /// error that carried it.
+    fn embed(&mut self, message: Option<&str>, depth: usize) {
+        if let Some(m) = message
+            && m.starts_with('{')
+            && depth + 1 < MAX_DEPTH
+            && self.embedded_taken < MAX_EMBEDDED
+        {
+            self.embedded_taken += 1;
+            self.embedded.push_back((m.to_owned(), depth + 1));
         }
     }
 
@@ -260,14 +277,7 @@ impl<'o> Walker<'o> {
             let message = message_of(node);
             self.out.push_error(code.clone(), message.clone(), depth);
             self.out.push_code(code);
-            if let Some(m) = &message
-                && m.starts_with('{')
-                && depth + 1 < MAX_DEPTH
-                && self.embedded_taken < MAX_EMBEDDED
-            {
-                self.embedded_taken += 1;
-                self.embedded.push_back((m.clone(), depth + 1));
-            }
+            self.embed(message.as_deref(), depth);
             self.out.push_message(message);
             if depth + 1 < MAX_DEPTH {
                 let room = MAX_NODES.saturating_sub(self.visited + queue.len());

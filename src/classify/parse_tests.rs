@@ -264,3 +264,15 @@ fn error_objects_are_bounded() {
     ));
     assert_eq!(b.errors.len(), MAX_DETAILS + 1);
 }
+
+#[test]
+fn a_top_message_that_is_a_document_is_read_too() {
+    // How a deployment reports one failed operation: the HTTP status name as the code, the
+    // service's own error as the message.
+    let b = body(
+        r#"{"code":"Conflict","message":"{\r\n  \"error\": {\r\n    \"code\": \"PessimisticConcurrencyConflict\",\r\n    \"message\": \"Operation on the API is in progress\"\r\n  }\r\n}"}"#,
+    );
+    assert_eq!(b.code.as_deref(), Some("Conflict"));
+    assert_eq!(b.detail_codes, ["PessimisticConcurrencyConflict"]);
+    assert_eq!(b.errors.last().unwrap().depth, 1);
+}
