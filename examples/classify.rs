@@ -7,14 +7,19 @@
 //! ```text
 //! $ echo '{"status":409,"body":"{\"error\":{\"code\":\"AnotherOperationInProgress\",\"message\":\"Another operation on this or dependent resource is in progress. To retrieve status of the operation use uri: https://management.azure.com/subscriptions/s/providers/Microsoft.Network/locations/westeurope/operations/1?api-version=2023-04-01.\"}}"}' \
 //!     | cargo run -q --example classify
-//! {"code":"AnotherOperationInProgress","detail_codes":[],"kind":"state_conflict","message":"Another operation …","operation_uri":"https://management.azure.com/subscriptions/s/providers/Microsoft.Network/locations/westeurope/operations/1?api-version=2023-04-01","referenced_resource":null,"retry_after_secs":null,"rule":"another_operation_in_progress","status":409,"target":null}
+//! {"code":"AnotherOperationInProgress","detail_codes":[],"kind":"state_conflict","message":"Another operation …","operation_uri":"https://management.azure.com/subscriptions/s/providers/Microsoft.Network/locations/westeurope/operations/1?api-version=2023-04-01","referenced_resource":null,"retry_after_secs":null,"rule":"another_operation_in_progress","status":409,"target":null,"why":"The resource or a dependency is mid-operation; …"}
 //! ```
 //!
 //! Input fields: `status` (required); `request_headers` and `response_headers` (objects, names
 //! case-insensitive, values strings or arrays of strings); `body` (text) or `body_base64` (for
-//! bodies that are not UTF-8); `id` (echoed back). The files in `fixtures/errors/` are valid
-//! input too (`jq -c . fixtures/errors/*.json | cargo run -q --example classify`); their
-//! `description`, `service` and `expect` are ignored.
+//! bodies that are not UTF-8); `id` (echoed back). The files in `fixtures/errors/` and
+//! `fixtures/constructed/` are valid input too
+//! (`jq -c . fixtures/errors/*.json | cargo run -q --example classify`); their `description`,
+//! `service`, `source` and `expect` are ignored.
+//!
+//! Each output line says what the classifier made of the response; `rule` names the rule of
+//! `src/classify/rules.json` that decided and `why` is that rule's reason (both `null` when no
+//! rule did and the kind is the conservative `unknown`).
 //!
 //! A line that cannot be used gets `{"error": "…"}` and the run goes on; blank lines are skipped.
 //! The exit status is 0 unless stdin cannot be read or stdout cannot be written (a closed pipe,
@@ -45,6 +50,8 @@ struct Case {
     description: Option<Value>,
     #[allow(dead_code)]
     service: Option<Value>,
+    #[allow(dead_code)]
+    source: Option<Value>,
     #[allow(dead_code)]
     expect: Option<Value>,
 }
@@ -98,7 +105,16 @@ fn run(line: &str) -> Result<Value, String> {
     };
     let request_headers = headers("request_headers", &case.request_headers)?;
     let response_headers = headers("response_headers", &case.response_headers)?;
-    let c = Classifier::azure().classify(status, &request_headers, &response_headers, &body);
+    let classifier = Classifier::azure();
+    let c = classifier.classify(status, &request_headers, &response_headers, &body);
+    // Which rule decided, and why it says what it says: the first thing an operator asks.
+    let why = c.rule.as_deref().and_then(|name| {
+        classifier
+            .rules()
+            .iter()
+            .find(|rule| rule.name.as_deref() == Some(name))
+            .and_then(|rule| rule.why.clone())
+    });
     let retry_after_secs = c.retry_after.map(|d| {
         if d.subsec_nanos() == 0 {
             json!(d.as_secs())
@@ -117,6 +133,7 @@ fn run(line: &str) -> Result<Value, String> {
         "operation_uri": c.operation_uri,
         "referenced_resource": c.referenced_resource,
         "rule": c.rule,
+        "why": why,
     });
     if let Some(id) = case.id {
         out["id"] = id;
@@ -188,6 +205,7 @@ mod tests {
         assert_eq!(out["code"], "AnotherOperationInProgress");
         assert_eq!(out["retry_after_secs"], 20);
         assert_eq!(out["rule"], "another_operation_in_progress");
+        assert!(out["why"].as_str().unwrap().contains("mid-operation"));
         assert_eq!(out["id"], 7);
         assert_eq!(
             out["operation_uri"],
@@ -210,6 +228,10 @@ mod tests {
         let out = classify_line(r#"{"status":409,"response_headers":{"retry-after-ms":"1500"}}"#);
         assert_eq!(out["retry_after_secs"], 1.5);
         assert_eq!(out["kind"], "unknown");
+        assert!(
+            out["rule"].is_null() && out["why"].is_null(),
+            "no rule decided"
+        );
     }
 
     #[test]
@@ -243,14 +265,16 @@ mod tests {
 
     #[test]
     fn fixture_files_are_valid_input() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/errors");
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "json") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                let fixture: Value = serde_json::from_str(&text).unwrap();
-                let out = classify_line(&fixture.to_string());
-                assert_eq!(out["kind"], fixture["expect"]["kind"], "{}", path.display());
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        for dir in ["errors", "constructed"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "json") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let fixture: Value = serde_json::from_str(&text).unwrap();
+                    let out = classify_line(&fixture.to_string());
+                    assert_eq!(out["kind"], fixture["expect"]["kind"], "{}", path.display());
+                }
             }
         }
     }

@@ -1,86 +1,29 @@
-//! Table-driven classifier tests: one test per recorded error in `fixtures/errors/`.
+//! Table-driven classifier tests over the two fixture corpora:
 //!
-//! The cases are data so that a new Azure error seen in the wild becomes a regression test by
-//! dropping a JSON file next to the others (see `fixtures/errors/README.md`) and adding one line
-//! to the `fixtures!` list below; `every_fixture_is_listed` fails until that line is there, so no
-//! case is silently skipped.
+//! - `fixtures/errors/`: real 409/412 (and related) answers, each copied from the public record it
+//!   names in `source`;
+//! - `fixtures/constructed/`: inputs made on purpose (hostile or broken bodies, shapes no public
+//!   record shows yet), which need no `source`.
+//!
+//! Every `*.json` file in either directory is a case: dropping a file there is enough to add one.
+//! Each corpus runs as one test that checks every file and reports every file that fails, by
+//! name, with what was wanted and what the classifier said; one bad file never hides another.
 
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use reqwest_conflict::{Classification, Classifier, ConflictKind};
 use serde::{Deserialize, Deserializer};
 
-macro_rules! fixtures {
-    ($($test:ident => $file:literal),* $(,)?) => {
-        const LISTED: &[&str] = &[$($file),*];
-        $(
-            #[test]
-            fn $test() {
-                check($file);
-            }
-        )*
-    };
-}
-
-fixtures! {
-    another_operation_in_progress => "01_another_operation_in_progress.json",
-    another_operation_regional_uri_retry_after => "02_another_operation_regional_uri_retry_after.json",
-    retryable_error_referenced_resource => "03_retryable_error_referenced_resource.json",
-    retryable_error_due_to_another_operation => "04_retryable_error_due_to_another_operation.json",
-    canceled_and_superseded => "05_canceled_and_superseded.json",
-    operation_preempted => "06_operation_preempted.json",
-    deployment_active => "07_deployment_active.json",
-    deployment_failed_embedded_document => "08_deployment_failed_embedded_document.json",
-    vm_extension_vm_not_running => "09_vm_extension_vm_not_running.json",
-    disk_attached_to_vm => "10_disk_attached_to_vm.json",
-    disk_already_attached_elsewhere => "11_disk_already_attached_elsewhere.json",
-    property_change_needs_deallocation => "12_property_change_needs_deallocation.json",
-    property_change_not_allowed => "13_property_change_not_allowed.json",
-    quota_operation_not_allowed => "14_quota_operation_not_allowed.json",
-    vm_marked_for_deletion => "15_vm_marked_for_deletion.json",
-    compute_concurrent_request => "16_compute_concurrent_request.json",
-    scope_locked => "17_scope_locked.json",
-    missing_subscription_registration => "18_missing_subscription_registration.json",
-    storage_account_already_taken => "19_storage_account_already_taken.json",
-    storage_account_operation_in_progress => "20_storage_account_operation_in_progress.json",
-    resource_group_being_deleted => "21_resource_group_being_deleted.json",
-    role_assignment_exists => "22_role_assignment_exists.json",
-    create_only_if_none_match_star => "23_create_only_if_none_match_star.json",
-    stale_etag_network => "24_stale_etag_network.json",
-    etag_mismatch_as_409 => "25_etag_mismatch_as_409.json",
-    if_match_star_on_missing_resource => "26_if_match_star_on_missing_resource.json",
-    precondition_failed_without_precondition => "27_precondition_failed_without_precondition.json",
-    blob_lease_already_present => "28_blob_lease_already_present.json",
-    blob_lease_id_missing => "29_blob_lease_id_missing.json",
-    blob_lease_lost => "30_blob_lease_lost.json",
-    blob_condition_not_met => "31_blob_condition_not_met.json",
-    blob_head_header_only => "32_blob_head_header_only.json",
-    blob_already_exists => "33_blob_already_exists.json",
-    container_being_deleted => "34_container_being_deleted.json",
-    blob_pending_copy => "35_blob_pending_copy.json",
-    table_entity_already_exists => "36_table_entity_already_exists.json",
-    table_update_condition_not_satisfied => "37_table_update_condition_not_satisfied.json",
-    cosmos_conflict_already_exists => "38_cosmos_conflict_already_exists.json",
-    cosmos_precondition_failed => "39_cosmos_precondition_failed.json",
-    cosmos_throttled_retry_after_ms => "40_cosmos_throttled_retry_after_ms.json",
-    keyvault_deleted_but_recoverable => "41_keyvault_deleted_but_recoverable.json",
-    keyvault_being_recovered => "42_keyvault_being_recovered.json",
-    keyvault_parallel_recover => "43_keyvault_parallel_recover.json",
-    service_bus_current_state => "44_service_bus_current_state.json",
-    empty_body => "45_empty_body.json",
-    garbage_body => "46_garbage_body.json",
-    html_error_page => "47_html_error_page.json",
-    truncated_json => "48_truncated_json.json",
-    non_utf8_body => "49_non_utf8_body.json",
-}
-
-/// One recorded response and what the classifier must make of it.
+/// One response and what the classifier must make of it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Fixture {
     description: String,
     service: String,
+    /// Where the body was copied from: required in `fixtures/errors/`.
+    source: Option<String>,
     status: u16,
     #[serde(default)]
     request_headers: serde_json::Map<String, serde_json::Value>,
@@ -119,55 +62,127 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/errors")
+/// The two corpora, and what each demands of its files.
+#[derive(Clone, Copy, PartialEq)]
+enum Corpus {
+    /// `fixtures/errors/`: every file names its public source.
+    Recorded,
+    /// `fixtures/constructed/`: made on purpose, no source needed.
+    Constructed,
 }
 
-fn headers(file: &str, map: &serde_json::Map<String, serde_json::Value>) -> HeaderMap {
+impl Corpus {
+    fn dir(self) -> PathBuf {
+        let name = match self {
+            Self::Recorded => "errors",
+            Self::Constructed => "constructed",
+        };
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name)
+    }
+
+    /// The corpus's `*.json` files, sorted. In `fixtures/errors/` a symbolic link is an alias
+    /// of a constructed fixture (see `aliases_point_into_constructed`), not a recording.
+    fn files(self) -> Vec<String> {
+        let mut files: Vec<String> = std::fs::read_dir(self.dir())
+            .unwrap()
+            .map(|entry| entry.unwrap())
+            .filter(|entry| self == Corpus::Constructed || !entry.file_type().unwrap().is_symlink())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".json"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn load(self, file: &str) -> Result<Fixture, String> {
+        let text = std::fs::read_to_string(self.dir().join(file)).map_err(|e| e.to_string())?;
+        let fx: Fixture = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if self == Corpus::Recorded {
+            let source = fx.source.as_deref().ok_or("no `source`")?;
+            if !is_public_source(source) {
+                return Err(format!(
+                    "`source` {source:?} is neither an https URL nor owner/repo@commit:path"
+                ));
+            }
+        }
+        Ok(fx)
+    }
+}
+
+/// An `https://` URL, or `owner/repo@commit:path`.
+fn is_public_source(source: &str) -> bool {
+    if let Some(rest) = source.strip_prefix("https://") {
+        return rest.contains('/') && !rest.contains(char::is_whitespace);
+    }
+    let Some((repo, rest)) = source.split_once('@') else {
+        return false;
+    };
+    let Some((commit, path)) = rest.split_once(':') else {
+        return false;
+    };
+    repo.split('/').count() == 2
+        && commit.len() >= 7
+        && commit.chars().all(|c| c.is_ascii_hexdigit())
+        && !path.is_empty()
+}
+
+fn headers(map: &serde_json::Map<String, serde_json::Value>) -> Result<HeaderMap, String> {
     map.iter()
         .map(|(name, value)| {
             let value = value
                 .as_str()
-                .unwrap_or_else(|| panic!("{file}: header {name} is not a string"));
-            (
-                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
-                HeaderValue::from_str(value).expect("header value"),
-            )
+                .ok_or_else(|| format!("header {name} is not a string"))?;
+            Ok((
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?,
+                HeaderValue::from_str(value).map_err(|e| format!("{name}: {e}"))?,
+            ))
         })
         .collect()
 }
 
-fn check(file: &str) {
-    let path = dir().join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let fx: Fixture = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+/// Classifies one file; `Err` says everything that did not match.
+fn check(corpus: Corpus, file: &str) -> Result<(), String> {
+    let fx = corpus.load(file)?;
     let body = match (&fx.body, &fx.body_base64) {
         (Some(body), None) => body.clone().into_bytes(),
-        (None, Some(b64)) => base64(b64).unwrap_or_else(|| panic!("{file}: bad body_base64")),
+        (None, Some(b64)) => base64(b64).ok_or("bad body_base64")?,
         (None, None) => Vec::new(),
-        (Some(_), Some(_)) => panic!("{file}: both body and body_base64"),
+        (Some(_), Some(_)) => return Err("both body and body_base64".into()),
     };
+    let status = StatusCode::from_u16(fx.status).map_err(|e| e.to_string())?;
     let got = Classifier::azure().classify(
-        StatusCode::from_u16(fx.status).expect("status"),
-        &headers(file, &fx.request_headers),
-        &headers(file, &fx.response_headers),
+        status,
+        &headers(&fx.request_headers)?,
+        &headers(&fx.response_headers)?,
         &body,
-    );
-    let failures = compare(&fx.expect, &got);
-    assert!(
-        failures.is_empty(),
-        "{file} ({}: {}):\n  {}\nclassification: {got:#?}",
-        fx.service,
-        fx.description,
-        failures.join("\n  ")
     );
     // The classification travels in reports; it must survive a serde round trip.
     let json = serde_json::to_string(&got).unwrap();
-    assert_eq!(serde_json::from_str::<Classification>(&json).unwrap(), got);
+    if serde_json::from_str::<Classification>(&json).unwrap() != got {
+        return Err("the classification does not survive a serde round trip".into());
+    }
+    let failures = compare(&fx.expect, &got);
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} ({}): {}\n    classified by rule {:?}, code {:?}, detail codes {:?}",
+        fx.service,
+        fx.description,
+        failures.join("; "),
+        got.rule,
+        got.code,
+        got.detail_codes
+    ))
 }
 
 fn compare(want: &Expect, got: &Classification) -> Vec<String> {
     let mut failures = Vec::new();
+    if want.kind != got.kind {
+        failures.push(format!("kind: want {}, got {}", want.kind, got.kind));
+    }
     let mut field = |name: &str, want: Option<&Option<String>>, got: &Option<String>| {
         if let Some(want) = want
             && want != got
@@ -188,9 +203,6 @@ fn compare(want: &Expect, got: &Classification) -> Vec<String> {
         want.referenced_resource.as_ref(),
         &got.referenced_resource,
     );
-    if want.kind != got.kind {
-        failures.push(format!("kind: want {}, got {}", want.kind, got.kind));
-    }
     if let Some(codes) = &want.detail_codes
         && codes != &got.detail_codes
     {
@@ -210,6 +222,101 @@ fn compare(want: &Expect, got: &Classification) -> Vec<String> {
         }
     }
     failures
+}
+
+/// Checks every file of `corpus` and fails with one line per file that does not classify as
+/// its `expect` says.
+fn check_corpus(corpus: Corpus) {
+    let files = corpus.files();
+    assert!(
+        !files.is_empty(),
+        "no fixtures in {}",
+        corpus.dir().display()
+    );
+    let failures: Vec<String> = files
+        .iter()
+        .filter_map(|file| check(corpus, file).err().map(|e| format!("{file}: {e}")))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures in {} do not classify as expected:\n{}",
+        failures.len(),
+        files.len(),
+        corpus.dir().display(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn recorded_errors_classify_as_expected() {
+    check_corpus(Corpus::Recorded);
+}
+
+#[test]
+fn constructed_inputs_classify_as_expected() {
+    check_corpus(Corpus::Constructed);
+}
+
+/// The recorded corpus is wide enough to be worth trusting: many responses, from many services,
+/// with every kind represented.
+#[test]
+fn recorded_corpus_is_broad() {
+    let files = Corpus::Recorded.files();
+    let fixtures: Vec<Fixture> = files
+        .iter()
+        .map(|file| {
+            Corpus::Recorded
+                .load(file)
+                .unwrap_or_else(|e| panic!("{file}: {e}"))
+        })
+        .collect();
+    assert!(
+        fixtures.len() >= 150,
+        "{} recorded fixtures",
+        fixtures.len()
+    );
+    let services: BTreeSet<&str> = fixtures.iter().map(|f| f.service.as_str()).collect();
+    assert!(
+        services.len() >= 25,
+        "{} services: {services:?}",
+        services.len()
+    );
+    let kinds: HashSet<ConflictKind> = fixtures.iter().map(|f| f.expect.kind).collect();
+    assert_eq!(kinds.len(), 6, "every ConflictKind is recorded: {kinds:?}");
+}
+
+/// `fixtures/errors/` may hold symbolic links to constructed fixtures that other tests load by
+/// their old path; they are aliases, never recordings, and must point into `fixtures/constructed/`.
+#[test]
+fn aliases_point_into_constructed() {
+    for entry in std::fs::read_dir(Corpus::Recorded.dir()).unwrap() {
+        let entry = entry.unwrap();
+        if !entry.file_type().unwrap().is_symlink() {
+            continue;
+        }
+        let name = entry.file_name();
+        let target = std::fs::read_link(entry.path()).unwrap();
+        assert_eq!(
+            target,
+            Path::new("../constructed").join(&name),
+            "{name:?} must link to the constructed fixture of the same name"
+        );
+        assert!(entry.path().exists(), "{name:?}: dangling link");
+    }
+}
+
+#[test]
+fn sources_are_checked() {
+    assert!(is_public_source(
+        "https://github.com/Azure/azure-cli/blob/0123456789abcdef/src/x.yaml"
+    ));
+    assert!(is_public_source(
+        "Azure/azure-cli@0123456789abcdef:src/azure-cli/x.yaml"
+    ));
+    assert!(!is_public_source("constructed"));
+    assert!(!is_public_source("http://example.com/x"));
+    assert!(!is_public_source("Azure/azure-cli@main:src/x.yaml"));
+    assert!(!is_public_source("Azure/azure-cli@0123456:"));
 }
 
 /// Standard base64 (padding optional), enough for fixture bodies that are not UTF-8.
@@ -238,40 +345,6 @@ fn base64(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-#[test]
-fn every_fixture_is_listed() {
-    let on_disk: std::collections::BTreeSet<String> = std::fs::read_dir(dir())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".json"))
-        .collect();
-    let listed: std::collections::BTreeSet<String> = LISTED.iter().map(|s| s.to_string()).collect();
-    let unlisted: Vec<_> = on_disk.difference(&listed).collect();
-    let missing: Vec<_> = listed.difference(&on_disk).collect();
-    assert!(
-        unlisted.is_empty() && missing.is_empty(),
-        "add to fixtures!: {unlisted:?}; listed but not on disk: {missing:?}"
-    );
-}
-
-#[test]
-fn enough_cases_cover_every_kind() {
-    assert!(LISTED.len() >= 30);
-    let kinds: std::collections::HashSet<String> = LISTED
-        .iter()
-        .map(|file| {
-            let text = std::fs::read_to_string(dir().join(file)).unwrap();
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            v["expect"]["kind"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    assert_eq!(
-        kinds.len(),
-        6,
-        "every ConflictKind has a fixture: {kinds:?}"
-    );
 }
 
 #[test]

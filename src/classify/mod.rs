@@ -19,7 +19,7 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
-pub use parse::{ErrorBody, parse};
+pub use parse::{ErrorBody, ErrorNode, parse};
 pub use retry_after::retry_after;
 pub(crate) use rules::code_matches;
 pub use rules::{RequestCondition, Rule};
@@ -131,7 +131,8 @@ impl Classifier {
         }
     }
 
-    /// The built-in table with `extra` rules consulted first, so they can override built-in ones.
+    /// The built-in table with `extra` rules consulted first, so they win over built-in rules
+    /// that recognize the same error (the innermost recognized error still decides).
     ///
     /// ```
     /// use http::{HeaderMap, StatusCode};

@@ -2,9 +2,13 @@
 //!
 //! The reason for a 409 is rarely where one would look first: ARM hides it in `details[]` or an
 //! `innererror` chain, deployments even nest a whole error document as a JSON *string* inside a
-//! detail message, Blob storage answers XML, Table storage answers OData JSON, and a `HEAD`
-//! request gets no body at all, only `x-ms-error-code`. The parser therefore collects the top
-//! code and message plus every nested code and message, and the rule table decides what they mean.
+//! detail message, a failed long-running operation wraps it in `{"status": "Failed", "error":
+//! ...}`, App Service answers in PascalCase with the reason in `Details[].ErrorEntity`, Blob
+//! storage answers XML, Table storage answers OData JSON, and a `HEAD` request gets no body at
+//! all, only `x-ms-error-code`. The parser therefore collects the top code and message plus every
+//! nested one, each with how deep it sat, and the rule table decides what they mean: the
+//! innermost error that a rule recognizes, since the outer ones are mostly wrappers
+//! (`DeploymentFailed`, `ResourceDeploymentFailure`, a detail whose code is just `Conflict`).
 //!
 //! The body comes from the network and may be hostile or cut short: it is decoded lossily, walked
 //! with fixed bounds on depth, visited objects and collected codes, and when it is not valid JSON
@@ -40,6 +44,24 @@ pub struct ErrorBody {
     pub detail_codes: Vec<String>,
     /// Messages from `details[]` and `innererror` chains, outermost first, de-duplicated.
     pub detail_messages: Vec<String>,
+    /// Every error object of a JSON body, the top one first, then level by level, each with its
+    /// own code and message: what the rule table matches, so that a code and a message are
+    /// judged together and the innermost error decides. Bounded like `detail_codes` (one more,
+    /// for the top). Empty when the answer does not say which code and message belong together
+    /// (XML, JSON cut short, a header-only answer); the rule table then reads the fields above.
+    pub errors: Vec<ErrorNode>,
+}
+
+/// One error object of a body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorNode {
+    /// Its code, if it has a non-empty one.
+    pub code: Option<String>,
+    /// Its message, if it has a non-empty one.
+    pub message: Option<String>,
+    /// 0 for the top error, 1 for its details and innererror, and so on; an error document
+    /// embedded in a message string sits one level below that message.
+    pub depth: usize,
 }
 
 /// Reads an error response. Never fails and never panics: an empty, truncated, non-UTF-8 or
@@ -59,9 +81,13 @@ pub fn parse(response_headers: &HeaderMap, body: &[u8]) -> ErrorBody {
     let text = String::from_utf8_lossy(body);
     let text = text.trim_start_matches('\u{feff}').trim();
     let mut out = ErrorBody::default();
+    let mut walked = false;
     match text.as_bytes().first() {
         Some(b'{' | b'[') => match serde_json::from_str::<Value>(text) {
-            Ok(doc) => Walker::new(&mut out).walk(&doc),
+            Ok(doc) => {
+                Walker::new(&mut out).walk(&doc);
+                walked = true;
+            }
             Err(_) => scan_broken_json(text, &mut out),
         },
         Some(b'<') => read_xml(text, &mut out),
@@ -72,6 +98,9 @@ pub fn parse(response_headers: &HeaderMap, body: &[u8]) -> ErrorBody {
             .get("x-ms-error-code")
             .and_then(|v| v.to_str().ok())
             .and_then(clean);
+    }
+    if walked {
+        out.complete_top_error();
     }
     if let Some(top) = &out.code {
         out.detail_codes.retain(|c| !c.eq_ignore_ascii_case(top));
@@ -86,6 +115,39 @@ fn clean(s: &str) -> Option<String> {
 }
 
 impl ErrorBody {
+    /// Records one error object, unless it says nothing or the list is full.
+    fn push_error(&mut self, code: Option<String>, message: Option<String>, depth: usize) {
+        if (code.is_some() || message.is_some()) && self.errors.len() <= MAX_DETAILS {
+            self.errors.push(ErrorNode {
+                code,
+                message,
+                depth,
+            });
+        }
+    }
+
+    /// After a JSON walk: the top error also carries a code that came only from the
+    /// `x-ms-error-code` header.
+    fn complete_top_error(&mut self) {
+        match self.errors.first_mut() {
+            Some(top) if top.depth == 0 => {
+                if top.code.is_none() {
+                    top.code.clone_from(&self.code);
+                }
+            }
+            _ => {
+                if self.code.is_some() || self.message.is_some() {
+                    let top = ErrorNode {
+                        code: self.code.clone(),
+                        message: self.message.clone(),
+                        depth: 0,
+                    };
+                    self.errors.insert(0, top);
+                }
+            }
+        }
+    }
+
     fn push_code(&mut self, code: Option<String>) {
         let Some(code) = code else { return };
         let seen = self
@@ -172,6 +234,12 @@ impl<'o> Walker<'o> {
             self.out.code = code_of(top);
             self.out.message = message_of(top);
             self.out.target = field(top, "target").and_then(Value::as_str).and_then(clean);
+            self.out
+                .push_error(self.out.code.clone(), self.out.message.clone(), 0);
+            // A deployment's detail, read on its own, is such a top error with a document as
+            // its message.
+            let message = self.out.message.clone();
+            self.embed(message.as_deref(), 0);
             self.visited = 1;
             self.visit(children_of(top).take(MAX_NODES).map(|c| (c, 1)).collect());
         }
@@ -185,6 +253,19 @@ impl<'o> Walker<'o> {
         }
     }
 
+    /// Queues a message that is itself an error document, to be read one level below the
+    /// error that carried it.
+    fn embed(&mut self, message: Option<&str>, depth: usize) {
+        if let Some(m) = message
+            && m.starts_with('{')
+            && depth + 1 < MAX_DEPTH
+            && self.embedded_taken < MAX_EMBEDDED
+        {
+            self.embedded_taken += 1;
+            self.embedded.push_back((m.to_owned(), depth + 1));
+        }
+    }
+
     /// Visits the queued nested errors and everything below them, level by level.
     fn visit(&mut self, mut queue: VecDeque<(&Map<String, Value>, usize)>) {
         while let Some((node, depth)) = queue.pop_front() {
@@ -192,16 +273,11 @@ impl<'o> Walker<'o> {
                 return;
             }
             self.visited += 1;
-            self.out.push_code(code_of(node));
+            let code = code_of(node);
             let message = message_of(node);
-            if let Some(m) = &message
-                && m.starts_with('{')
-                && depth + 1 < MAX_DEPTH
-                && self.embedded_taken < MAX_EMBEDDED
-            {
-                self.embedded_taken += 1;
-                self.embedded.push_back((m.clone(), depth + 1));
-            }
+            self.out.push_error(code.clone(), message.clone(), depth);
+            self.out.push_code(code);
+            self.embed(message.as_deref(), depth);
             self.out.push_message(message);
             if depth + 1 < MAX_DEPTH {
                 let room = MAX_NODES.saturating_sub(self.visited + queue.len());
@@ -211,15 +287,23 @@ impl<'o> Walker<'o> {
     }
 }
 
-/// The nested errors of one error object: its `innererror`, then its `details[]`.
+/// The nested errors of one error object: its `innererror`, its `details[]`, and App Service's
+/// `ErrorEntity` (an object, sometimes an array), which holds the same error as its parent
+/// detail with the code and message the service meant.
 fn children_of(node: &Map<String, Value>) -> impl Iterator<Item = &Map<String, Value>> {
-    let inner = field(node, "innererror").and_then(Value::as_object);
-    let details = field(node, "details")
-        .and_then(Value::as_array)
+    ["innererror", "details", "errorentity"]
         .into_iter()
-        .flatten()
-        .filter_map(Value::as_object);
-    inner.into_iter().chain(details)
+        .flat_map(|key| objects(field(node, key)))
+}
+
+/// The objects a field holds: itself if it is one, the objects among its items if it is an array.
+fn objects(value: Option<&Value>) -> impl Iterator<Item = &Map<String, Value>> {
+    let (one, many) = match value {
+        Some(Value::Object(obj)) => (Some(obj), None),
+        Some(Value::Array(items)) => (None, Some(items.iter().filter_map(Value::as_object))),
+        _ => (None, None),
+    };
+    one.into_iter().chain(many.into_iter().flatten())
 }
 
 /// Picks `"code"`, `"message"` and `"target"` string pairs out of JSON that does not parse

@@ -197,3 +197,82 @@ fn bare_array_uses_first_object() {
     let b = body(r#"[1, {"code":"PreconditionFailed","message":"m"}]"#);
     assert_eq!(b.code.as_deref(), Some("PreconditionFailed"));
 }
+
+#[test]
+fn app_service_error_entity_is_read() {
+    let b = body(
+        r#"{"Code":"Conflict","Message":"Cannot modify this site because another operation is in progress.","Target":null,
+          "Details":[{"Message":"Cannot modify this site because another operation is in progress."},{"Code":"Conflict"},
+          {"ErrorEntity":{"ExtendedCode":"59205","MessageTemplate":"Cannot modify this site because another operation is in progress.","Parameters":[],
+            "Code":"Conflict","Message":"Cannot modify this site because another operation is in progress."}}],"Innererror":null}"#,
+    );
+    assert_eq!(b.code.as_deref(), Some("Conflict"));
+    assert!(b.detail_codes.is_empty(), "the details repeat the top code");
+    let entity = b.errors.last().unwrap();
+    assert_eq!(entity.depth, 2, "ErrorEntity sits below its detail");
+    assert_eq!(entity.code.as_deref(), Some("Conflict"));
+    assert!(entity.message.as_deref().unwrap().contains("in progress"));
+}
+
+#[test]
+fn errors_keep_code_and_message_together_with_their_depth() {
+    let b = body(
+        r#"{"status":"Failed","error":{"code":"DeploymentFailed","message":"outer",
+          "details":[{"code":"Conflict","message":"{\"error\":{\"code\":\"Inner\",\"message\":\"deep\"}}"}]}}"#,
+    );
+    let errors: Vec<(Option<&str>, Option<&str>, usize)> = b
+        .errors
+        .iter()
+        .map(|e| (e.code.as_deref(), e.message.as_deref(), e.depth))
+        .collect();
+    assert_eq!(errors[0], (Some("DeploymentFailed"), Some("outer"), 0));
+    assert_eq!(errors[1].0, Some("Conflict"));
+    assert_eq!(errors[1].2, 1);
+    assert_eq!(errors[2], (Some("Inner"), Some("deep"), 2));
+}
+
+#[test]
+fn a_header_code_completes_an_empty_json_code() {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-ms-error-code", "ShareBeingDeleted".parse().unwrap());
+    let b = parse(
+        &headers,
+        br#"{"error":{"code":"","message":"being deleted"}}"#,
+    );
+    assert_eq!(b.code.as_deref(), Some("ShareBeingDeleted"));
+    assert_eq!(b.errors[0].code.as_deref(), Some("ShareBeingDeleted"));
+    assert_eq!(b.errors[0].message.as_deref(), Some("being deleted"));
+}
+
+#[test]
+fn non_json_answers_leave_errors_to_the_flat_fields() {
+    let b = body(
+        "<Error><Code>LeaseAlreadyPresent</Code><Message>There is already a lease present.</Message></Error>",
+    );
+    assert!(b.errors.is_empty());
+    assert_eq!(b.code.as_deref(), Some("LeaseAlreadyPresent"));
+}
+
+#[test]
+fn error_objects_are_bounded() {
+    let details: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"code":"C{i}","message":"m{i}"}}"#))
+        .collect();
+    let b = body(&format!(
+        r#"{{"error":{{"code":"Top","details":[{}]}}}}"#,
+        details.join(",")
+    ));
+    assert_eq!(b.errors.len(), MAX_DETAILS + 1);
+}
+
+#[test]
+fn a_top_message_that_is_a_document_is_read_too() {
+    // How a deployment reports one failed operation: the HTTP status name as the code, the
+    // service's own error as the message.
+    let b = body(
+        r#"{"code":"Conflict","message":"{\r\n  \"error\": {\r\n    \"code\": \"PessimisticConcurrencyConflict\",\r\n    \"message\": \"Operation on the API is in progress\"\r\n  }\r\n}"}"#,
+    );
+    assert_eq!(b.code.as_deref(), Some("Conflict"));
+    assert_eq!(b.detail_codes, ["PessimisticConcurrencyConflict"]);
+    assert_eq!(b.errors.last().unwrap().depth, 1);
+}

@@ -1,11 +1,19 @@
 //! The rule table: which error means which [`ConflictKind`].
 //!
 //! What a code means is policy, not mechanism, so the table is data (`rules.json`, compiled in)
-//! and callers can put their own rules in front of it ([`super::Classifier::with_rules`]). Rules
-//! are consulted in order and the first match wins, which is how overlapping codes are resolved:
-//! `OperationNotAllowed` is quota (permanent) if the message says "quota", a state conflict if it
-//! says "in progress", a missing prerequisite if it asks to deallocate — so the specific rules
-//! come first and the catch-alls last. Each built-in rule says `why` it is there.
+//! and callers can put their own rules in front of it ([`super::Classifier::with_rules`]). Each
+//! built-in rule says `why` it is there.
+//!
+//! A rule is matched against each error object of the body on its own (its code and its message
+//! together), and the **innermost** error that some rule recognizes decides: deployments and
+//! failed operations wrap the real reason in layers that say nothing (`DeploymentFailed`,
+//! `ResourceDeploymentFailure`, a detail whose code is just `Conflict`), and the reason is at
+//! the bottom. Among the rules that recognize that error, the first in the table wins, which is
+//! how overlapping codes are resolved: `OperationNotAllowed` is quota (permanent) if the message
+//! says "quota", a missing prerequisite if it asks to deallocate — so the specific rules come
+//! first. The table lists the code rules first, then the rules that read a message's meaning
+//! ("in progress", "must be deallocated", "already exists", "locked"), and last the catch-all
+//! for any other 412. A response no rule recognizes stays `unknown`.
 //!
 //! Besides the kind, [`classify`] pulls out what the engine can act on: the operation-status URI
 //! that `AnotherOperationInProgress` names and the resource ID that
@@ -42,12 +50,13 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub status: Vec<u16>,
     /// Error codes, compared ignoring ASCII case, with a leading and/or trailing `*` as a
-    /// wildcard (`"*AlreadyExists"`). Any of them matching the top code or any detail code is
-    /// enough.
+    /// wildcard (`"*AlreadyExists"`). The rule recognizes an error object (the top one or any
+    /// nested one) whose code matches any of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub codes: Vec<String>,
-    /// Fragments, compared ignoring case; any of them in the top message or a detail message is
-    /// enough.
+    /// Phrases, compared ignoring case: the rule recognizes an error object whose message
+    /// contains any of them. With `codes` as well, the code and the phrase must belong to the
+    /// same error object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub message_contains: Vec<String>,
     /// The precondition the request must have carried.
@@ -94,58 +103,114 @@ impl Rule {
     /// Whether the rule matches a response with this status and parsed body to a request with
     /// these headers.
     pub fn matches(&self, status: u16, request_headers: &HeaderMap, body: &ErrorBody) -> bool {
-        self.matches_facts(&Facts::new(status, request_headers, body))
+        self.depth_matched(&Facts::new(status, request_headers, body))
+            .is_some()
     }
 
-    fn matches_facts(&self, facts: &Facts<'_>) -> bool {
-        (self.status.is_empty() || self.status.contains(&facts.status))
-            && (self.codes.is_empty()
-                || self
-                    .codes
-                    .iter()
-                    .any(|p| facts.codes().any(|c| code_matches(p, c))))
-            && (self.message_contains.is_empty()
-                || self.message_contains.iter().any(|needle| {
-                    let needle = needle.to_lowercase();
-                    facts.messages.iter().any(|m| m.contains(&needle))
-                }))
+    /// How deep the innermost error this rule recognizes sits, if it recognizes one. A rule
+    /// about the status and the request only, with neither codes nor phrases, speaks of the
+    /// response as a whole: depth 0.
+    fn depth_matched(&self, facts: &Facts<'_>) -> Option<usize> {
+        let applies = (self.status.is_empty() || self.status.contains(&facts.status))
             && self
                 .request
-                .is_none_or(|r| r.holds_for(facts.request_headers))
+                .is_none_or(|r| r.holds_for(facts.request_headers));
+        if !applies {
+            return None;
+        }
+        if self.codes.is_empty() && self.message_contains.is_empty() {
+            return Some(0);
+        }
+        facts
+            .errors
+            .iter()
+            .filter(|error| self.recognizes(error))
+            .map(|error| error.depth)
+            .max()
+    }
+
+    /// Whether one error object has a code this rule names and a message with one of its
+    /// phrases (each condition only if the rule sets it).
+    fn recognizes(&self, error: &Node<'_>) -> bool {
+        let code = self.codes.is_empty()
+            || error
+                .code
+                .is_some_and(|code| self.codes.iter().any(|p| code_matches(p, code)));
+        let message = self.message_contains.is_empty()
+            || error.message.as_deref().is_some_and(|message| {
+                self.message_contains
+                    .iter()
+                    .any(|phrase| message.contains(&phrase.to_lowercase()))
+            });
+        code && message
     }
 }
 
-/// What every rule is checked against, with the messages lower-cased once.
+/// What every rule is checked against.
 struct Facts<'a> {
     status: u16,
     request_headers: &'a HeaderMap,
-    body: &'a ErrorBody,
-    messages: Vec<String>,
+    errors: Vec<Node<'a>>,
+}
+
+/// One error object of the body, its message lower-cased once for phrase matching.
+struct Node<'a> {
+    code: Option<&'a str>,
+    message: Option<String>,
+    depth: usize,
 }
 
 impl<'a> Facts<'a> {
     fn new(status: u16, request_headers: &'a HeaderMap, body: &'a ErrorBody) -> Self {
-        let messages = body
-            .message
-            .iter()
-            .chain(&body.detail_messages)
-            .map(|m| m.to_lowercase())
-            .collect();
+        let error = |code: Option<&'a String>, message: Option<&'a String>, depth| Node {
+            code: code.map(String::as_str),
+            message: message.map(|m| m.to_lowercase()),
+            depth,
+        };
+        let errors = if body.errors.is_empty() {
+            // No error objects (XML, JSON cut short, a header-only answer, or a body built by
+            // hand): the top code and message belong together, each detail stands alone.
+            let top = (body.code.is_some() || body.message.is_some())
+                .then(|| error(body.code.as_ref(), body.message.as_ref(), 0));
+            let codes = body.detail_codes.iter().map(|c| error(Some(c), None, 1));
+            let messages = body.detail_messages.iter().map(|m| error(None, Some(m), 1));
+            top.into_iter().chain(codes).chain(messages).collect()
+        } else {
+            body.errors
+                .iter()
+                .map(|e| error(e.code.as_ref(), e.message.as_ref(), e.depth))
+                .collect()
+        };
         Self {
             status,
             request_headers,
-            body,
-            messages,
+            errors,
         }
     }
 
-    fn codes(&self) -> impl Iterator<Item = &str> {
-        self.body
-            .code
-            .iter()
-            .chain(&self.body.detail_codes)
-            .map(String::as_str)
+    fn deepest(&self) -> usize {
+        self.errors.iter().map(|e| e.depth).max().unwrap_or(0)
     }
+}
+
+/// The rule that decides: the one that recognizes the innermost error, the first in `rules`
+/// among equals.
+fn deciding_rule<'r>(rules: &'r [Rule], facts: &Facts<'_>) -> Option<&'r Rule> {
+    let deepest = facts.deepest();
+    let mut best: Option<(usize, &Rule)> = None;
+    for rule in rules {
+        let Some(depth) = rule.depth_matched(facts) else {
+            continue;
+        };
+        if best.is_none_or(|(best_depth, _)| depth > best_depth) {
+            best = Some((depth, rule));
+            if depth == deepest {
+                // Nothing can recognize an error deeper than the deepest one.
+                break;
+            }
+        }
+    }
+    best.map(|(_, rule)| rule)
 }
 
 /// `pattern` against `code`, ignoring ASCII case; `*` at either end is a wildcard.
@@ -192,7 +257,7 @@ pub(crate) fn classify(
 ) -> Classification {
     let parsed = parse(response_headers, body);
     let facts = Facts::new(status.as_u16(), request_headers, &parsed);
-    let rule = rules.iter().find(|rule| rule.matches_facts(&facts));
+    let rule = deciding_rule(rules, &facts);
     let messages: Vec<&str> = parsed
         .message
         .iter()
