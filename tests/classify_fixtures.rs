@@ -82,13 +82,11 @@ impl Corpus {
             .join(name)
     }
 
-    /// The corpus's `*.json` files, sorted. In `fixtures/errors/` a symbolic link is an alias
-    /// of a constructed fixture (see `aliases_point_into_constructed`), not a recording.
+    /// The corpus's `*.json` files, sorted.
     fn files(self) -> Vec<String> {
         let mut files: Vec<String> = std::fs::read_dir(self.dir())
             .unwrap()
             .map(|entry| entry.unwrap())
-            .filter(|entry| self == Corpus::Constructed || !entry.file_type().unwrap().is_symlink())
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .filter(|name| name.ends_with(".json"))
             .collect();
@@ -283,26 +281,6 @@ fn recorded_corpus_is_broad() {
     );
     let kinds: HashSet<ConflictKind> = fixtures.iter().map(|f| f.expect.kind).collect();
     assert_eq!(kinds.len(), 6, "every ConflictKind is recorded: {kinds:?}");
-}
-
-/// `fixtures/errors/` may hold symbolic links to constructed fixtures that other tests load by
-/// their old path; they are aliases, never recordings, and must point into `fixtures/constructed/`.
-#[test]
-fn aliases_point_into_constructed() {
-    for entry in std::fs::read_dir(Corpus::Recorded.dir()).unwrap() {
-        let entry = entry.unwrap();
-        if !entry.file_type().unwrap().is_symlink() {
-            continue;
-        }
-        let name = entry.file_name();
-        let target = std::fs::read_link(entry.path()).unwrap();
-        assert_eq!(
-            target,
-            Path::new("../constructed").join(&name),
-            "{name:?} must link to the constructed fixture of the same name"
-        );
-        assert!(entry.path().exists(), "{name:?}: dangling link");
-    }
 }
 
 #[test]

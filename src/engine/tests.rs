@@ -3,7 +3,8 @@
 //! every wait virtual (and exact).
 //!
 //! Each test scripts one outcome and asserts both the [`ConflictReport`] and the wire log. The
-//! 409/412 bodies are the recorded ones in `fixtures/errors/`, so classification is real.
+//! 409/412 bodies are the fixtures' (`fixtures/errors/`, recorded, and `fixtures/constructed/`),
+//! so classification is the real classifier's.
 //!
 //! `start_paused` needs tokio's `test-util` feature in the dev-dependencies.
 
@@ -186,11 +187,19 @@ fn instance_view(power: &str) -> Canned {
     ]}))
 }
 
-/// A recorded error answer from `fixtures/errors/{name}.json`: its status, response headers and
-/// body.
+/// An error answer from `fixtures/errors/{name}.json` (recorded), else
+/// `fixtures/constructed/{name}.json` (written for a case no public record shows whole): its
+/// status, response headers and body.
 fn fixture(name: &str) -> Canned {
-    let path = format!("{}/fixtures/errors/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let dir = |corpus| {
+        format!(
+            "{}/fixtures/{corpus}/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let text = std::fs::read_to_string(dir("errors"))
+        .or_else(|_| std::fs::read_to_string(dir("constructed")))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let doc: Value = serde_json::from_str(&text).unwrap();
     let mut canned = Canned::new(
         doc["status"].as_u64().unwrap() as u16,
