@@ -409,11 +409,12 @@ impl Journal {
     }
 }
 
-/// The id of the long-running operation an answer's headers name: the last path segment of its
-/// `Azure-AsyncOperation` (else `Location`) URI — never its query, which may carry a signature.
+/// The id of the long-running operation an ARM answer's headers name: the last path segment of
+/// its `Azure-AsyncOperation` (else `Location`) URI — never its query, which may carry a
+/// signature.
 pub(crate) fn operation_id(headers: &http::HeaderMap) -> Option<String> {
     let uri = headers
-        .get("azure-asyncoperation")
+        .get(crate::engine::AZURE_ASYNC_OPERATION)
         .or_else(|| headers.get(http::header::LOCATION))?
         .to_str()
         .ok()?;

@@ -212,6 +212,10 @@ impl Engine {
     }
 }
 
+/// ARM's header naming a long-running operation's status URI.
+pub(crate) const AZURE_ASYNC_OPERATION: http::HeaderName =
+    http::HeaderName::from_static("azure-asyncoperation");
+
 /// Whether a method only reads: such requests are neither leased nor resolved.
 pub(crate) fn is_safe(method: &Method) -> bool {
     matches!(

@@ -16,7 +16,8 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::{Instant, sleep_until};
 
 use super::{
-    Answered, Engine, Failure, Original, Transport, converge, is_conflict, is_safe, state::Source,
+    AZURE_ASYNC_OPERATION, Answered, Engine, Failure, Original, Transport, converge, is_conflict,
+    is_safe, state::Source,
 };
 use crate::{
     ConflictPolicy, Error, Lease,
@@ -105,13 +106,16 @@ impl<'r> Run<'r> {
         // The journal's end is also when a transition this write left began (see `guard`). A
         // write stopped by a lost lease sent nothing after its last answer: its entry ends there,
         // so that the journal shows it overlapping the next holder only if it really did.
+        let arm = self.original.resource.is_arm();
+        let mut left_in_transition = false;
         let ending = match &result {
             Ok(answered) => {
                 let (status, headers) = T::head(&answered.response);
+                left_in_transition = leaves_transition(arm, status, headers);
                 Ending {
                     status: Some(status.as_u16()),
                     outcome: answered.report.as_ref().map(|r| r.outcome),
-                    operation: operation_id(headers),
+                    operation: left_in_transition.then(|| operation_id(headers)).flatten(),
                 }
             }
             Err(_) => Ending::default(),
@@ -122,21 +126,19 @@ impl<'r> Run<'r> {
         };
         entry.close(ending, end.unwrap_or_else(Instant::now));
 
-        if let (Some(lease), Ok(answered)) = (own, &result) {
-            let (status, headers) = T::head(&answered.response);
-            let arm = self.original.resource.is_arm();
-            if leaves_transition(arm, status, headers) {
-                let marked = self.in_time(self.engine.leases.set_transitioning(lease, true));
-                match marked.await {
-                    Some(Ok(())) => {}
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
-                    }
-                    None => {
-                        tracing::warn!(
-                            "recording the transition was cut off by the deadline; the next writer may meet a 409"
-                        );
-                    }
+        if let Some(lease) = own
+            && left_in_transition
+        {
+            let marked = self.in_time(self.engine.leases.set_transitioning(lease, true));
+            match marked.await {
+                Some(Ok(())) => {}
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
+                }
+                None => {
+                    tracing::warn!(
+                        "recording the transition was cut off by the deadline; the next writer may meet a 409"
+                    );
                 }
             }
         }
@@ -332,5 +334,5 @@ impl Fence {
 fn leaves_transition(arm: bool, status: StatusCode, headers: &HeaderMap) -> bool {
     arm && (status == StatusCode::CREATED
         || status == StatusCode::ACCEPTED
-        || (status.is_success() && headers.contains_key("azure-asyncoperation")))
+        || (status.is_success() && headers.contains_key(AZURE_ASYNC_OPERATION)))
 }
