@@ -397,3 +397,47 @@ async fn from_middleware_is_none_for_a_transport_error() {
         .unwrap_err();
     assert!(Error::from_middleware(&err).is_none(), "{err:?}");
 }
+
+/// A 429 is a conflict only when its body says so: App Service's "Cannot acquire exclusive lock"
+/// is waited out and retried; a throttling 429 reaches the caller as it came, for its retry
+/// middleware.
+#[tokio::test]
+async fn a_429_is_resolved_only_when_it_reports_a_conflict() {
+    let fixture = |name: &str| {
+        let path = format!("{}/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        Scripted::raw(429, doc["body"].as_str().unwrap().as_bytes().to_vec())
+            .header("content-type", "application/json")
+    };
+    let sim = sim_with_vm(Duration::ZERO).await;
+    sim.script(
+        "PUT",
+        VM,
+        vec![fixture("errors/web_site_exclusive_lock_429")],
+    );
+    let resp = put_vm(&client(fast_policy()), &sim, "locked").await;
+    assert_eq!(resp.status(), 200);
+    let report = report(&resp);
+    assert_eq!(
+        (report.kind, report.outcome),
+        (ConflictKind::StateConflict, Outcome::Resolved)
+    );
+    assert_eq!(sim.count("PUT", VM, Some(429)), 1);
+
+    sim.script(
+        "PUT",
+        VM,
+        vec![fixture("constructed/40_cosmos_throttled_retry_after_ms")],
+    );
+    let resp = put_vm(&client(fast_policy()), &sim, "throttled").await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.extensions().get::<ConflictReport>().is_none());
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("Request rate is large"), "{body}");
+    assert_eq!(
+        sim.count("PUT", VM, Some(429)),
+        2,
+        "the throttled write was not retried"
+    );
+}

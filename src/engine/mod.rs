@@ -224,7 +224,24 @@ pub(crate) fn is_safe(method: &Method) -> bool {
     )
 }
 
-/// Whether a status is one this crate resolves.
+/// Whether an answer with this status may be a conflict this crate resolves: a 409 or 412, or a
+/// 429, which some services send for a conflict (Network's `RetryableError`,
+/// `RetryableErrorDueToAnotherOperation`). Whether a 429 is one is the classifier's call
+/// ([`resolvable`]).
 pub(crate) fn is_conflict(status: StatusCode) -> bool {
-    status == StatusCode::CONFLICT || status == StatusCode::PRECONDITION_FAILED
+    matches!(
+        status,
+        StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED | StatusCode::TOO_MANY_REQUESTS
+    )
+}
+
+/// Whether a conflict-status answer, classified, is one to resolve: every 409 and 412, and a 429
+/// only when it reports a state the resource is in (not throttling, which belongs to the
+/// caller's retry middleware).
+pub(crate) fn resolvable(classification: &crate::Classification) -> bool {
+    classification.status != StatusCode::TOO_MANY_REQUESTS.as_u16()
+        || matches!(
+            classification.kind,
+            crate::ConflictKind::StateConflict | crate::ConflictKind::PrerequisiteRequired
+        )
 }

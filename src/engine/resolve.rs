@@ -9,6 +9,7 @@ use super::{
     is_conflict,
     precondition::Refreshed,
     prerequisite::Prepared,
+    resolvable,
     run::Run,
 };
 use crate::{Blocker, Classification, ConflictReport, Error, Prerequisite, report::Outcome};
@@ -89,6 +90,16 @@ impl Run<'_> {
                 T::head(&response).1,
                 &body,
             );
+            if !resolvable(&classification) {
+                // A 429 that is throttling: handed back as it came, for the caller's retry
+                // middleware; untouched (no report) when nothing else happened.
+                if let Some(report) = report.as_mut() {
+                    report.outcome = Outcome::Surfaced;
+                    report
+                        .note("throttled (429): left to the caller's retry middleware".to_owned());
+                }
+                return Ok(answer(response, report));
+            }
             let report = report.get_or_insert_with(|| self.new_report(&classification));
             self.note_conflict(report, classification);
             if report.conflicts == 1 && self.policy.diagnose.activity_log {

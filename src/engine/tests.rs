@@ -769,6 +769,44 @@ async fn a_state_that_never_converges_fails_at_the_deadline_not_later() {
     assert_eq!(trace.len() - 1, 2 + (5000 - 30) / 40);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_429_that_reports_a_lock_is_resolved_like_a_409() {
+    let engine = Engine::new(fast());
+    let write = Write::put();
+    // App Service's "Cannot acquire exclusive lock … Retry the request later.", sent as 429.
+    let mut t = Scripted::new()
+        .sends([fixture("web_site_exclusive_lock_429"), ok(d4s())])
+        .on("GET vm1", [resource("Succeeded")]);
+
+    let (resp, report) = reported(engine.execute(&mut t, &write.original()).await);
+
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(report.outcome, Outcome::Resolved);
+    assert_eq!(report.kind, ConflictKind::StateConflict);
+    assert_eq!(report.classification.status, 429);
+    assert_eq!(t.trace(), ["PUT vm1", "GET vm1", "PUT vm1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttling_429_is_handed_back_untouched_for_the_retry_middleware() {
+    // Even with `retry_unknown`: throttling is not a conflict of any kind.
+    let engine = Engine::new(ConflictPolicy {
+        retry_unknown: true,
+        ..fast()
+    });
+    let write = Write::put();
+    let throttled = fixture("40_cosmos_throttled_retry_after_ms");
+    let mut t = Scripted::new().sends([throttled.clone()]);
+
+    let (resp, report) = answered(engine.execute(&mut t, &write.original()).await);
+
+    assert_eq!(resp.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.body, throttled.body, "the whole body, as sent");
+    assert!(report.is_none(), "nothing was done about it");
+    assert_eq!(t.trace(), ["PUT vm1"]);
+    assert_eq!(engine.stats().snapshot().total_conflicts(), 0);
+}
+
 /// `fast()` that gives up on a state unchanged for 300 ms.
 fn impatient() -> ConflictPolicy {
     ConflictPolicy {
