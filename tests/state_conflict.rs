@@ -441,3 +441,39 @@ async fn a_429_is_resolved_only_when_it_reports_a_conflict() {
         "the throttled write was not retried"
     );
 }
+
+/// "Being deleted" clears when the thing is gone: a create refused while its resource group is
+/// deleted (ARM's `ResourceGroupBeingDeleted`, which names no operation) polls the group until it
+/// answers 404, then is sent again and creates it.
+#[tokio::test]
+async fn a_create_refused_during_a_delete_waits_until_the_resource_is_gone() {
+    let sim = Sim::start(SimConfig {
+        transition: Duration::ZERO,
+        delete_transition: Duration::from_millis(150),
+        ..SimConfig::default()
+    })
+    .await;
+    let group = "/subscriptions/sub1/resourceGroups/xplattestiothubrg";
+    sim.seed(group, json!({"location": "westus"}));
+    let url = sim.url(&format!("{group}?api-version=2021-04-01"));
+    let deleted = reqwest::Client::new().delete(&url).send().await.unwrap();
+    assert_eq!(deleted.status(), 202);
+    // The refusal as ARM words it (fixtures/errors/resources_group_being_deleted.json).
+    let body = json!({"error": {"code": "ResourceGroupBeingDeleted", "message": "The resource group 'xplattestiothubrg' is in deprovisioning state and cannot perform this operation."}});
+    sim.script("PUT", group, vec![Scripted::json(409, body)]);
+
+    let resp = client(fast_policy())
+        .put(&url)
+        .json(&json!({"location": "westus"}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(resp.status(), 201, "created anew");
+    let report = report(&resp);
+    assert_eq!(report.code.as_deref(), Some("ResourceGroupBeingDeleted"));
+    assert_eq!(report.outcome, Outcome::Resolved);
+    assert_eq!(report.states.first().map(String::as_str), Some("Deleting"));
+    assert_eq!(report.last_state(), Some("NotFound"));
+    assert_eq!(sim.overlapping_transitions(), 0);
+}
