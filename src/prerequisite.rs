@@ -16,7 +16,7 @@
 //!     "name": "deallocate_before_resize",
 //!     "resource_type": "Microsoft.Compute/virtualMachines",
 //!     "codes": ["OperationNotAllowed", "PropertyChangeNotAllowed"],
-//!     "message_contains": ["deallocat"],
+//!     "message_contains": ["not available in the current hardware cluster", "deallocat"],
 //!     "action": { "path": "deallocate" },
 //!     "until": { "path": "instanceView", "pointer": "/statuses", "equals": "PowerState/deallocated" },
 //!     "restore": { "path": "start" },

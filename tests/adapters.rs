@@ -160,7 +160,7 @@ mod behaviour {
             r#"{"prerequisites": [{
                 "resource_type": "Microsoft.Compute/virtualMachines",
                 "codes": ["OperationNotAllowed"],
-                "message_contains": ["deallocat"],
+                "message_contains": ["not available in the current hardware cluster", "deallocat"],
                 "action": { "method": "POST", "path": "deallocate" },
                 "until": { "path": "instanceView", "pointer": "/statuses", "equals": "PowerState/deallocated" },
                 "restore": { "method": "POST", "path": "start" },

@@ -658,7 +658,7 @@ async fn a_lease_lost_before_a_prerequisite_action_stops_the_write_before_it() {
         r#"{"prerequisites": [{
             "resource_type": "Microsoft.Compute/virtualMachines",
             "codes": ["OperationNotAllowed"],
-            "message_contains": ["deallocat"],
+            "message_contains": ["not available in the current hardware cluster", "deallocat"],
             "action": { "method": "POST", "path": "deallocate" },
             "until": { "path": "instanceView", "pointer": "/statuses", "equals": "PowerState/deallocated" },
             "restore": { "method": "POST", "path": "start" }

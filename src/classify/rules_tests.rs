@@ -369,6 +369,8 @@ rule_cases! {
     blob_lease_breaking: 409, [], "<Error><Code>LeaseIsBreakingAndCannotBeAcquired</Code><Message>The lease is breaking.</Message></Error>";
     blob_busy: 409, [], "<Error><Code>PendingCopyOperation</Code><Message>There is currently a pending copy operation.</Message></Error>";
     nic_reserved: 409, [], r#"{"error":{"code":"NicReservedForAnotherVm","message":"Nic is reserved for another Virtual Machine for 180 seconds."}}"#;
+    // The wording hashicorp/terraform-provider-azurerm quotes (internal/services/compute).
+    resize_other_cluster: 409, [], r#"{"error":{"code":"OperationNotAllowed","message":"Unable to resize the VM vm1 because the requested size Standard_F4s_v2 is not available in the current hardware cluster. The available sizes in this cluster are: Standard_D2s_v3. The requested size might be available in other clusters of this region. Read more on VM resizing strategy at https://aka.ms/azure-resizevm."}}"#;
     keyvault_deleted_but_recoverable: 409, [], r#"{"error":{"code":"Conflict","message":"Certificate c is currently in a deleted but recoverable state, and its name cannot be reused.","innererror":{"code":"ObjectIsDeletedButRecoverable"}}}"#;
     service_bus_conflict_subcode: 409, [], "<Error><Code>409</Code><Detail>SubCode=40901. Another conflicting operation is in progress.</Detail></Error>";
     throttled: 429, [], r#"{"code":"429","message":"Request rate is large. Please retry this request later."}"#;
