@@ -159,13 +159,19 @@ fn main() {
     });
     group.finish();
 
-    // The extremes: no body at all, the commonest ARM 409, XML, the longest body.
+    // The extremes: no body at all, the commonest ARM 409, XML, a failed operation's status,
+    // the longest body.
     let longest = cases.iter().max_by_key(|c| c.body.len()).expect("fixtures");
-    let named = |prefix: &str| cases.iter().find(|c| c.file.starts_with(prefix));
-    let mut singles: Vec<&Case> = ["32_", "01_", "28_", "46_"]
-        .into_iter()
-        .filter_map(named)
-        .collect();
+    let named = |name: &str| cases.iter().find(|c| c.file == format!("{name}.json"));
+    let mut singles: Vec<&Case> = [
+        "blob_head_if_match_stale_header_only",
+        "network_another_operation_in_progress_vpn_connection",
+        "blob_lease_already_present",
+        "network_operation_status_failed_invalid_sku",
+    ]
+    .into_iter()
+    .filter_map(named)
+    .collect();
     singles.push(longest);
     let mut group = c.benchmark_group("classify_one");
     group.throughput(Throughput::Elements(1));
