@@ -21,10 +21,46 @@ use crate::{
     redact::{redact, scrub},
 };
 
-/// The error a mutation closure may return to stop an update.
+/// The error a mutation closure may return to stop an update; [`update`] then fails with
+/// [`UpdateError::Aborted`] carrying it, and writes nothing.
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware, url: &str) {
+/// use reqwest_conflict::{UpdateError, update};
+///
+/// let result = update(&client, url, |nsg| {
+///     if nsg["properties"]["securityRules"].as_array().is_some_and(|r| r.len() >= 100) {
+///         return Err("the NSG is full".into());
+///     }
+///     nsg["tags"]["audited"] = "yes".into();
+///     Ok(())
+/// })
+/// .await;
+/// if let Err(UpdateError::Aborted(why)) = result {
+///     eprintln!("not changed: {why}");
+/// }
+/// # }
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why an [`update`] did not write its change.
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware, url: &str) {
+/// use reqwest_conflict::{UpdateError, update};
+///
+/// let tag = |doc: &mut serde_json::Value| {
+///     doc["tags"]["owner"] = "ci".into();
+///     Ok(())
+/// };
+/// match update(&client, url, tag).await {
+///     Ok(written) => println!("now {}", written["etag"]),
+///     Err(UpdateError::Exhausted { attempts, .. }) => eprintln!("lost the race {attempts} times"),
+///     Err(UpdateError::Status { status: 404, .. }) => eprintln!("no such resource"),
+///     Err(other) => eprintln!("{other}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpdateError {
@@ -86,6 +122,18 @@ impl From<reqwest_middleware::Error> for UpdateError {
 struct Scrubbed(String);
 
 /// Bounds and method of an [`update_with`] loop.
+///
+/// ```
+/// use std::time::Duration;
+/// use reqwest_conflict::UpdateOptions;
+///
+/// let options = UpdateOptions {
+///     method: http::Method::PATCH,
+///     deadline: Duration::from_secs(60),
+///     ..UpdateOptions::default()
+/// };
+/// assert_eq!(options.max_attempts, 10);
+/// ```
 #[derive(Clone, Debug)]
 pub struct UpdateOptions {
     /// Read-modify-write rounds at most.
@@ -146,6 +194,29 @@ where
 
 /// [`update`] for a typed resource: the representation is deserialized into `T`, changed, and
 /// serialized back (fields `T` does not model are not written back).
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware, url: &str) -> Result<(), reqwest_conflict::UpdateError> {
+/// use std::collections::BTreeMap;
+/// use reqwest_conflict::{UpdateOptions, update_as};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Tagged {
+///     location: String,
+///     #[serde(default)]
+///     tags: BTreeMap<String, String>,
+///     #[serde(default)]
+///     properties: serde_json::Value,
+/// }
+///
+/// let written: Tagged = update_as(&client, url, &UpdateOptions::default(), |r: &mut Tagged| {
+///     r.tags.insert("owner".into(), "platform".into());
+///     Ok(())
+/// })
+/// .await?;
+/// assert_eq!(written.tags["owner"], "platform");
+/// # Ok(()) }
+/// ```
 pub async fn update_as<T, F>(
     client: &ClientWithMiddleware,
     url: &str,
@@ -166,7 +237,20 @@ where
     serde_json::from_value(written).map_err(|e| UpdateError::InvalidBody(e.to_string()))
 }
 
-/// [`update`] with explicit bounds and method.
+/// [`update`] with explicit bounds and method: here a merge patch of the tags alone.
+///
+/// ```no_run
+/// # async fn f(client: reqwest_middleware::ClientWithMiddleware, url: &str) -> Result<(), reqwest_conflict::UpdateError> {
+/// use reqwest_conflict::{UpdateOptions, update_with};
+///
+/// let patch = UpdateOptions { method: http::Method::PATCH, ..UpdateOptions::default() };
+/// update_with(&client, url, &patch, |doc| {
+///     doc["tags"]["cost-center"] = "42".into();
+///     Ok(())
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
 pub async fn update_with<F>(
     client: &ClientWithMiddleware,
     url: &str,
