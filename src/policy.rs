@@ -51,7 +51,9 @@ pub(crate) const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConflictPolicy {
-    /// How many times the original request may be sent in all, the first time included.
+    /// How many times the original request may be sent in all, the first time included. A send
+    /// whose 409 names an operation that started since the request's previous conflict (another
+    /// writer got in first) does not count, up to four times this many sends in all.
     pub max_attempts: u32,
     /// The longest one request may spend resolving conflicts, waits and polls included.
     #[serde(with = "humantime_serde")]

@@ -77,6 +77,10 @@ pub struct ConflictReport {
     pub attempts: u32,
     /// How many 409/412 answers the original request got.
     pub conflicts: u32,
+    /// How many of those named an operation that started after the previous one: another
+    /// writer got in first. Such sends do not count against the policy's `max_attempts` (up to
+    /// four times it in all), so writers that share no lease store still all get their turn.
+    pub yielded: u32,
     /// How many re-fetches and polls were made.
     pub polls: u32,
     /// The states the polls observed, in order, repeats collapsed, at most 32.
@@ -126,6 +130,7 @@ impl ConflictReport {
             classification: first.clone(),
             attempts: 1,
             conflicts: 0,
+            yielded: 0,
             polls: 0,
             states: Vec::new(),
             waited: Duration::ZERO,

@@ -477,3 +477,36 @@ async fn a_create_refused_during_a_delete_waits_until_the_resource_is_gone() {
     assert_eq!(report.last_state(), Some("NotFound"));
     assert_eq!(sim.overlapping_transitions(), 0);
 }
+
+/// Without leases (processes that share no store), sixteen writers on one VM all land with the
+/// default attempt budget: a 409 naming an operation that started since the writer's previous
+/// one is another writer's progress, not a failed attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_without_leases_all_lands_within_the_default_attempts() {
+    let sim = sim_with_vm(Duration::from_millis(100)).await;
+    let policy = reqwest_conflict::ConflictPolicy {
+        max_attempts: reqwest_conflict::ConflictPolicy::fast().max_attempts,
+        deadline: Duration::from_secs(30),
+        ..fast_policy().leases(false).unwrap()
+    };
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let (client, url) = (client(policy.clone()), url(&sim, VM));
+            tokio::spawn(async move {
+                let resp = client.put(url).json(&vm_body(&i.to_string())).send().await;
+                resp.map(|r| (r.status(), r.extensions().get::<ConflictReport>().cloned()))
+            })
+        })
+        .collect();
+    let mut yielded = 0;
+    for writer in writers {
+        let (status, report) = writer.await.unwrap().unwrap();
+        assert!(status.is_success(), "{status}: {report:?}");
+        yielded += report.map_or(0, |r| r.yielded);
+    }
+    assert!(
+        yielded > 0,
+        "some writers waited behind others' new operations"
+    );
+    assert_eq!(sim.overlapping_transitions(), 0);
+}

@@ -23,11 +23,20 @@ pub(crate) enum Step<'p> {
     Prepare(&'p Prerequisite),
 }
 
+/// How many times more than `max_attempts` a request may be sent in all when its conflicts are
+/// other writers' progress (see [`Budget::yielded`]): a herd drains, but never without bound.
+const HERD_ALLOWANCE: u32 = 4;
+
 /// What is left of a request's budget.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Budget {
     /// How many times the request was sent.
     pub attempts: u32,
+    /// How many of those sends met a conflict with an operation that started after the request's
+    /// previous conflict: another writer got in first, which is progress, not a failed attempt
+    /// of ours. Such sends do not count against `max_attempts` (up to [`HERD_ALLOWANCE`] times it
+    /// in all).
+    pub yielded: u32,
     /// Whether it can be sent again (its body could be kept).
     pub resendable: bool,
     /// Whether the deadline has passed.
@@ -79,7 +88,9 @@ pub(crate) fn decide<'p>(
 pub(crate) fn blocked(policy: &ConflictPolicy, budget: Budget) -> Option<Outcome> {
     if !budget.resendable {
         Some(Outcome::NotRetryable)
-    } else if budget.attempts >= policy.max_attempts {
+    } else if budget.attempts.saturating_sub(budget.yielded) >= policy.max_attempts
+        || budget.attempts >= policy.max_attempts.saturating_mul(HERD_ALLOWANCE)
+    {
         Some(Outcome::Exhausted)
     } else if budget.expired {
         Some(Outcome::DeadlineExceeded)
@@ -98,6 +109,7 @@ mod tests {
     fn fresh() -> Budget {
         Budget {
             attempts: 1,
+            yielded: 0,
             resendable: true,
             expired: false,
             prepared: false,
@@ -345,6 +357,7 @@ mod tests {
         let policy = ConflictPolicy::azure_arm();
         let everything = Budget {
             attempts: 99,
+            yielded: 0,
             resendable: false,
             expired: true,
             prepared: false,
@@ -362,5 +375,27 @@ mod tests {
         };
         assert_eq!(blocked(&policy, one_left), Some(Outcome::DeadlineExceeded));
         assert_eq!(blocked(&policy, fresh()), None);
+    }
+
+    #[test]
+    fn sends_that_yielded_to_other_writers_do_not_spend_the_budget_up_to_a_bound() {
+        let policy = ConflictPolicy::azure_arm();
+        let max = policy.max_attempts;
+        let budget = |attempts, yielded| Budget {
+            attempts,
+            yielded,
+            ..fresh()
+        };
+        assert_eq!(blocked(&policy, budget(max, 0)), Some(Outcome::Exhausted));
+        assert_eq!(blocked(&policy, budget(max + 5, 6)), None);
+        assert_eq!(
+            blocked(&policy, budget(max + 5, 5)),
+            Some(Outcome::Exhausted)
+        );
+        assert_eq!(
+            blocked(&policy, budget(max * HERD_ALLOWANCE, max * HERD_ALLOWANCE)),
+            Some(Outcome::Exhausted),
+            "a herd drains, but never without bound"
+        );
     }
 }

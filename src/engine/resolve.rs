@@ -181,6 +181,7 @@ impl Run<'_> {
     pub(super) fn budget(&self, report: &ConflictReport, prepared: bool) -> Budget {
         Budget {
             attempts: report.attempts,
+            yielded: report.yielded,
             resendable: self.original.body.resendable(),
             expired: tokio::time::Instant::now() >= self.deadline,
             prepared,
@@ -219,6 +220,15 @@ impl Run<'_> {
 
     fn note_conflict(&self, report: &mut ConflictReport, classification: Classification) {
         report.conflicts += 1;
+        // Another writer's operation, started since our previous conflict: it got in first, and
+        // our send was not a failed attempt but a place in the queue.
+        let operation = |c: &Classification| c.operation_uri.clone();
+        if report.conflicts > 1
+            && classification.operation_uri.is_some()
+            && operation(&classification) != operation(&report.classification)
+        {
+            report.yielded += 1;
+        }
         // A later conflict may name another operation in the way: the latest one is the blocker.
         if report.conflicts > 1
             && let Some(blocker) = Blocker::from_error(&classification)
