@@ -33,7 +33,7 @@ pub use lease::BlobLeases;
 pub use lease::RedisLeases;
 pub use lease::{Lease, LeaseStore, MemoryLeases};
 pub use policy::{
-    ConflictPolicy, DiagnosePolicy, LeasePolicy, MergeBase, PolicyOverride, PollSchedule,
+    ConflictPolicy, DiagnosePolicy, LeasePolicy, Lro, MergeBase, PolicyOverride, PollSchedule,
     PreconditionStrategy,
 };
 pub use prerequisite::{Action, Prerequisite, StateCheck};

@@ -100,6 +100,11 @@ pub struct ConflictPolicy {
     /// At least `poll.min_delay`.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub stuck_after: Option<Duration>,
+    /// What to do with a write ARM accepted as a long-running operation (201/202, or an
+    /// `Azure-AsyncOperation`): hand it back at once (`return`, the default) or follow the
+    /// operation to its end under the resource's lease, sending the write again if the
+    /// operation failed with a conflict that clears (`settle`).
+    pub lro: Lro,
     /// What to find out about a conflict besides resolving it.
     pub diagnose: DiagnosePolicy,
     /// Free text for whoever maintains the file; ignored.
@@ -149,6 +154,9 @@ pub struct PolicyOverride {
     /// See [`ConflictPolicy::stuck_after`].
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub stuck_after: Option<Duration>,
+    /// See [`ConflictPolicy::lro`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lro: Option<Lro>,
 }
 
 impl PolicyOverride {
@@ -178,6 +186,9 @@ impl PolicyOverride {
         if let Some(v) = self.stuck_after {
             policy.stuck_after = Some(v);
         }
+        if let Some(v) = self.lro {
+            policy.lro = v;
+        }
     }
 
     /// An override of the same fields as this one, holding `policy`'s values: given this override
@@ -193,8 +204,37 @@ impl PolicyOverride {
             precondition: self.precondition.map(|_| policy.precondition),
             leases: self.leases.as_ref().map(|_| policy.leases.clone()),
             stuck_after: self.stuck_after.and(policy.stuck_after),
+            lro: self.lro.map(|_| policy.lro),
         }
     }
+}
+
+/// What to do with a write ARM accepted as a long-running operation.
+///
+/// ```
+/// use reqwest_conflict::{ConflictPolicy, Lro};
+///
+/// let policy = ConflictPolicy::from_json(r#"{
+///     "resource_types": { "Microsoft.Network/virtualNetworks/subnets": { "lro": "settle" } }
+/// }"#)?;
+/// assert_eq!(policy.lro, Lro::Return);
+/// assert_eq!(policy.for_resource_type(Some("Microsoft.Network/virtualNetworks/subnets")).lro, Lro::Settle);
+/// # Ok::<(), reqwest_conflict::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lro {
+    /// Hand the 201/202 back at once; the caller polls the operation. The next writer waits
+    /// for the resource's state (the state guard).
+    #[default]
+    Return,
+    /// Follow the operation (its `Azure-AsyncOperation`, else the resource's
+    /// `provisioningState`) to its end while holding the resource's lease, so the next writer
+    /// waits on the lease, not on a guess. An operation that failed with a conflict that clears
+    /// (`RetryableError`, `ReferencedResourceNotProvisioned`, …) is waited out like a 409 and the
+    /// write sent again, within the attempts and the deadline. The caller gets the last write's
+    /// answer as the server sent it: its own poller then finds an operation that already ended.
+    Settle,
 }
 
 /// What to find out about a conflict besides resolving it: each costs requests, so each is
@@ -455,6 +495,7 @@ impl ConflictPolicy {
             resource_types: BTreeMap::new(),
             prerequisites: Vec::new(),
             stuck_after: None,
+            lro: Lro::Return,
             diagnose: DiagnosePolicy::default(),
             comment: None,
         }

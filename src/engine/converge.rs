@@ -388,7 +388,7 @@ impl Run<'_> {
 
     /// A server's `Retry-After`, capped by the policy and floored by the poll schedule, so neither
     /// `999999` nor `0` can make us sleep for days or spin.
-    fn clamp_hint(&self, hint: Duration) -> Duration {
+    pub(super) fn clamp_hint(&self, hint: Duration) -> Duration {
         hint.min(self.policy.retry_after_cap)
             .max(self.policy.poll.min_delay)
     }
@@ -435,7 +435,7 @@ impl Run<'_> {
     }
 
     /// Polls go to the request's own origin, or to an allow-listed host over https.
-    fn may_poll(&self, target: &Url) -> bool {
+    pub(super) fn may_poll(&self, target: &Url) -> bool {
         if self.original.url.origin() == target.origin() {
             return true;
         }

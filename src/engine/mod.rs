@@ -18,6 +18,7 @@ mod converge;
 mod decide;
 mod diagnose;
 mod estimate;
+mod lro;
 mod precondition;
 mod prerequisite;
 mod resolve;

@@ -209,7 +209,7 @@ impl Run<'_> {
         Changes { headers, body }
     }
 
-    fn new_report(&self, first: &Classification) -> ConflictReport {
+    pub(super) fn new_report(&self, first: &Classification) -> ConflictReport {
         let resource = &self.original.resource;
         ConflictReport::new(
             resource.key().to_owned(),
@@ -218,7 +218,11 @@ impl Run<'_> {
         )
     }
 
-    fn note_conflict(&self, report: &mut ConflictReport, classification: Classification) {
+    pub(super) fn note_conflict(
+        &self,
+        report: &mut ConflictReport,
+        classification: Classification,
+    ) {
         report.conflicts += 1;
         // Another writer's operation, started since our previous conflict: it got in first, and
         // our send was not a failed attempt but a place in the queue.
@@ -324,7 +328,7 @@ fn answer<R>(response: R, report: Option<ConflictReport>) -> Answered<R> {
 
 /// `error` carrying the report of the resolution it ends: a wait that gave up at the deadline,
 /// or on a state that stopped changing.
-fn ended(mut error: Error, report: &ConflictReport) -> Error {
+pub(super) fn ended(mut error: Error, report: &ConflictReport) -> Error {
     let (slot, outcome) = match &mut error {
         Error::NotConverged { report, .. } => (report, Outcome::DeadlineExceeded),
         Error::Stuck { report, .. } => (report, Outcome::Stuck),

@@ -20,7 +20,7 @@ use super::{
     is_safe, state::Source,
 };
 use crate::{
-    ConflictPolicy, Error, Lease,
+    ConflictPolicy, Error, Lease, Lro,
     journal::{Ending, operation_id},
     lease::{Validity, acquire_all},
 };
@@ -95,6 +95,23 @@ impl<'r> Run<'r> {
             }),
             Err(error) => Err(Failure::Transport(error)),
         };
+        // With `lro: settle`, the operation the answer started is followed to its end here,
+        // still under the lease (and inside the journal entry).
+        let arm = self.original.resource.is_arm();
+        let mut settled = false;
+        if self.policy.lro == Lro::Settle && arm {
+            result = match result {
+                Ok(answered) => {
+                    Box::pin(self.settle(transport, answered))
+                        .await
+                        .map(|(answered, ended)| {
+                            settled = ended;
+                            answered
+                        })
+                }
+                failed => failed,
+            };
+        }
         if let Ok(Answered {
             report: Some(report),
             ..
@@ -106,16 +123,16 @@ impl<'r> Run<'r> {
         // The journal's end is also when a transition this write left began (see `guard`). A
         // write stopped by a lost lease sent nothing after its last answer: its entry ends there,
         // so that the journal shows it overlapping the next holder only if it really did.
-        let arm = self.original.resource.is_arm();
         let mut left_in_transition = false;
         let ending = match &result {
             Ok(answered) => {
                 let (status, headers) = T::head(&answered.response);
-                left_in_transition = leaves_transition(arm, status, headers);
+                let started = leaves_transition(arm, status, headers);
+                left_in_transition = started && !settled;
                 Ending {
                     status: Some(status.as_u16()),
                     outcome: answered.report.as_ref().map(|r| r.outcome),
-                    operation: left_in_transition.then(|| operation_id(headers)).flatten(),
+                    operation: started.then(|| operation_id(headers)).flatten(),
                 }
             }
             Err(_) => Ending::default(),
@@ -331,7 +348,7 @@ impl Fence {
 /// long-running operations, or names an `Azure-AsyncOperation` to poll. Judged from the head
 /// alone, so successful bodies are never read. Other APIs have no such contract (a 201 from
 /// `POST /items` is just "created"), so they are never marked.
-fn leaves_transition(arm: bool, status: StatusCode, headers: &HeaderMap) -> bool {
+pub(super) fn leaves_transition(arm: bool, status: StatusCode, headers: &HeaderMap) -> bool {
     arm && (status == StatusCode::CREATED
         || status == StatusCode::ACCEPTED
         || (status.is_success() && headers.contains_key(AZURE_ASYNC_OPERATION)))
