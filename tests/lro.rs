@@ -104,7 +104,11 @@ async fn an_operation_failed_by_a_busy_parent_is_waited_out_and_the_write_sent_a
         report.classification
     );
     assert_eq!((report.outcome, report.attempts), (Outcome::Resolved, 2));
-    assert_eq!(report.end_state.as_deref(), Some("Succeeded"), "the operation's own result");
+    assert_eq!(
+        report.end_state.as_deref(),
+        Some("Succeeded"),
+        "the operation's own result"
+    );
     // The subnet ended Succeeded, written twice, the second time after the VNet settled.
     let state = reqwest::get(url(&sim, SUBNET))
         .await
