@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use reqwest_conflict::{
-    BlobLeases, ConflictMiddleware, ConflictPolicy, RedisLeases,
+    BlobLeases, ConflictMiddleware, ConflictPolicy, Lro, RedisLeases,
     journal::{Journal, read_json_lines, verify},
     lease::dev_sas_container_url,
 };
@@ -41,6 +41,11 @@ fn child_writer() {
             let middleware = match store.split_once(':') {
                 Some(("redis", url)) => ConflictMiddleware::new(policy())
                     .with_leases(RedisLeases::new(url, "multi:").await.unwrap()),
+                Some(("redis-settle", url)) => ConflictMiddleware::new(ConflictPolicy {
+                    lro: Lro::Settle,
+                    ..policy()
+                })
+                .with_leases(RedisLeases::new(url, "multi-settle:").await.unwrap()),
                 Some(("blob", url)) => {
                     ConflictMiddleware::new(policy()).with_leases(BlobLeases::new(url).unwrap())
                 }
@@ -97,6 +102,11 @@ async fn three_writers(store: String) {
     assert_eq!(sim.count("PUT", VM, Some(200)), WRITERS * WRITES);
     assert_eq!(sim.overlapping_transitions(), 0, "{:#?}", sim.transitions());
     assert_eq!(sim.count("PUT", VM, Some(409)), 0);
+    if store.starts_with("redis-settle") {
+        // Each writer held the lease until its operation ended: the next one had no transition
+        // to wait for, so nobody read the VM's state.
+        assert_eq!(sim.count("GET", VM, None), 0);
+    }
 
     // The processes' own records agree: thirty lease-held intervals, one after another, under
     // growing fencing tokens.
@@ -119,6 +129,13 @@ async fn three_writers(store: String) {
 async fn three_processes_share_a_redis_lease() {
     let redis = start_redis();
     three_writers(format!("redis:{}", redis.url())).await;
+}
+
+/// With `lro: settle` the lease covers each write's whole transition, across processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_settle_their_operations_under_a_redis_lease() {
+    let redis = start_redis();
+    three_writers(format!("redis-settle:{}", redis.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
