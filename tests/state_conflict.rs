@@ -510,3 +510,37 @@ async fn a_herd_without_leases_all_lands_within_the_default_attempts() {
     );
     assert_eq!(sim.overlapping_transitions(), 0);
 }
+
+/// A name held by a soft-deleted resource is not waited for: the 409 is handed back with what to
+/// do (recover or purge), which is the owner's call.
+#[tokio::test]
+async fn a_soft_deleted_name_is_surfaced_with_what_to_do() {
+    let path = format!(
+        "{}/fixtures/errors/keyvault_certificate_deleted_but_recoverable.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let sim = sim_with_vm(Duration::ZERO).await;
+    let answer = Scripted::raw(409, doc["body"].as_str().unwrap().as_bytes().to_vec())
+        .header("content-type", "application/json");
+    sim.script("PUT", VM, vec![answer]);
+
+    let resp = put_vm(&client(fast_policy()), &sim, "again").await;
+
+    assert_eq!(resp.status(), 409);
+    let report = report(&resp);
+    assert_eq!(
+        (report.kind, report.outcome),
+        (ConflictKind::PrerequisiteRequired, Outcome::Surfaced)
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("recover it, or purge it")),
+        "{:?}",
+        report.notes
+    );
+    assert_eq!(sim.count("PUT", VM, None), 1, "not sent again");
+}

@@ -84,6 +84,19 @@ pub(crate) fn decide<'p>(
     }
 }
 
+/// What the caller has to do about a conflict the engine surfaces, when the classification says:
+/// a name held by a soft-deleted resource clears only by recovering or purging it, which is the
+/// owner's decision (it loses or restores data), never the engine's.
+pub(crate) fn advice(classification: &Classification) -> Option<&'static str> {
+    match classification.rule.as_deref()? {
+        "soft_deleted_message" | "keyvault_deleted_but_recoverable" => Some(
+            "the name is held by a deleted resource that can still be recovered: recover it, or \
+             purge it, before creating it again (or configure a prerequisite that does)",
+        ),
+        _ => None,
+    }
+}
+
 /// Why the request may not be sent again, if it may not.
 pub(crate) fn blocked(policy: &ConflictPolicy, budget: Budget) -> Option<Outcome> {
     if !budget.resendable {
@@ -375,6 +388,20 @@ mod tests {
         };
         assert_eq!(blocked(&policy, one_left), Some(Outcome::DeadlineExceeded));
         assert_eq!(blocked(&policy, fresh()), None);
+    }
+
+    #[test]
+    fn soft_deleted_names_come_with_what_to_do() {
+        let by_rule = |rule: &str| Classification {
+            rule: Some(rule.to_owned()),
+            ..classified(ConflictKind::PrerequisiteRequired, "Conflict")
+        };
+        for rule in ["soft_deleted_message", "keyvault_deleted_but_recoverable"] {
+            let advice = advice(&by_rule(rule)).unwrap_or_else(|| panic!("{rule}"));
+            assert!(advice.contains("recover it, or purge it"), "{advice}");
+        }
+        assert_eq!(advice(&by_rule("power_state_message")), None);
+        assert_eq!(advice(&Classification::default()), None);
     }
 
     #[test]

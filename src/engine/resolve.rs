@@ -5,7 +5,7 @@ use tracing::{Instrument, field::Empty};
 
 use super::{
     Answered, Changes, Failure, Transport,
-    decide::{Budget, Step, blocked, decide},
+    decide::{Budget, Step, advice, blocked, decide},
     is_conflict,
     precondition::Refreshed,
     prerequisite::Prepared,
@@ -117,6 +117,9 @@ impl Run<'_> {
                 Step::Surface(outcome) => {
                     if self.engine.redirects.followed() {
                         report.note(OFFSITE.to_owned());
+                    }
+                    if let Some(advice) = advice(&report.classification) {
+                        report.note(advice.to_owned());
                     }
                     report.outcome = outcome;
                     return Ok(answer(response, Some(report.clone())));
