@@ -293,16 +293,28 @@ fn appears_in(found: &str, input: &str) -> bool {
     let found = found.replace('\r', "");
     let input = input.replace('\r', "");
     let unwrapped = input.replace("<![CDATA[", "").replace("]]>", "");
+    // CDATA text is text even when it looks like a tag (`<Code>A<![CDATA[<Error>]]>` is the
+    // code `A<Error>`), so the unwrapped input is a view of its own.
     [
         input.clone(),
         without_tags(&input),
         without_tags(&unwrapped),
+        unwrapped.clone(),
     ]
     .iter()
     .any(|view| view.contains(&found))
         || input.contains('\\')
         || input.contains('&')
         || found.parse::<f64>().is_ok()
+}
+
+/// The case a random run found: a CDATA section whose text looks like a tag is part of the code.
+#[test]
+fn cdata_that_looks_like_a_tag_is_text() {
+    let body = "<Error><Code>A<![CDATA[<Error>]]>";
+    let c = classify(409, &HeaderMap::new(), &HeaderMap::new(), body.as_bytes());
+    assert_eq!(c.code.as_deref(), Some("A<Error>"));
+    assert!(check_classification(&c, 409, body, None).is_ok());
 }
 
 /// `s` without anything from a `<` to the next `>`: the text content of an XML document.
