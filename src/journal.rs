@@ -414,7 +414,7 @@ impl Journal {
 /// signature.
 pub(crate) fn operation_id(headers: &http::HeaderMap) -> Option<String> {
     let uri = headers
-        .get(crate::engine::AZURE_ASYNC_OPERATION)
+        .get(crate::shared::AZURE_ASYNC_OPERATION)
         .or_else(|| headers.get(http::header::LOCATION))?
         .to_str()
         .ok()?;

@@ -34,6 +34,7 @@ use std::{collections::HashMap, sync::Arc};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
+pub(crate) use crate::shared::AZURE_ASYNC_OPERATION;
 pub(crate) use transport::{
     Answered, Changes, Exchange, Failure, Fetched, Original, Overrides, Peeked, Redirects, Replay,
     Transport,
@@ -212,10 +213,6 @@ impl Engine {
         Some((self.policy().max_fetch_body, sink))
     }
 }
-
-/// ARM's header naming a long-running operation's status URI.
-pub(crate) const AZURE_ASYNC_OPERATION: http::HeaderName =
-    http::HeaderName::from_static("azure-asyncoperation");
 
 /// Whether a method only reads: such requests are neither leased nor resolved.
 pub(crate) fn is_safe(method: &Method) -> bool {
