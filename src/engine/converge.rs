@@ -15,7 +15,6 @@ use url::Url;
 
 use super::{
     Exchange, Fetched, Transport,
-    resolve::OFFSITE,
     run::Run,
     state::{Source, is_terminal, read_state},
 };
@@ -24,6 +23,9 @@ use crate::{
     classify::retry_after,
     redact::{redact, scrub},
 };
+
+/// Why the engine makes no request of its own any more.
+pub(super) const OFFSITE: &str = "the HTTP client followed a redirect to another origin: no re-fetch, poll or prerequisite action is sent through it any more (see SECURITY.md)";
 
 /// The state observed when a poll was answered from another origin, or not sent for that reason.
 pub(super) const REDIRECTED: &str = "redirected to another origin";

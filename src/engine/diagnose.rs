@@ -13,8 +13,7 @@ use url::Url;
 
 use super::{
     Transport,
-    converge::Called,
-    resolve::OFFSITE,
+    converge::{Called, OFFSITE},
     run::Run,
     state::{Source, read_state},
 };

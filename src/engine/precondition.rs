@@ -16,7 +16,11 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use lru::LruCache;
 use serde_json::Value;
 
-use super::{Changes, Fetched, Transport, converge::Called, resolve::OFFSITE, run::Run};
+use super::{
+    Changes, Fetched, Transport,
+    converge::{Called, OFFSITE},
+    run::Run,
+};
 use crate::{ConflictReport, PreconditionStrategy, merge, redact::scrub, report::Outcome};
 
 /// Representations the caller has seen, by (resource key, ETag): the bases of three-way merges.

@@ -6,8 +6,7 @@ use url::Url;
 
 use super::{
     Transport,
-    converge::{Called, Observations, Watch},
-    resolve::OFFSITE,
+    converge::{Called, OFFSITE, Observations, Watch},
     run::Run,
     state::Source,
 };

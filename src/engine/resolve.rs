@@ -5,6 +5,7 @@ use tracing::{Instrument, field::Empty};
 
 use super::{
     Answered, Changes, Failure, Transport,
+    converge::OFFSITE,
     decide::{Budget, Step, advice, blocked, decide},
     is_conflict,
     precondition::Refreshed,
@@ -317,9 +318,6 @@ impl Run<'_> {
         }
     }
 }
-
-/// Why the engine makes no request of its own any more.
-pub(super) const OFFSITE: &str = "the HTTP client followed a redirect to another origin: no re-fetch, poll or prerequisite action is sent through it any more (see SECURITY.md)";
 
 /// The response with its report, if any.
 fn answer<R>(response: R, report: Option<ConflictReport>) -> Answered<R> {
