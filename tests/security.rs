@@ -22,10 +22,7 @@ use reqwest_conflict::{
 use reqwest_middleware::ClientWithMiddleware;
 use serde_json::json;
 use support::*;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use tokio::{io::AsyncWriteExt, net::TcpListener};
 use tracing_subscriber::fmt::format::FmtSpan;
 
 fn vm(i: usize) -> String {
@@ -137,33 +134,9 @@ impl Raw {
                 let (log, reply) = (log.clone(), reply.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    loop {
-                        // One request: its head, then as many body bytes as it announces.
-                        let head_end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut chunk = [0u8; 8192];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-                        let length = head
-                            .lines()
-                            .filter_map(|l| l.split_once(':'))
-                            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        while buf.len() < head_end + length {
-                            let mut chunk = [0u8; 8192];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let request: Vec<u8> = buf.drain(..head_end + length).collect();
+                    while let Some((head, request)) =
+                        hostile::read_request(&mut socket, &mut buf).await
+                    {
                         log.lock()
                             .unwrap()
                             .push(String::from_utf8_lossy(&request).into_owned());

@@ -29,10 +29,10 @@ impl Canned {
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let (log, answer) = (seen.clone(), Arc::new(answer));
         let task = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
+            while let Ok((mut socket, _)) = listener.accept().await {
                 let (log, answer) = (log.clone(), answer.clone());
                 tokio::spawn(async move {
-                    let Some((mut socket, head)) = read_request(socket).await else {
+                    let Some((head, _)) = read_request(&mut socket, &mut Vec::new()).await else {
                         return;
                     };
                     log.lock().unwrap().push(head.clone());
@@ -80,18 +80,15 @@ pub fn json_answer(status: u16, body: &str) -> String {
     )
 }
 
-/// Reads one request (its head, then as many body bytes as it announces).
-async fn read_request(mut socket: TcpStream) -> Option<(TcpStream, String)> {
-    let mut buf = Vec::new();
+/// Reads one request from `socket`: its head, then as many body bytes as it announces. `buf`
+/// holds what was read past the previous request on the connection; the request is taken out of
+/// it. Returns the head and the whole request, or `None` once the connection ends.
+pub async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let mut chunk = [0u8; 8192];
-        match socket.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+        read_more(socket, buf).await?;
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let length = head
@@ -101,13 +98,22 @@ async fn read_request(mut socket: TcpStream) -> Option<(TcpStream, String)> {
         .and_then(|(_, v)| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
     while buf.len() < head_end + length {
-        let mut chunk = [0u8; 8192];
-        match socket.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        read_more(socket, buf).await?;
+    }
+    let request = buf.drain(..head_end + length).collect();
+    Some((head, request))
+}
+
+/// Appends what `socket` has next to `buf`; `None` at the end of the connection.
+async fn read_more(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    match socket.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
         }
     }
-    Some((socket, head))
 }
 
 /// A server that accepts every connection, reads what it is sent and never answers.
