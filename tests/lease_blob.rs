@@ -165,11 +165,37 @@ async fn no_call_follows_a_redirect_or_sends_a_referer() {
     );
 }
 
+/// A write to the VM under `leases`, which cannot be taken or kept, fails with
+/// `Error::LeaseBackend` by its `deadline` (within 10 %).
+async fn write_fails_by_the_deadline(sim: &arm_sim::Sim, leases: BlobLeases, deadline: Duration) {
+    use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
+    let policy = ConflictPolicy {
+        deadline,
+        ..support::fast_policy()
+    };
+    let client = support::middleware_client(ConflictMiddleware::new(policy).with_leases(leases));
+    let started = Instant::now();
+    let error = client
+        .put(support::url(sim, support::VM))
+        .json(&support::vm_body("t"))
+        .send()
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(support::engine_error(&error), Error::LeaseBackend { .. }),
+        "{error}"
+    );
+    assert!(
+        took <= deadline + deadline / 10,
+        "the write took {took:?} with a deadline of {deadline:?}"
+    );
+}
+
 /// A call to a blob endpoint that never answers ends by the caller's deadline (within 10 %),
 /// whether the caller is `acquire` itself or a write through the middleware.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_endpoint_that_never_answers_ends_by_the_deadline() {
-    use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
     let silent = support::hostile::Silent::start().await;
     let leases = BlobLeases::new(&dev_sas_container_url(
         &format!("{}/devstoreaccount1", silent.base()),
@@ -189,27 +215,7 @@ async fn a_blob_endpoint_that_never_answers_ends_by_the_deadline() {
     );
 
     let sim = support::instant_sim().await;
-    let policy = ConflictPolicy {
-        deadline,
-        ..support::fast_policy()
-    };
-    let client = support::middleware_client(ConflictMiddleware::new(policy).with_leases(leases));
-    let started = Instant::now();
-    let error = client
-        .put(support::url(&sim, support::VM))
-        .json(&support::vm_body("t"))
-        .send()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    assert!(
-        matches!(support::engine_error(&error), Error::LeaseBackend { .. }),
-        "{error}"
-    );
-    assert!(
-        took <= within,
-        "the write took {took:?} with a deadline of {deadline:?}"
-    );
+    write_fails_by_the_deadline(&sim, leases, deadline).await;
     assert_eq!(
         sim.requests().len(),
         0,
@@ -222,7 +228,6 @@ async fn a_blob_endpoint_that_never_answers_ends_by_the_deadline() {
 /// its deadline (within 10 %).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_endpoint_that_stalls_after_granting_ends_by_the_deadline() {
-    use reqwest_conflict::{ConflictMiddleware, ConflictPolicy};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let flag_writes = AtomicUsize::new(0);
     let endpoint = support::hostile::Canned::start(move |head| {
@@ -249,28 +254,7 @@ async fn a_blob_endpoint_that_stalls_after_granting_ends_by_the_deadline() {
     ))
     .unwrap();
     let sim = support::sim_with_vm(Duration::ZERO).await;
-    let deadline = Duration::from_secs(1);
-    let policy = ConflictPolicy {
-        deadline,
-        ..support::fast_policy()
-    };
-    let client = support::middleware_client(ConflictMiddleware::new(policy).with_leases(leases));
-    let started = Instant::now();
-    let error = client
-        .put(support::url(&sim, support::VM))
-        .json(&support::vm_body("t"))
-        .send()
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    assert!(
-        matches!(support::engine_error(&error), Error::LeaseBackend { .. }),
-        "{error}"
-    );
-    assert!(
-        took <= deadline + deadline / 10,
-        "the write took {took:?} with a deadline of {deadline:?}"
-    );
+    write_fails_by_the_deadline(&sim, leases, Duration::from_secs(1)).await;
     assert!(
         sim.requests().iter().all(|r| r.method == "GET"),
         "nothing is written"
