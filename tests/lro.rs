@@ -38,8 +38,20 @@ async fn network() -> Sim {
     sim
 }
 
-fn subnet(prefix: &str) -> serde_json::Value {
-    json!({"properties": {"addressPrefix": prefix}})
+/// Another tool updates the virtual network for 200 ms; meanwhile the subnet is written (to
+/// `10.0.1.0/24`) under `policy`.
+async fn write_subnet_while_its_vnet_is_busy(
+    sim: &Sim,
+    policy: ConflictPolicy,
+) -> reqwest::Response {
+    let busy = Some(Duration::from_millis(200));
+    sim.begin_transition_as("another-tool", VNET, "Updating", busy);
+    client(policy)
+        .put(url(sim, SUBNET))
+        .json(&json!({"properties": {"addressPrefix": "10.0.1.0/24"}}))
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -71,20 +83,7 @@ async fn a_settled_write_returns_once_its_operation_ended_and_leaves_no_transiti
 #[tokio::test]
 async fn an_operation_failed_by_a_busy_parent_is_waited_out_and_the_write_sent_again() {
     let sim = network().await;
-    // Another tool updates the virtual network for 200 ms.
-    sim.begin_transition_as(
-        "another-tool",
-        VNET,
-        "Updating",
-        Some(Duration::from_millis(200)),
-    );
-
-    let resp = client(settling())
-        .put(url(&sim, SUBNET))
-        .json(&subnet("10.0.1.0/24"))
-        .send()
-        .await
-        .unwrap();
+    let resp = write_subnet_while_its_vnet_is_busy(&sim, settling()).await;
 
     assert_eq!(resp.status(), 200);
     let report = resp
@@ -124,19 +123,7 @@ async fn an_operation_failed_by_a_busy_parent_is_waited_out_and_the_write_sent_a
 #[tokio::test]
 async fn returned_at_once_the_same_write_leaves_a_failed_operation_to_the_caller() {
     let sim = network().await;
-    sim.begin_transition_as(
-        "another-tool",
-        VNET,
-        "Updating",
-        Some(Duration::from_millis(200)),
-    );
-
-    let resp = client(fast_policy())
-        .put(url(&sim, SUBNET))
-        .json(&subnet("10.0.1.0/24"))
-        .send()
-        .await
-        .unwrap();
+    let resp = write_subnet_while_its_vnet_is_busy(&sim, fast_policy()).await;
     assert_eq!(resp.status(), 200, "accepted");
     assert!(resp.extensions().get::<ConflictReport>().is_none());
     let operation = resp.headers()["azure-asyncoperation"]
