@@ -156,20 +156,8 @@ mod behaviour {
     pub async fn a_prerequisite_action_goes_through_the_stack<A: Adapter>() {
         // A resize the VM's cluster cannot host: deallocate, resize, start again.
         let sim = sim_with_vm(Duration::from_millis(30)).await;
-        let rule = ConflictPolicy::from_json(
-            r#"{"prerequisites": [{
-                "resource_type": "Microsoft.Compute/virtualMachines",
-                "codes": ["OperationNotAllowed"],
-                "message_contains": ["not available in the current hardware cluster", "deallocat"],
-                "action": { "method": "POST", "path": "deallocate" },
-                "until": { "path": "instanceView", "pointer": "/statuses", "equals": "PowerState/deallocated" },
-                "restore": { "method": "POST", "path": "start" },
-                "restore_until": { "path": "instanceView", "pointer": "/statuses", "equals": "PowerState/running" }
-            }]}"#,
-        )
-        .unwrap();
         let policy = ConflictPolicy {
-            prerequisites: rule.prerequisites,
+            prerequisites: shipped_prerequisites(),
             ..fast_policy()
         };
         let outcome = A::new(policy)

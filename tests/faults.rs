@@ -654,19 +654,8 @@ async fn a_lease_lost_before_a_prerequisite_action_stops_the_write_before_it() {
         latency: Duration::from_millis(200),
         ..Faults::default()
     });
-    let rule = ConflictPolicy::from_json(
-        r#"{"prerequisites": [{
-            "resource_type": "Microsoft.Compute/virtualMachines",
-            "codes": ["OperationNotAllowed"],
-            "message_contains": ["not available in the current hardware cluster", "deallocat"],
-            "action": { "method": "POST", "path": "deallocate" },
-            "until": { "path": "instanceView", "pointer": "/statuses", "equals": "PowerState/deallocated" },
-            "restore": { "method": "POST", "path": "start" }
-        }]}"#,
-    )
-    .unwrap();
     let policy = ConflictPolicy {
-        prerequisites: rule.prerequisites,
+        prerequisites: shipped_prerequisites(),
         ..policy(Duration::from_secs(2))
     };
     let client = middleware_client(ConflictMiddleware::new(policy).with_leases(NeverRenewed {

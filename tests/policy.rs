@@ -172,16 +172,6 @@ async fn resize(
         .await
 }
 
-/// The prerequisite rules of the shipped `fixtures/policies/compute.json` (deallocate before resize).
-fn shipped_prerequisites() -> Vec<reqwest_conflict::Prerequisite> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/policies/compute.json"
-    ))
-    .unwrap();
-    ConflictPolicy::from_json(&text).unwrap().prerequisites
-}
-
 #[tokio::test]
 async fn resize_of_a_running_vm_deallocates_resizes_and_starts_in_order() {
     let sim = running_vm(Duration::from_millis(40)).await;

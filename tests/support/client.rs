@@ -71,3 +71,14 @@ pub fn report(resp: &reqwest::Response) -> ConflictReport {
 pub fn engine_error(err: &reqwest_middleware::Error) -> &Error {
     Error::from_middleware(err).unwrap_or_else(|| panic!("expected an engine error, got {err:?}"))
 }
+
+/// The prerequisite rules of the shipped `fixtures/policies/compute.json`: deallocate before a
+/// resize the VM's cluster cannot host, start it again after.
+pub fn shipped_prerequisites() -> Vec<reqwest_conflict::Prerequisite> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/policies/compute.json"
+    ))
+    .unwrap();
+    ConflictPolicy::from_json(&text).unwrap().prerequisites
+}
