@@ -104,7 +104,8 @@ async fn diagnosis_is_opt_in() {
 }
 
 /// An operation that stays `InProgress` is stuck, not slow: the write ends once the state has not
-/// changed for `stuck_after`, long before the deadline, with the state and the report.
+/// changed for `stuck_after` — `Error::Stuck`, not the deadline's `NotConverged` — with the state
+/// and the report.
 #[tokio::test]
 async fn a_resource_that_never_moves_ends_the_write_as_stuck() {
     let sim = sim_with_vm(Duration::ZERO).await;
@@ -112,15 +113,12 @@ async fn a_resource_that_never_moves_ends_the_write_as_stuck() {
     let policy = fast_policy()
         .stuck_after(Duration::from_millis(200))
         .unwrap();
-    let deadline = policy.deadline;
-    let started = std::time::Instant::now();
     let err = client(policy)
         .put(url(&sim, VM))
         .json(&vm_body("ours"))
         .send()
         .await
         .unwrap_err();
-    assert!(started.elapsed() < deadline / 2, "{:?}", started.elapsed());
     let error = reqwest_conflict::Error::from_middleware(&err).expect("the crate's error");
     let reqwest_conflict::Error::Stuck { state, since, .. } = error else {
         panic!("{error}");
