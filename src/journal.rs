@@ -55,9 +55,6 @@ pub use verify::{Verification, read_json_lines, verify};
 /// process, small enough that the keys it keeps alive cost little memory.
 const DEFAULT_CAPACITY: usize = 1024;
 
-/// An operation id longer than this is not recorded (real ones are GUIDs or short tokens).
-const MAX_OPERATION_ID: usize = 128;
-
 /// One mutating request, as the middleware saw it: the interval its lease held it.
 ///
 /// Serialized (by [`Journal::with_export`] and [`Journal::write_json_lines`]) as one JSON object;
@@ -418,16 +415,7 @@ pub(crate) fn operation_id(headers: &http::HeaderMap) -> Option<String> {
         .or_else(|| headers.get(http::header::LOCATION))?
         .to_str()
         .ok()?;
-    let without_query = uri.split(['?', '#']).next()?;
-    let after_scheme = without_query
-        .split_once("://")
-        .map_or(without_query, |(_, rest)| rest);
-    let (_host, path) = after_scheme.split_once('/')?;
-    let id = path.trim_end_matches('/').rsplit('/').next()?;
-    let plain = id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    (plain && !id.is_empty() && id.len() <= MAX_OPERATION_ID).then(|| id.to_owned())
+    crate::report::operation_id_in(uri)
 }
 
 /// Locks a journal mutex. A panic while one was held cannot leave it inconsistent (every

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Classification, ConflictKind};
 pub use diagnosis::{Activity, Blocker};
-pub(crate) use diagnosis::{activity_log_url, read_activity};
+pub(crate) use diagnosis::{activity_log_url, operation_id_in, read_activity};
 
 /// How many observed states a report keeps; a long wait repeats itself and must not grow memory.
 const MAX_STATES: usize = 32;

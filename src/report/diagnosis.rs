@@ -45,12 +45,7 @@ impl Blocker {
         if let Some(uri) = &classification.operation_uri {
             let without_query = uri.split(['?', '#']).next().unwrap_or_default();
             blocker.status_uri = Some(bounded(without_query));
-            blocker.id = without_query
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .filter(|id| !id.is_empty() && !id.contains(':'))
-                .map(bounded);
+            blocker.id = operation_id_in(uri);
         }
         if let Some(message) = &classification.message {
             blocker.read_message(message);
@@ -217,6 +212,24 @@ pub(crate) fn read_activity(body: &[u8]) -> Result<Vec<Activity>, String> {
     }
     operations.sort_by(|a, b| b.last_event.cmp(&a.last_event));
     Ok(operations)
+}
+
+/// An operation id longer than this is not taken (real ones are GUIDs or short tokens).
+const MAX_OPERATION_ID: usize = 128;
+
+/// The id an operation URI names: its last path segment — never its query, which may carry a
+/// signature — when it is a plain token (letters, digits, `-`, `_`, `.`).
+pub(crate) fn operation_id_in(uri: &str) -> Option<String> {
+    let without_query = uri.split(['?', '#']).next()?;
+    let after_scheme = without_query
+        .split_once("://")
+        .map_or(without_query, |(_, rest)| rest);
+    let (_host, path) = after_scheme.split_once('/')?;
+    let id = path.trim_end_matches('/').rsplit('/').next()?;
+    let plain = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    (plain && !id.is_empty() && id.len() <= MAX_OPERATION_ID).then(|| id.to_owned())
 }
 
 /// `text`, cut to [`MAX_TEXT`] bytes on a character boundary.
