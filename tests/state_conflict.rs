@@ -308,7 +308,7 @@ async fn safe_methods_and_successes_pass_through_without_a_report() {
 }
 
 #[tokio::test]
-async fn the_state_guards_wait_has_no_report() {
+async fn a_state_guard_that_times_out_sends_the_write_and_hands_back_the_servers_answer() {
     let sim = sim_with_vm(Duration::from_millis(10)).await;
     let policy = reqwest_conflict::ConflictPolicy {
         deadline: Duration::from_millis(300),
@@ -316,31 +316,21 @@ async fn the_state_guards_wait_has_no_report() {
     };
     let client = client(policy);
     // A first write leaves the VM in a transition that never ends: the next one waits for it
-    // before it is sent, and meets no conflict.
+    // until the deadline, and is then sent anyway (never refused unsent): the server's 409 is
+    // handed back, its report saying the deadline ran out.
     sim.set_faults(arm_sim::Faults {
         never_converge: true,
         ..arm_sim::Faults::default()
     });
     assert!(put_vm(&client, &sim, "a").await.status().is_success());
-    let err = client
-        .put(url(&sim, VM))
-        .json(&vm_body("b"))
-        .send()
-        .await
-        .unwrap_err();
-    let error = engine_error(&err);
-    assert!(
-        matches!(
-            error,
-            Error::NotConverged {
-                classification: None,
-                attempts: 0,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-    assert!(error.report().is_none());
+    let resp = put_vm(&client, &sim, "b").await;
+    assert_eq!(resp.status(), 409);
+    let report = report(&resp);
+    assert_eq!(report.outcome, Outcome::DeadlineExceeded);
+    assert_eq!(report.attempts, 1, "{report:?}");
+    assert_eq!(sim.count("PUT", VM, None), 2);
+    let polls = sim.requests().iter().filter(|r| r.method == "GET").count();
+    assert!(polls > 0, "the guard polled (the operation) meanwhile");
 }
 
 #[tokio::test]

@@ -1,27 +1,37 @@
-//! When to poll a resource that the previous lease holder left in transition.
+//! When to poll a transition that is probably about to end, learned per resource.
 //!
 //! Polling on a growing schedule finds the end of a transition late: with 100 ms transitions and
 //! a 20 ms × 1.5 schedule, the end is seen up to 60 ms after it happened, and a queue of writers
-//! pays that on every write. But transitions of one resource type tend to take about as long each
-//! time, and this process saw when each one started (the previous write's answer). So `Estimates`
-//! keeps, per resource type, the longest elapsed time at which a transition was still running
-//! (`lo`) and the shortest at which one was over (`hi`), and plans the next polls: at the midpoint
-//! while the two are far apart (narrowing them, as a bisection would), then at `hi`. With steady
-//! durations that converges to one poll per write, just after the transition ends. Anything the
-//! plan misses falls back to the policy's schedule, so a wrong estimate costs a poll, not
-//! correctness.
+//! pays that on every write. But one resource's transitions tend to take about as long each time,
+//! and this process saw when each one it started began (its write's answer). So `Estimates`
+//! keeps, per resource, the longest elapsed time at which a transition was still running (`lo`)
+//! and the shortest at which one was over (`hi`), and plans the next polls: at the midpoint while
+//! the two are far apart (narrowing them, as a bisection would), then at `hi`.
+//!
+//! An estimate only ever moves the first polls earlier or later; the policy's schedule takes over
+//! after them, so a wrong one costs a poll, not correctness. It must not cost much time either,
+//! which is why it is kept per resource (a slow VM does not slow a fast one down), why no planned
+//! poll lies more than `poll.max_delay` after the transition began, and why it forgets:
+//! - after [`FORGET`] without news it is dropped;
+//! - a transition seen running past `hi` (durations changed, or someone else wrote in between)
+//!   starts it over from that transition's end;
+//! - a transition already over at its first poll widens the bounds below `hi` (doubling each
+//!   time), so that the next plan probes below it: durations that shrank are found within a few
+//!   writes, instead of `hi` staying wherever one late observation put it.
 
 use std::{num::NonZeroUsize, sync::Mutex, time::Duration};
 
 use lru::LruCache;
 use tokio::time::Instant;
+use url::Url;
 
-/// Resource types with an estimate.
+use crate::PollSchedule;
+
+/// Resources remembered.
 const CAPACITY: usize = 16 * 1024;
 
-/// Polls planned at `min_delay` spacing while nothing is known yet, before the schedule takes
-/// over: the first transition of a type is found within one `min_delay` of its end.
-const FLAT_POLLS: u32 = 16;
+/// How long an estimate is trusted without being confirmed by another transition.
+pub(super) const FORGET: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Clone, Copy, Debug)]
 struct Estimate {
@@ -29,11 +39,30 @@ struct Estimate {
     lo: Duration,
     /// Shortest elapsed time seen terminal.
     hi: Duration,
+    /// How far below `hi` the bounds were last widened; zero unless the plans are searching
+    /// downwards for durations that shrank.
+    step: Duration,
+    /// When it was last learned from.
+    learned: Instant,
 }
 
-/// Per resource type, what is known of how long its transitions take.
+/// A transition one of this engine's writes left: when its answer came back, and the operation
+/// it named (`Azure-AsyncOperation`), when the policy lets us poll it.
+#[derive(Clone, Debug)]
+pub(super) struct Left {
+    pub began: Instant,
+    pub operation: Option<Url>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    estimate: Option<Estimate>,
+    left: Option<Left>,
+}
+
+/// Per resource key, what is known of its transitions.
 #[derive(Debug)]
-pub(crate) struct Estimates(Mutex<LruCache<String, Estimate>>);
+pub(crate) struct Estimates(Mutex<LruCache<String, Known>>);
 
 impl Default for Estimates {
     fn default() -> Self {
@@ -43,48 +72,83 @@ impl Default for Estimates {
 }
 
 impl Estimates {
-    fn estimates(&self) -> std::sync::MutexGuard<'_, LruCache<String, Estimate>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, LruCache<String, Known>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// When to poll a resource of type `kind` whose transition began at `start`: at once and
-    /// then every `min_delay` while the start or an estimate is unknown (the previous write may
-    /// have converged long ago, and the first end seen is the first estimate); with both,
-    /// bisecting towards the end, then at it.
-    pub(crate) fn plan(
+    /// Records that a write to `key` left it in transition, as [`Left`] says.
+    pub(super) fn left(&self, key: &str, left: Left) {
+        let mut known = self.known();
+        match known.get_mut(key) {
+            Some(k) => k.left = Some(left),
+            None => {
+                known.put(
+                    key.to_owned(),
+                    Known {
+                        left: Some(left),
+                        ..Known::default()
+                    },
+                );
+            }
+        }
+    }
+
+    /// The transition a write of this engine last left on `key`, if any.
+    pub(super) fn last_left(&self, key: &str) -> Option<Left> {
+        self.known().get(key).and_then(|k| k.left.clone())
+    }
+
+    /// When to poll a transition of `key` that began at `start`: nothing planned while the start
+    /// or a fresh estimate is unknown (the caller polls at once and then on the schedule);
+    /// otherwise bisecting towards the end, then at it, never past `poll.max_delay` after
+    /// `start`.
+    pub(super) fn plan(
         &self,
+        key: &str,
         start: Option<Instant>,
-        kind: &str,
-        min_delay: Duration,
+        poll: &PollSchedule,
     ) -> Vec<Instant> {
-        let now = Instant::now();
-        let estimate = self.estimates().get(kind).copied();
-        let (Some(start), Some(Estimate { lo, hi })) = (start, estimate) else {
-            return (0..FLAT_POLLS).map(|i| now + min_delay * i).collect();
+        let Some(start) = start else {
+            return Vec::new();
         };
-        // Narrow until the bounds are within 0.5% (at least 1 ms) of each other.
-        let tolerance = (hi / 200).max(Duration::from_millis(1));
-        if hi.saturating_sub(lo) > tolerance {
+        let Some(Estimate {
+            lo, hi, learned, ..
+        }) = self.known().get(key).and_then(|k| k.estimate)
+        else {
+            return Vec::new();
+        };
+        if learned.elapsed() > FORGET {
+            return Vec::new();
+        }
+        let hi = hi.min(poll.max_delay);
+        let lo = lo.min(hi);
+        if hi - lo > tolerance(hi) {
             vec![start + (lo + hi) / 2, start + hi]
         } else {
             vec![start + hi]
         }
     }
 
-    /// Learns from the polls of a transition that began at `start`: `(when, terminal)`.
-    pub(crate) fn learn(
+    /// Learns from the polls of a transition of `key` that began at `start`: `(when, terminal)`.
+    pub(super) fn learn(
         &self,
+        key: &str,
         start: Option<Instant>,
-        kind: &str,
         observations: &[(Instant, bool)],
     ) {
         let Some(start) = start else {
             return;
         };
-        let mut estimates = self.estimates();
-        let known = estimates.get(kind).copied();
-        let mut lo = known.map_or(Duration::ZERO, |e| e.lo);
-        let mut hi = known.map(|e| e.hi);
+        let Some(&(_, first_terminal)) = observations.first() else {
+            return;
+        };
+        let mut known = self.known();
+        let fresh = known
+            .get(key)
+            .and_then(|k| k.estimate)
+            .filter(|e| e.learned.elapsed() <= FORGET);
+        let mut lo = fresh.map_or(Duration::ZERO, |e| e.lo);
+        let mut hi = fresh.map(|e| e.hi);
         let mut last_end = None;
         for &(at, terminal) in observations {
             let elapsed = at.saturating_duration_since(start);
@@ -98,17 +162,48 @@ impl Estimates {
         let Some(hi) = hi else {
             return;
         };
-        // The bounds crossed: durations changed (or vary). Start over from the latest end seen.
-        let estimate = if lo >= hi {
-            Estimate {
-                lo: Duration::ZERO,
-                hi: last_end.unwrap_or(lo + lo / 10),
-            }
+        // Whether the last plan was sure (one poll) or already searching downwards.
+        let (sure, step) = fresh.map_or((false, Duration::ZERO), |e| {
+            (e.hi - e.lo.min(e.hi) <= tolerance(e.hi), e.step)
+        });
+        let (lo, hi, step) = if lo >= hi {
+            // Still running past the known end: start over from this transition's end.
+            let end = last_end.unwrap_or(lo + lo / 10);
+            (Duration::ZERO, end, Duration::ZERO)
+        } else if first_terminal && (sure || !step.is_zero()) {
+            // Over before the first look, where the estimate was sure: it may have ended well
+            // before `lo`. The bounds widen below `hi`, twice as far each time in a row, so
+            // the next plans probe lower and durations that shrank are found within a few
+            // writes.
+            let step = (step * 2).max(tolerance(hi) * 2);
+            (lo.min(hi.saturating_sub(step)), hi, step)
         } else {
-            Estimate { lo, hi }
+            (lo, hi, Duration::ZERO)
         };
-        estimates.put(kind.to_owned(), estimate);
+        let estimate = Estimate {
+            lo,
+            hi,
+            step,
+            learned: Instant::now(),
+        };
+        match known.get_mut(key) {
+            Some(k) => k.estimate = Some(estimate),
+            None => {
+                known.put(
+                    key.to_owned(),
+                    Known {
+                        estimate: Some(estimate),
+                        left: None,
+                    },
+                );
+            }
+        }
     }
+}
+
+/// How close the bounds must be for one poll, at `hi`, to be planned: 1% of it, at least 1 ms.
+fn tolerance(hi: Duration) -> Duration {
+    (hi / 100).max(Duration::from_millis(1))
 }
 
 #[cfg(test)]
@@ -117,69 +212,195 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    #[test]
-    fn narrows_to_one_poll_at_the_end() {
+    fn poll(max_delay: Duration) -> PollSchedule {
+        PollSchedule {
+            min_delay: MS,
+            max_delay,
+            factor: 2.0,
+            jitter: false,
+        }
+    }
+
+    /// What a guard would see of a transition of `length` that began at `t0`, polling on `plan`
+    /// and then every millisecond: the observations up to the first terminal one.
+    fn observe(plan: &[Instant], t0: Instant, length: Duration) -> Vec<(Instant, bool)> {
+        let mut seen = Vec::new();
+        let mut at = plan.first().copied().unwrap_or(t0);
+        let mut plan = plan.iter().copied().skip(1);
+        loop {
+            let terminal = at >= t0 + length;
+            seen.push((at, terminal));
+            if terminal {
+                return seen;
+            }
+            at = plan.next().unwrap_or(at + MS);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn narrows_to_one_poll_at_the_end() {
         let estimates = Estimates::default();
         let t0 = Instant::now();
-        let flat = estimates.plan(Some(t0), "T", 10 * MS);
-        assert_eq!(
-            estimates.plan(None, "T", 10 * MS).len(),
-            FLAT_POLLS as usize
+        let poll = poll(Duration::from_secs(60));
+        assert!(
+            estimates.plan("r", Some(t0), &poll).is_empty(),
+            "nothing known yet: the caller polls at once, then on its schedule"
         );
-        assert_eq!(
-            flat.len(),
-            FLAT_POLLS as usize,
-            "nothing known yet: poll at once, then flat"
-        );
-        assert_eq!(flat[1] - flat[0], 10 * MS);
         // First transition: seen running at 95 ms, over at 160 ms.
         estimates.learn(
+            "r",
             Some(t0),
-            "T",
             &[(t0 + 95 * MS, false), (t0 + 160 * MS, true)],
         );
+        assert!(estimates.plan("r", None, &poll).is_empty(), "start unknown");
+        assert!(
+            estimates.plan("other", Some(t0), &poll).is_empty(),
+            "per resource"
+        );
         assert_eq!(
-            estimates.plan(Some(t0), "T", MS),
+            estimates.plan("r", Some(t0), &poll),
             [t0 + 127 * MS + MS / 2, t0 + 160 * MS]
         );
-        // Over at the midpoint: the upper bound comes down.
-        estimates.learn(Some(t0), "T", &[(t0 + 127 * MS, true)]);
+        // Running at the midpoint, then over: the bounds close in.
         estimates.learn(
+            "r",
             Some(t0),
-            "T",
-            &[(t0 + 100 * MS, false), (t0 + 103 * MS, true)],
-        );
-        assert_eq!(
-            estimates.plan(Some(t0), "T", MS),
-            [t0 + 101 * MS + MS / 2, t0 + 103 * MS],
-            "3 ms apart: still narrowing"
+            &[(t0 + 127 * MS, false), (t0 + 160 * MS, true)],
         );
         estimates.learn(
+            "r",
             Some(t0),
-            "T",
-            &[(t0 + 102 * MS + MS / 2, false), (t0 + 103 * MS, true)],
+            &[(t0 + 150 * MS, false), (t0 + 151 * MS, true)],
         );
         assert_eq!(
-            estimates.plan(Some(t0), "T", MS),
-            [t0 + 103 * MS],
+            estimates.plan("r", Some(t0), &poll),
+            [t0 + 151 * MS],
             "one poll once the bounds are close"
         );
     }
 
-    #[test]
-    fn crossed_bounds_start_over() {
+    #[tokio::test(start_paused = true)]
+    async fn crossed_bounds_start_over() {
         let estimates = Estimates::default();
         let t0 = Instant::now();
-        estimates.learn(Some(t0), "T", &[(t0 + 50 * MS, true)]);
+        let poll = poll(Duration::from_secs(60));
+        estimates.learn(
+            "r",
+            Some(t0),
+            &[(t0 + 40 * MS, false), (t0 + 50 * MS, true)],
+        );
         // Transitions got slower: still running past the old end.
         estimates.learn(
+            "r",
             Some(t0),
-            "T",
             &[(t0 + 80 * MS, false), (t0 + 120 * MS, true)],
         );
         assert_eq!(
-            estimates.plan(Some(t0), "T", MS),
+            estimates.plan("r", Some(t0), &poll),
             [t0 + 60 * MS, t0 + 120 * MS]
         );
+    }
+
+    /// One late observation (a 10 s transition among 1 s ones: someone else wrote in between)
+    /// must not make every later write wait 10 s.
+    #[tokio::test(start_paused = true)]
+    async fn recovers_from_one_late_observation() {
+        let estimates = Estimates::default();
+        let poll = poll(Duration::from_secs(60));
+        let second = Duration::from_secs(1);
+        let mut waits = Vec::new();
+        for length in [second, second, 10 * second]
+            .into_iter()
+            .chain([second; 12])
+        {
+            let t0 = Instant::now();
+            let plan = estimates.plan("r", Some(t0), &poll);
+            let seen = observe(&plan, t0, length);
+            estimates.learn("r", Some(t0), &seen);
+            let found = seen.last().map(|&(at, _)| at - t0).unwrap_or_default();
+            waits.push(found.as_millis());
+            tokio::time::advance(found).await;
+        }
+        let last = *waits.last().unwrap_or(&0);
+        assert!(
+            (1000..1100).contains(&last),
+            "back to finding 1 s transitions within 10%: {waits:?}"
+        );
+    }
+
+    /// Durations that shrank for good (10 s, then 1 s) are found again too.
+    #[tokio::test(start_paused = true)]
+    async fn follows_shorter_transitions_down() {
+        let estimates = Estimates::default();
+        let poll = poll(Duration::from_secs(60));
+        let second = Duration::from_secs(1);
+        let mut waits = Vec::new();
+        for length in [10 * second; 4].into_iter().chain([second; 14]) {
+            let t0 = Instant::now();
+            let seen = observe(&estimates.plan("r", Some(t0), &poll), t0, length);
+            estimates.learn("r", Some(t0), &seen);
+            let found = seen.last().map(|&(at, _)| at - t0).unwrap_or_default();
+            waits.push(found.as_millis());
+            tokio::time::advance(found).await;
+        }
+        let last = *waits.last().unwrap_or(&0);
+        assert!((1000..1100).contains(&last), "{waits:?}");
+    }
+
+    /// Steady durations cost at most two polls per write once learned, one every other write.
+    #[tokio::test(start_paused = true)]
+    async fn steady_durations_cost_one_or_two_polls() {
+        let estimates = Estimates::default();
+        let poll = poll(Duration::from_secs(60));
+        let length = 100 * MS;
+        let mut polls = Vec::new();
+        for _ in 0..30 {
+            let t0 = Instant::now();
+            let seen = observe(&estimates.plan("r", Some(t0), &poll), t0, length);
+            estimates.learn("r", Some(t0), &seen);
+            let found = seen.last().map(|&(at, _)| at - t0).unwrap_or_default();
+            assert!(found <= length + 2 * MS || polls.len() < 10, "{found:?}");
+            polls.push(seen.len());
+            tokio::time::advance(found).await;
+        }
+        let last: usize = polls[20..].iter().sum();
+        assert!(last <= 15, "{polls:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_plans_past_max_delay_and_forgets() {
+        let estimates = Estimates::default();
+        let t0 = Instant::now();
+        estimates.learn(
+            "r",
+            Some(t0),
+            &[(t0 + 30 * MS, false), (t0 + 90 * MS, true)],
+        );
+        let plan = estimates.plan("r", Some(t0), &poll(50 * MS));
+        assert_eq!(plan, [t0 + 40 * MS, t0 + 50 * MS], "capped by max_delay");
+        tokio::time::advance(FORGET + MS).await;
+        let t1 = Instant::now();
+        assert!(
+            estimates.plan("r", Some(t1), &poll(50 * MS)).is_empty(),
+            "an estimate not confirmed for FORGET is dropped"
+        );
+    }
+
+    #[test]
+    fn remembers_the_operation_a_write_left() {
+        let estimates = Estimates::default();
+        assert!(estimates.last_left("r").is_none());
+        let operation = Url::parse("https://management.azure.com/op/1").ok();
+        let began = Instant::now();
+        estimates.left(
+            "r",
+            Left {
+                began,
+                operation: operation.clone(),
+            },
+        );
+        let left = estimates.last_left("r");
+        assert_eq!(left.as_ref().map(|l| l.began), Some(began));
+        assert_eq!(left.and_then(|l| l.operation), operation);
     }
 }

@@ -11,10 +11,10 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use url::Url;
+use tokio::time::Instant;
 
 use super::{
-    AZURE_ASYNC_OPERATION, Answered, Failure, Transport,
+    Answered, Failure, Transport,
     converge::{Observations, Trail, Watch},
     is_conflict,
     resolve::ended,
@@ -52,12 +52,17 @@ impl Run<'_> {
     ) -> Result<(Answered<T::Response>, bool), Failure<T::Error>> {
         loop {
             let (status, headers) = T::head(&answered.response);
-            let Some(watch) = self.operation_watch(status, headers) else {
+            // The operation began (as far as this process can tell) when its answer came back.
+            let began = Instant::now();
+            let Some(watch) = self.operation_watch(status, headers, began) else {
                 return Ok((answered, false));
             };
             let mut followed = Followed::default();
             let polled = self.unless_lost(self.poll(transport, watch, &mut followed));
-            if !polled.await.map_err(Failure::Conflict)?.converged() {
+            let polled = polled.await.map_err(Failure::Conflict)?;
+            let key = self.original.resource.key();
+            (self.engine.estimates).learn(key, Some(began), &followed.seen.polls);
+            if !polled.converged() {
                 // Still running at the deadline: the caller's own poller takes over from here.
                 return Ok((answered, false));
             }
@@ -131,22 +136,29 @@ impl Run<'_> {
 
     /// What to poll for the operation an answer started: its `Azure-AsyncOperation` when the
     /// policy lets us poll it, else the resource's own state. `None` when the answer started none.
-    fn operation_watch(&self, status: StatusCode, headers: &HeaderMap) -> Option<Watch> {
+    fn operation_watch(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        began: Instant,
+    ) -> Option<Watch> {
         if !leaves_transition(self.original.resource.is_arm(), status, headers) {
             return None;
         }
         let first_delay = retry_after(headers).map(|hint| self.clamp_hint(hint));
-        let operation = headers
-            .get(AZURE_ASYNC_OPERATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Url::parse(v).ok())
-            .filter(|url| self.may_poll(url));
-        let (target, source) = match operation {
+        let (target, source) = match self.operation_to_poll(headers) {
             Some(url) => (url, Source::Operation),
             None => (self.resource_url(), Source::Resource),
         };
+        // Polls planned from this resource's past transitions, but none before the server's
+        // `Retry-After`.
+        let key = self.original.resource.key();
+        let not_before = began + first_delay.unwrap_or_default();
+        let mut planned = (self.engine.estimates).plan(key, Some(began), &self.policy.poll);
+        planned.retain(|&at| at >= not_before);
         Some(Watch {
             first_delay,
+            planned,
             ..Watch::state(target, source)
         })
     }

@@ -55,8 +55,12 @@ pub(crate) struct Engine {
     journal: Journal,
     /// Successful representations, as bases of three-way merges, when the policy merges.
     remembered: Option<Arc<Remembered>>,
-    /// When transitions started and how long they take, to time the state guard's polls.
+    /// Per resource: how long its transitions take, and the operation this engine's last write
+    /// to it left running, to time and aim the polls of the state guard and of a settle.
     estimates: Arc<estimate::Estimates>,
+    /// Whether the lease store is this engine's own: then no write to a resource it leases can
+    /// come from anywhere else, and the operation its own last write left is the one to wait on.
+    own_leases: bool,
     stats: ConflictStats,
     /// Set once the stack followed a redirect to another origin: no request of our own since.
     redirects: Redirects,
@@ -120,6 +124,7 @@ impl Engine {
             journal: Journal::default(),
             remembered,
             estimates: Arc::default(),
+            own_leases: true,
             stats: ConflictStats::default(),
             redirects: Redirects::default(),
         }
@@ -128,6 +133,7 @@ impl Engine {
     /// The same engine with another lease store.
     pub(crate) fn with_leases(mut self, store: Arc<dyn LeaseStore>) -> Self {
         self.leases = store;
+        self.own_leases = false;
         self
     }
 

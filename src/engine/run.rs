@@ -10,14 +10,19 @@ use std::{
     pin::pin,
     sync::{Arc, Mutex, PoisonError},
     task::Poll,
+    time::Duration,
 };
 
 use http::{HeaderMap, StatusCode};
 use tokio::time::{Instant, sleep_until};
+use url::Url;
 
 use super::{
-    AZURE_ASYNC_OPERATION, Answered, Engine, Failure, Original, Transport, converge, is_conflict,
-    is_safe, state::Source,
+    AZURE_ASYNC_OPERATION, Answered, Engine, Failure, Original, Transport,
+    converge::{self, Polled},
+    estimate::Left,
+    is_conflict, is_safe,
+    state::Source,
 };
 use crate::{
     ConflictPolicy, Error, Lease, Lro,
@@ -123,12 +128,14 @@ impl<'r> Run<'r> {
         // The journal's end is also when a transition this write left began (see `guard`). A
         // write stopped by a lost lease sent nothing after its last answer: its entry ends there,
         // so that the journal shows it overlapping the next holder only if it really did.
-        let mut left_in_transition = false;
+        let mut left_in_transition = None;
         let ending = match &result {
             Ok(answered) => {
                 let (status, headers) = T::head(&answered.response);
                 let started = leaves_transition(arm, status, headers);
-                left_in_transition = started && !settled;
+                if started && !settled {
+                    left_in_transition = Some(self.operation_to_poll(headers));
+                }
                 Ending {
                     status: Some(status.as_u16()),
                     outcome: answered.report.as_ref().map(|r| r.outcome),
@@ -141,10 +148,21 @@ impl<'r> Run<'r> {
             Err(Failure::Conflict(Error::LeaseLost { .. })) => self.last_answer(),
             _ => None,
         };
-        entry.close(ending, end.unwrap_or_else(Instant::now));
+        let end = end.unwrap_or_else(Instant::now);
+        entry.close(ending, end);
 
+        // What the next writer's state guard waits on.
+        if let Some(operation) = &left_in_transition {
+            let left = Left {
+                began: end,
+                operation: operation.clone(),
+            };
+            self.engine
+                .estimates
+                .left(self.original.resource.key(), left);
+        }
         if let Some(lease) = own
-            && left_in_transition
+            && left_in_transition.is_some()
         {
             let marked = self.in_time(self.engine.leases.set_transitioning(lease, true));
             match marked.await {
@@ -248,6 +266,13 @@ impl<'r> Run<'r> {
 
     /// The state guard: if the previous holder left the resource in transition, wait (polling
     /// it) until it is terminal, so this writer is not the one that eats the 409.
+    ///
+    /// What is polled: the operation this engine's own last write left running, when the lease
+    /// store is the engine's own (nobody else can have written since); otherwise the resource.
+    /// When: at the per-resource estimate's plan, else at once and then on the policy's schedule.
+    /// The wait is a courtesy, never a refusal: if the deadline comes first, the write is sent
+    /// anyway and the server has the last word (only a state seen [stuck](Error::Stuck), or a
+    /// lost lease, ends the write unsent).
     async fn guard<T: Transport>(&self, transport: &mut T, lease: &Lease) -> Result<(), Error> {
         let leases = &self.engine.leases;
         let transitioning = match lease.transitioning() {
@@ -260,27 +285,54 @@ impl<'r> Run<'r> {
         if !transitioning {
             return Ok(());
         }
-        let resource = &self.original.resource;
-        let kind = resource.resource_type().unwrap_or_default();
+        let key = self.original.resource.key();
         let estimates = &self.engine.estimates;
+        let left = estimates.last_left(key).filter(|_| self.engine.own_leases);
         // The transition began when the previous write got its answer, if this process made it.
-        let start = self.engine.journal.last_end(resource.key());
+        let start = match &left {
+            Some(left) => Some(left.began),
+            None => self.engine.journal.last_end(key),
+        };
+        let (target, source) = match left.and_then(|left| left.operation) {
+            Some(operation) => (operation, Source::Operation),
+            None => (self.resource_url(), Source::Resource),
+        };
         let watch = converge::Watch {
-            planned: estimates.plan(start, kind, self.policy.poll.min_delay),
+            planned: estimates.plan(key, start, &self.policy.poll),
+            first_delay: Some(Duration::ZERO),
             lenient: true,
-            ..converge::Watch::state(resource.fetch_url(self.original.url), Source::Resource)
+            ..converge::Watch::state(target, source)
         };
         let mut seen = converge::Observations::default();
         let waiting = Instant::now();
         let polled = self
             .unless_lost(self.poll(transport, watch, &mut seen))
             .await?;
-        estimates.learn(start, kind, &seen.polls);
-        if !polled.converged() {
-            return Err(self.gave_up(polled, seen.last, None, 0, waiting.elapsed()));
+        estimates.learn(key, start, &seen.polls);
+        match polled {
+            Polled::Converged => {}
+            Polled::TimedOut => {
+                tracing::debug!(
+                    waited = ?waiting.elapsed(),
+                    "the previous transition was not seen to end by the deadline; sending the write anyway"
+                );
+                return Ok(());
+            }
+            stuck @ Polled::Stuck { .. } => {
+                return Err(self.gave_up(stuck, seen.last, None, 0, waiting.elapsed()));
+            }
         }
         self.by_deadline(lease, leases.set_transitioning(lease, false))
             .await
+    }
+
+    /// The operation an answer names (`Azure-AsyncOperation`), if the policy lets us poll it.
+    pub(super) fn operation_to_poll(&self, headers: &HeaderMap) -> Option<Url> {
+        headers
+            .get(AZURE_ASYNC_OPERATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Url::parse(v).ok())
+            .filter(|url| self.may_poll(url))
     }
 
     /// A lease store call made before the write, ended by the request's deadline: a store that

@@ -1454,35 +1454,121 @@ async fn after_a_202_the_next_write_waits_for_the_resource_before_sending() {
     }
 }
 
+/// The state guard's wait is a courtesy: a transition it never sees end does not refuse the
+/// write unsent; at the deadline the write goes out and the server has the last word.
 #[tokio::test(start_paused = true)]
-async fn a_state_guard_that_never_settles_fails_the_write_before_it_is_sent() {
+async fn a_state_guard_that_never_settles_sends_the_write_at_the_deadline() {
     let journal = Journal::default();
     let engine = Engine::new(fast()).with_journal(journal.clone());
     let write = Write::put();
     let mut t = Scripted::new()
-        .sends([status(202)])
+        .sends([status(202), status(200)])
         .on("GET vm1", [resource("Updating")]);
     answered(engine.execute(&mut t, &write.original()).await);
     let started = Instant::now();
 
-    let error = engine_error(engine.execute(&mut t, &write.original()).await);
+    let (response, _) = answered(engine.execute(&mut t, &write.original()).await);
 
     assert_eq!(started.elapsed(), DEADLINE);
-    let Error::NotConverged {
-        classification,
-        last_state,
-        attempts,
-        ..
-    } = error
-    else {
-        panic!("{error}");
-    };
-    assert!(classification.is_none(), "no conflict started this wait");
-    assert_eq!(attempts, 0);
-    assert_eq!(last_state.as_deref(), Some("Updating"));
+    assert_eq!(response.status, 200, "the server's answer, handed back");
     let trace = t.trace();
-    assert_eq!(trace.iter().filter(|l| **l == "PUT vm1").count(), 1);
-    assert_eq!(journal.entries().len(), 1, "the second write never began");
+    assert!(
+        trace.iter().filter(|l| **l == "GET vm1").count() > 1,
+        "the guard polled meanwhile: {trace:?}"
+    );
+    assert_eq!(trace.iter().filter(|l| **l == "PUT vm1").count(), 2);
+    assert_eq!(journal.entries().len(), 2, "the second write was sent");
+}
+
+/// The state guard waits on the operation this engine's last write left running, which is the
+/// precise signal; the resource itself is not polled.
+#[tokio::test(start_paused = true)]
+async fn the_state_guard_waits_on_the_operation_the_last_write_left() {
+    let engine = Engine::new(fast());
+    let write = Write::put();
+    let route = line(&Method::GET, &Url::parse(OPERATION).unwrap());
+    let mut t = Scripted::new()
+        .sends([
+            status(201).header("azure-asyncoperation", OPERATION),
+            status(200),
+        ])
+        .on(&route, [operation("InProgress"), operation("Succeeded")]);
+    answered(engine.execute(&mut t, &write.original()).await);
+
+    answered(engine.execute(&mut t, &write.original()).await);
+
+    assert_eq!(
+        t.trace(),
+        ["PUT vm1", route.as_str(), route.as_str(), "PUT vm1"]
+    );
+}
+
+/// With a store shared with other clients, someone else may have written since this engine's
+/// last write: its operation proves nothing, so the guard polls the resource.
+#[tokio::test(start_paused = true)]
+async fn with_a_shared_store_the_state_guard_polls_the_resource() {
+    let engine = Engine::new(fast()).with_leases(std::sync::Arc::new(crate::MemoryLeases::new()));
+    let write = Write::put();
+    let mut t = Scripted::new()
+        .sends([
+            status(201).header("azure-asyncoperation", OPERATION),
+            status(200),
+        ])
+        .on("GET vm1", [resource("Updating"), resource("Succeeded")]);
+    answered(engine.execute(&mut t, &write.original()).await);
+
+    answered(engine.execute(&mut t, &write.original()).await);
+
+    assert_eq!(t.trace(), ["PUT vm1", "GET vm1", "GET vm1", "PUT vm1"]);
+}
+
+/// After one transition of a resource, the guard's polls of the next are planned from it: the
+/// first lands between the last poll that saw it running and the first that saw it over,
+/// instead of at once and then on the schedule.
+#[tokio::test(start_paused = true)]
+async fn the_state_guard_polls_when_the_last_transition_ended() {
+    let mut policy = fast();
+    // Not capped: no planned poll lies past `max_delay` after the transition began.
+    policy.poll.max_delay = ms(100);
+    let engine = Engine::new(policy);
+    let write = Write::put();
+    let mut t = Scripted::new()
+        .sends([status(202), status(202), status(202)])
+        .on(
+            "GET vm1",
+            [
+                resource("Updating"),
+                resource("Updating"),
+                resource("Updating"),
+                resource("Succeeded"),
+            ],
+        );
+    answered(engine.execute(&mut t, &write.original()).await);
+    // Polled at once, then 10, 20 ms apart, then 40: running at 30 ms, over at 70 ms.
+    answered(engine.execute(&mut t, &write.original()).await);
+    let sends = t.send_times();
+    let guard_polls: Vec<Duration> = (t.log.iter())
+        .filter(|(_, wire)| matches!(wire, Wire::Call { .. }))
+        .map(|(at, _)| *at - sends[0])
+        .collect();
+    assert_eq!(guard_polls, [ms(0), ms(10), ms(30), ms(70)]);
+    let polls = guard_polls.len();
+
+    answered(engine.execute(&mut t, &write.original()).await);
+
+    let sends = t.send_times();
+    let calls: Vec<Instant> = (t.log.iter())
+        .filter(|(_, wire)| matches!(wire, Wire::Call { .. }))
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(
+        calls[polls..]
+            .iter()
+            .map(|at| *at - sends[1])
+            .collect::<Vec<_>>(),
+        [ms(50)],
+        "one poll, at the midpoint of 30 and 70 ms"
+    );
 }
 
 #[tokio::test(start_paused = true)]
