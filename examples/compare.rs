@@ -16,7 +16,7 @@
 //! - **conflict, no leases** — `ConflictMiddleware` resolving each 409 as it comes.
 //! - **conflict + leases** — the default: single writer per resource in process.
 //!
-//! Both middleware rows use examples/contention.rs's fast poll schedule (20 ms × 1.5 up to
+//! Both middleware rows use examples/contention/main.rs's fast poll schedule (20 ms × 1.5 up to
 //! 100 ms, jitter, `Retry-After` capped at 100 ms), a 60 s deadline and 4 × N attempts. Every cell
 //! gets a fresh simulator and a fresh client (no lease state or learned timing carried over).
 //!

@@ -22,7 +22,7 @@
 //! dominated by how many pooled connections each run opened (writers serialized by a lease need
 //! fewer at once), so it can even be negative.
 //!
-//! The policy is examples/contention.rs's fast one (polls 20 ms × 1.5 up to 100 ms, jitter),
+//! The policy is examples/contention/main.rs's fast one (polls 20 ms × 1.5 up to 100 ms, jitter),
 //! because the state guard polls before a write that follows one the server answered with
 //! `Azure-AsyncOperation` — which arm-sim does for every accepted write, as ARM does.
 

@@ -75,7 +75,7 @@ fn number_after(source: &str, prefix: &str) -> u64 {
 #[test]
 fn the_contention_table_states_the_examples_setup_and_policy() {
     let readme = read("README.md");
-    let example = read("examples/contention.rs");
+    let example = read("examples/contention/main.rs");
     let writers = number_after(&example, "const WRITERS: usize = ");
     let transition = number_after(
         &example,

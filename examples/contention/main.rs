@@ -13,6 +13,9 @@
 //! middleware clients use `ConflictPolicy::fast()` with 64 attempts and a 25 s deadline; README's
 //! contention table is this example's output.
 
+#[cfg(feature = "redis")]
+mod subnets;
+
 use std::time::{Duration, Instant};
 
 use arm_sim::{Sim, SimConfig};
@@ -76,8 +79,22 @@ async fn run(name: &'static str, client: ClientWithMiddleware) -> Row {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), reqwest_conflict::Error> {
+fn main() -> Result<(), reqwest_conflict::Error> {
+    #[cfg(feature = "redis")]
+    if subnets::child() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    runtime.block_on(one_vm())?;
+    runtime.block_on(subnets_across_processes());
+    Ok(())
+}
+
+/// Part one: 16 writers on one VM, in this process.
+async fn one_vm() -> Result<(), reqwest_conflict::Error> {
     let plain = ClientBuilder::new(reqwest::Client::new()).build();
     // The fast profile (transitions here take 100 ms), with a budget for sixteen writers racing.
     let policy = ConflictPolicy::fast()
@@ -131,4 +148,69 @@ async fn main() -> Result<(), reqwest_conflict::Error> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Part two, with the `redis` feature: subnets of a busy virtual network, 16 writers in 2
+/// processes sharing Redis leases. `--subnets 0.3,1,5` picks the transition lengths (seconds),
+/// `--lro return,settle` the modes; by default 0.3 s with the default policy's mode.
+#[cfg(feature = "redis")]
+async fn subnets_across_processes() {
+    use reqwest_conflict::Lro;
+
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        let at = args.iter().position(|a| a == flag)?;
+        args.get(at + 1).cloned()
+    };
+    let lengths: Vec<Duration> = value("--subnets")
+        .unwrap_or_else(|| "0.3".to_owned())
+        .split(',')
+        .filter_map(|s| s.parse::<f64>().ok())
+        .filter(|s| (0.01..=60.0).contains(s))
+        .map(Duration::from_secs_f64)
+        .collect();
+    let modes: Vec<Lro> = match value("--lro") {
+        Some(modes) => modes
+            .split(',')
+            .map(|m| if m == "return" { Lro::Return } else { Lro::Settle })
+            .collect(),
+        None => vec![ConflictPolicy::default().lro],
+    };
+    let redis = match subnets::Redis::start() {
+        Ok(redis) => redis,
+        Err(why) => {
+            eprintln!("\nsubnets across processes: not run: {why}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "\nsubnets of one virtual network another tool is updating: 16 writers in 2 processes, Redis leases, default policy\n"
+    );
+    println!("{}", subnets::Row::header());
+    let mut ok = true;
+    for &length in &lengths {
+        for &lro in &modes {
+            match subnets::run(&redis, length, lro).await {
+                Ok(row) => {
+                    println!("{}", row.line());
+                    ok &= lro == Lro::Return || row.ok();
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ok = false;
+                }
+            }
+        }
+    }
+    if !ok {
+        eprintln!("error: a settled write was lost, failed, or overlapped another");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+async fn subnets_across_processes() {
+    println!(
+        "\nsubnets across processes (Redis leases): run `cargo run --example contention --features redis` (needs redis-server)"
+    );
 }
