@@ -540,7 +540,9 @@ impl ConflictPolicy {
     /// 64 MiB; `leases.ttl` from 1s to 7 days; `remember_representations` at most 65,536;
     /// `stuck_after`, when set, from `poll.min_delay` to 7 days; `diagnose.activity_log_window`
     /// from 1s to 7 days; every
-    /// `allowed_hosts` pattern a host name, or `*.` and a host name of two labels or more.
+    /// `allowed_hosts` pattern a host name, or `*.` and a host name of two labels or more; every
+    /// prerequisite's paths made of known placeholders (see [`Action::path`](crate::Action::path))
+    /// and its checks each with an `equals` or a `status`.
     ///
     /// The error names the first field out of bounds, under its override's quoted path when it
     /// is in one (`resource_types."Microsoft.Web/sites".max_attempts`).
@@ -553,6 +555,12 @@ impl ConflictPolicy {
             bounds::check(&merged).map_err(|v| {
                 v.into_error(&format!("resource_types.{}.", quote_key(resource_type)), "")
             })?;
+        }
+        for (i, rule) in self.prerequisites.iter().enumerate() {
+            if let Some((field, message)) = rule.problem() {
+                let path = format!("prerequisites[{i}].{field}");
+                return Err(Error::InvalidPolicy { path, message });
+            }
         }
         Ok(())
     }

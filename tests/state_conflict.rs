@@ -393,18 +393,11 @@ async fn from_middleware_is_none_for_a_transport_error() {
 /// middleware.
 #[tokio::test]
 async fn a_429_is_resolved_only_when_it_reports_a_conflict() {
-    let fixture = |name: &str| {
-        let path = format!("{}/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
-        let doc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        Scripted::raw(429, doc["body"].as_str().unwrap().as_bytes().to_vec())
-            .header("content-type", "application/json")
-    };
     let sim = sim_with_vm(Duration::ZERO).await;
     sim.script(
         "PUT",
         VM,
-        vec![fixture("errors/web_site_exclusive_lock_429")],
+        vec![recorded("errors/web_site_exclusive_lock_429")],
     );
     let resp = put_vm(&client(fast_policy()), &sim, "locked").await;
     assert_eq!(resp.status(), 200);
@@ -418,7 +411,7 @@ async fn a_429_is_resolved_only_when_it_reports_a_conflict() {
     sim.script(
         "PUT",
         VM,
-        vec![fixture("constructed/40_cosmos_throttled_retry_after_ms")],
+        vec![recorded("constructed/40_cosmos_throttled_retry_after_ms")],
     );
     let resp = put_vm(&client(fast_policy()), &sim, "throttled").await;
     assert_eq!(resp.status(), 429);

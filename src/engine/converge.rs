@@ -308,10 +308,10 @@ impl Run<'_> {
                 Called::Answered(fetched) => {
                     hint = retry_after(&fetched.headers);
                     match fetched.status {
-                        s if s.is_success() && until.is_some() => {
+                        s if until.as_ref().is_some_and(|c| c.reads(s)) => {
                             let (satisfied, seen) = until
                                 .as_ref()
-                                .map(|c| c.evaluate(&fetched.body))
+                                .map(|c| c.evaluate(s, &fetched.body))
                                 .unwrap_or_default();
                             done = Some(satisfied);
                             read = seen.is_some();

@@ -143,6 +143,7 @@ mod tests {
             path: "instanceView".to_owned(),
             pointer: "/statuses".to_owned(),
             equals: equals.to_owned(),
+            status: None,
         };
         Prerequisite {
             name: Some("deallocate_before_resize".to_owned()),

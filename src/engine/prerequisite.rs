@@ -10,7 +10,9 @@ use super::{
     run::Run,
     state::Source,
 };
-use crate::{Action, ConflictReport, Error, Prerequisite, StateCheck, redact::scrub};
+use crate::{
+    Action, ConflictReport, Error, Prerequisite, StateCheck, prerequisite::Template, redact::scrub,
+};
 
 impl Run<'_> {
     /// Runs `rule.action` and waits until `rule.until` holds; fails with [`Error::LeaseLost`],
@@ -23,12 +25,27 @@ impl Run<'_> {
     ) -> Result<Prepared, Error> {
         let deadline = self.deadline;
         self.still_held()?;
-        match self.act(transport, &rule.action, deadline, report).await {
+        // Both paths are built before anything is sent: an action whose result cannot be
+        // checked is not taken.
+        let (action, until) = match (
+            self.target(&rule.action.path),
+            self.target(&rule.until.path),
+        ) {
+            (Ok(action), Ok(until)) => (action, until),
+            (Err(problem), _) | (_, Err(problem)) => {
+                report.note(format!("prerequisite not taken: {problem}"));
+                return Ok(Prepared::NotTaken);
+            }
+        };
+        match self
+            .act(transport, &rule.action, action, deadline, report)
+            .await
+        {
             Acted::Accepted => {}
             Acted::Refused => return Ok(Prepared::NotTaken),
             Acted::Unknown => return Ok(Prepared::Unknown),
         }
-        self.wait_until(transport, &rule.until, deadline, report)
+        self.wait_until(transport, &rule.until, until, deadline, report)
             .await?;
         Ok(Prepared::Ready)
     }
@@ -44,6 +61,18 @@ impl Run<'_> {
     ) {
         let Some(action) = &rule.restore else {
             return;
+        };
+        let check = rule.restore_until.as_ref();
+        let targets = self.target(&action.path).and_then(|at| {
+            let until = check.map(|c| self.target(&c.path)).transpose()?;
+            Ok((at, until))
+        });
+        let (target, until) = match targets {
+            Ok(targets) => targets,
+            Err(problem) => {
+                report.note(format!("restore `{}` not sent: {problem}", action.path));
+                return;
+            }
         };
         let deadline = Instant::now() + self.policy.deadline;
         let resource = Watch::state(self.resource_url(), Source::Resource);
@@ -68,21 +97,24 @@ impl Run<'_> {
                 return;
             }
         }
-        if self.act(transport, action, deadline, report).await != Acted::Accepted {
+        if self.act(transport, action, target, deadline, report).await != Acted::Accepted {
             return;
         }
-        if let Some(check) = &rule.restore_until
-            && let Err(error) = self.wait_until(transport, check, deadline, report).await
+        if let (Some(check), Some(until)) = (check, until)
+            && let Err(error) = self
+                .wait_until(transport, check, until, deadline, report)
+                .await
         {
             report.note(format!("restore `{}` did not finish: {error}", action.path));
         }
     }
 
-    /// Sends one action.
+    /// Sends one action to `target`, its path resolved.
     async fn act<T: Transport>(
         &self,
         transport: &mut T,
         action: &Action,
+        target: Target,
         deadline: Instant,
         report: &mut ConflictReport,
     ) -> Acted {
@@ -90,16 +122,19 @@ impl Run<'_> {
             report.note(format!("`{}` is not an HTTP method", action.method));
             return Acted::Refused;
         };
-        let exchange = self.exchange(method.clone(), self.under(&action.path));
+        // A path of its own is shown as sent (without the query); one under the resource as the
+        // rule writes it (`POST deallocate`).
+        let shown = if target.absolute {
+            target.url.path().to_owned()
+        } else {
+            action.path.clone()
+        };
+        let exchange = self.exchange(method.clone(), target.url);
         let answer = self.call(transport, exchange, deadline).await;
         self.answered();
         match answer {
             Called::Answered(answer) => {
-                report.step(format!(
-                    "{method} {}: {}",
-                    action.path,
-                    answer.status.as_u16()
-                ));
+                report.step(format!("{method} {shown}: {}", answer.status.as_u16()));
                 if answer.status.is_success() {
                     Acted::Accepted
                 } else {
@@ -109,19 +144,18 @@ impl Run<'_> {
             // The action may have reached the server all the same.
             Called::Failed(error) => {
                 report.note(format!(
-                    "{method} {} failed: {}",
-                    action.path,
+                    "{method} {shown} failed: {}",
                     scrub(&error.to_string())
                 ));
                 Acted::Unknown
             }
             Called::CutOff => {
-                report.note(format!("{method} {} cut off by the deadline", action.path));
+                report.note(format!("{method} {shown} cut off by the deadline"));
                 Acted::Unknown
             }
             // The origin answered with a redirect (so it did not act), or nothing was sent.
             Called::Offsite => {
-                report.note(format!("{method} {} not done: {OFFSITE}", action.path));
+                report.note(format!("{method} {shown} not done: {OFFSITE}"));
                 Acted::Refused
             }
         }
@@ -133,12 +167,13 @@ impl Run<'_> {
         &self,
         transport: &mut T,
         check: &StateCheck,
+        target: Target,
         deadline: Instant,
         report: &mut ConflictReport,
     ) -> Result<(), Error> {
         let watch = Watch {
             until: Some(check.clone()),
-            ..Watch::state(self.under(&check.path), Source::Resource)
+            ..Watch::state(target.url, Source::Resource)
         };
         let waiting = Instant::now();
         let mut seen = Observations::default();
@@ -151,7 +186,7 @@ impl Run<'_> {
         if polled.converged() {
             report.step(format!(
                 "{}: reached after {} poll(s)",
-                check.equals,
+                check.describe(),
                 seen.polls.len()
             ));
             return Ok(());
@@ -189,15 +224,34 @@ pub(super) enum Prepared {
     Unknown,
 }
 
+/// Where a prerequisite request goes.
+struct Target {
+    url: Url,
+    /// Whether its path is a whole path of the rule's own, not one under the resource.
+    absolute: bool,
+}
+
 impl Run<'_> {
-    /// `{resource}/{path}` on the request's origin, with its `api-version`.
-    fn under(&self, path: &str) -> Url {
+    /// The URL `path` (a [`Template`]) names for this request's resource: on the request's
+    /// origin, with its `api-version`; `{resource}/{path}` unless the path is a whole one. The
+    /// error says why there is none (a policy that was not validated, a resource without the
+    /// part a placeholder names).
+    fn target(&self, path: &str) -> Result<Target, String> {
+        let template = Template::parse(path).map_err(|problem| format!("`{path}` {problem}"))?;
+        let expanded = template
+            .expand(&self.original.resource)
+            .map_err(|problem| format!("`{path}`: {problem}"))?;
+        // The resource's own URL: its origin and `api-version`, never a host the path names.
         let mut url = self.resource_url();
-        let path = path.trim_matches('/');
-        if !path.is_empty() {
-            let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
+        if template.is_absolute() {
+            url.set_path(&expanded);
+        } else if !expanded.is_empty() {
+            let joined = format!("{}/{expanded}", url.path().trim_end_matches('/'));
             url.set_path(&joined);
         }
-        url
+        Ok(Target {
+            url,
+            absolute: template.is_absolute(),
+        })
     }
 }

@@ -62,6 +62,16 @@ pub fn referenced_resource_not_provisioned(message: &str) -> Scripted {
     )
 }
 
+/// The answer recorded in `fixtures/{name}.json` (`errors/…`, `constructed/…`) as a scripted
+/// one: its status and its body, byte for byte, as JSON.
+pub fn recorded(name: &str) -> Scripted {
+    let path = format!("{}/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let status = doc["status"].as_u64().unwrap() as u16;
+    Scripted::raw(status, doc["body"].as_str().unwrap().as_bytes().to_vec())
+        .header("content-type", "application/json")
+}
+
 /// A simulator whose writes take `transition`.
 pub async fn start_sim(transition: Duration) -> Sim {
     Sim::start(SimConfig {
