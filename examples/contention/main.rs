@@ -172,7 +172,13 @@ async fn subnets_across_processes() {
     let modes: Vec<Lro> = match value("--lro") {
         Some(modes) => modes
             .split(',')
-            .map(|m| if m == "return" { Lro::Return } else { Lro::Settle })
+            .map(|m| {
+                if m == "return" {
+                    Lro::Return
+                } else {
+                    Lro::Settle
+                }
+            })
             .collect(),
         None => vec![ConflictPolicy::default().lro],
     };

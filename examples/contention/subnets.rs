@@ -24,7 +24,8 @@ use serde_json::{Value, json};
 
 const PROCESSES: usize = 2;
 const PER_PROCESS: usize = 8;
-const VNET: &str = "/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.Network/virtualNetworks/vnet1";
+const VNET: &str =
+    "/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.Network/virtualNetworks/vnet1";
 const API: &str = "api-version=2024-05-01";
 /// Set in a child: the simulator's base URL, Redis URL, lease prefix, lro mode, first subnet.
 const CHILD: &str = "CONTENTION_SUBNETS_CHILD";
@@ -49,7 +50,16 @@ impl Row {
     pub fn header() -> String {
         format!(
             "{:>6} {:<7} {:>9} {:>9} {:>10} {:>5} {:>9} {:>11} {:>7} {:>8}",
-            "D", "lro", "succeeded", "ended ok", "failed ops", "409s", "req/op", "makespan", "÷ ideal", "overlaps"
+            "D",
+            "lro",
+            "succeeded",
+            "ended ok",
+            "failed ops",
+            "409s",
+            "req/op",
+            "makespan",
+            "÷ ideal",
+            "overlaps"
         )
     }
 
@@ -103,7 +113,11 @@ impl Redis {
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start redis-server ({e}); install it (e.g. `apt install redis-server`)"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot start redis-server ({e}); install it (e.g. `apt install redis-server`)"
+                )
+            })?;
         let redis = Redis {
             child,
             url: format!("redis://127.0.0.1:{port}"),
@@ -213,7 +227,10 @@ fn subnet_overlaps(transitions: &[arm_sim::Transition]) -> usize {
     let mut overlaps = 0;
     for (i, a) in subnets.iter().enumerate() {
         for b in &subnets[i + 1..] {
-            let (a_end, b_end) = (a.end.unwrap_or(Duration::MAX), b.end.unwrap_or(Duration::MAX));
+            let (a_end, b_end) = (
+                a.end.unwrap_or(Duration::MAX),
+                b.end.unwrap_or(Duration::MAX),
+            );
             if a.start < b_end && b.start < a_end {
                 overlaps += 1;
             }
@@ -243,7 +260,11 @@ async fn write_subnets(setting: &str) -> Result<(), String> {
     let [sim, redis, prefix, lro, first] = setting.split(' ').collect::<Vec<_>>()[..] else {
         return Err(format!("bad setting {setting:?}"));
     };
-    let lro = if lro == "settle" { Lro::Settle } else { Lro::Return };
+    let lro = if lro == "settle" {
+        Lro::Settle
+    } else {
+        Lro::Return
+    };
     let first: usize = first.parse().map_err(|_| "bad first subnet")?;
     let leases = RedisLeases::new(redis, prefix)
         .await

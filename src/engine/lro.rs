@@ -60,8 +60,8 @@ impl Run<'_> {
             let mut followed = Followed::default();
             let polled = self.unless_lost(self.poll(transport, watch, &mut followed));
             let polled = polled.await.map_err(Failure::Conflict)?;
-            let key = self.original.resource.key();
-            (self.engine.estimates).learn(key, Some(began), &followed.seen.polls);
+            let key = self.timing_key();
+            (self.engine.estimates).learn(&key, Some(began), &followed.seen.polls);
             if !polled.converged() {
                 // Still running at the deadline: the caller's own poller takes over from here.
                 return Ok((answered, false));
@@ -152,9 +152,9 @@ impl Run<'_> {
         };
         // Polls planned from this resource's past transitions, but none before the server's
         // `Retry-After`.
-        let key = self.original.resource.key();
         let not_before = began + first_delay.unwrap_or_default();
-        let mut planned = (self.engine.estimates).plan(key, Some(began), &self.policy.poll);
+        let key = self.timing_key();
+        let mut planned = (self.engine.estimates).plan(&key, Some(began), &self.policy.poll);
         planned.retain(|&at| at >= not_before);
         Some(Watch {
             first_delay,

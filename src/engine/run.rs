@@ -73,9 +73,10 @@ impl<'r> Run<'r> {
         let own = leases
             .iter()
             .find(|lease| lease.key() == self.original.resource.key());
-        // Boxed, as the resolution below: large futures that only a write after a transition
-        // (or one that meets a conflict) pays for.
-        if let Some(lease) = own.filter(|lease| lease.transitioning() != Some(false)) {
+        // Each lease may have been left in transition: the resource's by its previous writer,
+        // the parent's (`lock_parent_of`) by a sibling's. Boxed, as the resolution below: large
+        // futures that only a write after a transition (or one that meets a conflict) pays for.
+        for lease in leases.iter().filter(|l| l.transitioning() != Some(false)) {
             let guard = Box::pin(self.guard(transport, lease));
             guard.await.map_err(Failure::Conflict)?;
         }
@@ -151,29 +152,26 @@ impl<'r> Run<'r> {
         let end = end.unwrap_or_else(Instant::now);
         entry.close(ending, end);
 
-        // What the next writer's state guard waits on.
+        // What the next writer's state guard waits on: every lease this write held is marked,
+        // so a sibling that shares only the parent's waits too.
         if let Some(operation) = &left_in_transition {
-            let left = Left {
-                began: end,
-                operation: operation.clone(),
-            };
-            self.engine
-                .estimates
-                .left(self.original.resource.key(), left);
-        }
-        if let Some(lease) = own
-            && left_in_transition.is_some()
-        {
-            let marked = self.in_time(self.engine.leases.set_transitioning(lease, true));
-            match marked.await {
-                Some(Ok(())) => {}
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
-                }
-                None => {
-                    tracing::warn!(
-                        "recording the transition was cut off by the deadline; the next writer may meet a 409"
-                    );
+            for lease in &leases {
+                let left = Left {
+                    began: end,
+                    operation: operation.clone(),
+                };
+                self.engine.estimates.left(lease.key(), left);
+                let marked = self.in_time(self.engine.leases.set_transitioning(lease, true));
+                match marked.await {
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "could not record the transition; the next writer may meet a 409");
+                    }
+                    None => {
+                        tracing::warn!(
+                            "recording the transition was cut off by the deadline; the next writer may meet a 409"
+                        );
+                    }
                 }
             }
         }
@@ -285,7 +283,7 @@ impl<'r> Run<'r> {
         if !transitioning {
             return Ok(());
         }
-        let key = self.original.resource.key();
+        let key = lease.key();
         let estimates = &self.engine.estimates;
         let left = estimates.last_left(key).filter(|_| self.engine.own_leases);
         // The transition began when the previous write got its answer, if this process made it.
@@ -295,7 +293,7 @@ impl<'r> Run<'r> {
         };
         let (target, source) = match left.and_then(|left| left.operation) {
             Some(operation) => (operation, Source::Operation),
-            None => (self.resource_url(), Source::Resource),
+            None => (self.leased_url(key), Source::Resource),
         };
         let watch = converge::Watch {
             planned: estimates.plan(key, start, &self.policy.poll),
@@ -324,6 +322,26 @@ impl<'r> Run<'r> {
         }
         self.by_deadline(lease, leases.set_transitioning(lease, false))
             .await
+    }
+
+    /// Where the resource a lease of this write is named after is read: the resource's own URL,
+    /// or its parent's for the parent's lease.
+    fn leased_url(&self, key: &str) -> Url {
+        let resource = &self.original.resource;
+        match self.policy.leases.parent_to_lock(resource) {
+            Some(parent) if parent.key() == key => parent.fetch_url(self.original.url),
+            _ => self.resource_url(),
+        }
+    }
+
+    /// The key transitions of this write's resource are timed under: its parent's when writes
+    /// lease the parent too (a subnet's transition is its virtual network's), else its own.
+    pub(super) fn timing_key(&self) -> String {
+        let resource = &self.original.resource;
+        match self.policy.leases.parent_to_lock(resource) {
+            Some(parent) if self.policy.leases.enabled => parent.key().to_owned(),
+            _ => resource.key().to_owned(),
+        }
     }
 
     /// The operation an answer names (`Azure-AsyncOperation`), if the policy lets us poll it.
