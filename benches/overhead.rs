@@ -28,6 +28,16 @@
 //! — once with the simulator on the clients' runtime, once with it on a thread and runtime of its
 //! own, as a server in another process would be. Last, it times sequential updates of ONE
 //! resource (not a criterion bench: see the note there).
+//!
+//! The group `put_existing` prices `leases.fence_with_etag`: each PUT updates a resource that
+//! exists (seeded before the clock starts), leased, through `conflict` and through
+//! `conflict_fenced`, which first reads the resource's ETag under the lease and sends the PUT
+//! with `If-Match` on it. Its summary (criterion's medians and an interleaved check, against
+//! the unfenced leased PUT) is printed also when the bench runs with that group as its filter:
+//!
+//! ```text
+//! cargo bench --bench overhead -- put_existing
+//! ```
 
 use std::{
     path::PathBuf,
@@ -146,6 +156,8 @@ struct Bench {
     /// would be: a request also waits for the wake-ups between the two threads.
     apart: Sim,
     clients: Vec<(&'static str, Client)>,
+    /// Leased writes without and with `leases.fence_with_etag`, for `put_existing`.
+    fenced: Vec<(&'static str, Client)>,
     /// The path of the one resource GETs read.
     read_me: String,
     body: Bytes,
@@ -210,6 +222,21 @@ impl Bench {
                 ),
             ),
         ];
+        let fence = ConflictPolicy::azure_arm()
+            .fence_with_etag(true)
+            .expect("a valid policy");
+        let fenced = vec![
+            (
+                "conflict",
+                Client::Stack(stack(Some(ConflictMiddleware::new(
+                    ConflictPolicy::azure_arm(),
+                )))),
+            ),
+            (
+                "conflict_fenced",
+                Client::Stack(stack(Some(ConflictMiddleware::new(fence)))),
+            ),
+        ];
         let body = Bytes::from(
             serde_json::json!({"location": "westus", "tags": {"bench": "overhead"}, "properties": {"securityRules": []}})
                 .to_string(),
@@ -220,6 +247,7 @@ impl Bench {
             sim,
             apart,
             clients,
+            fenced,
             body,
             counter: AtomicU64::new(0),
         };
@@ -262,6 +290,32 @@ impl Bench {
             } else {
                 client.get(&get_url).run(200).await;
             }
+        }
+        started.elapsed()
+    }
+
+    /// `n` resources that exist, each to be updated once: seeded now, before any clock starts.
+    fn existing_urls(&self, sim: &Sim, n: u64) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let n = self.counter.fetch_add(1, Ordering::Relaxed);
+                let path = format!("{PREFIX}/nsg{n}");
+                sim.seed(
+                    &path,
+                    serde_json::json!({"location": "westus", "properties": {"securityRules": []}}),
+                );
+                sim.url(&format!("{path}?{API}"))
+            })
+            .collect()
+    }
+
+    /// `iters` updates of existing resources (one each) through one client, timed as a whole.
+    async fn run_existing(&self, client: &Client, iters: u64) -> Duration {
+        self.fresh_sim(&self.sim);
+        let urls = self.existing_urls(&self.sim, iters);
+        let started = Instant::now();
+        for url in &urls {
+            client.put(url, &self.body).run(200).await;
         }
         started.elapsed()
     }
@@ -346,12 +400,28 @@ fn main() {
         }
         group.finish();
     }
+    {
+        let mut group = c.benchmark_group("put_existing");
+        group.throughput(Throughput::Elements(1));
+        for (name, client) in &bench.fenced {
+            group.bench_function(*name, |b| {
+                b.iter_custom(|iters| bench.rt.block_on(bench.run_existing(client, iters)))
+            });
+        }
+        group.finish();
+    }
     c.final_summary();
 
-    // Only under `cargo bench` with no filter: `cargo test --benches` runs each bench once.
+    // Only under `cargo bench`: `cargo test --benches` runs each bench once.
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let filtered = args.iter().any(|a| !a.starts_with('-'));
-    if !args.iter().any(|a| a == "--bench") || filtered {
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    if filters.is_empty() || filters.iter().any(|f| "put_existing".contains(f.as_str())) {
+        fence_cost(&bench);
+    }
+    if !filters.is_empty() {
         return;
     }
 
@@ -418,6 +488,52 @@ fn interleaved(bench: &Bench, sim: &Sim) {
                 m * 1e6
             );
         }
+    }
+}
+
+/// What `leases.fence_with_etag` adds to a leased update of an existing resource: criterion's
+/// medians, then medians of interleaved rounds (the simulator on the clients' runtime).
+fn fence_cost(bench: &Bench) {
+    println!(
+        "\nleases.fence_with_etag: an update of an existing resource, leased, against the unfenced one:"
+    );
+    let base = criterion_median("put_existing", "conflict");
+    for (name, _) in &bench.fenced {
+        match (criterion_median("put_existing", name), base) {
+            (Some(m), Some(base)) => println!(
+                "  criterion    {name:<16} median {:>8.1} µs  ratio {:.3}  {:+.1} µs",
+                m / 1000.0,
+                m / base,
+                (m - base) / 1000.0
+            ),
+            _ => println!("  criterion    {name:<16} no estimates found (CRITERION_HOME?)"),
+        }
+    }
+    const ROUNDS: usize = 30;
+    const PER_ROUND: u64 = 200;
+    let mut samples = vec![Vec::new(); bench.fenced.len()];
+    bench.rt.block_on(async {
+        for round in 0..ROUNDS {
+            bench.fresh_sim(&bench.sim);
+            for k in 0..bench.fenced.len() {
+                let i = (round + k) % bench.fenced.len();
+                let urls = bench.existing_urls(&bench.sim, PER_ROUND);
+                for url in &urls {
+                    let started = Instant::now();
+                    bench.fenced[i].1.put(url, &bench.body).run(200).await;
+                    samples[i].push(started.elapsed().as_secs_f64());
+                }
+            }
+        }
+    });
+    let medians: Vec<f64> = samples.into_iter().map(median).collect();
+    for ((name, _), m) in bench.fenced.iter().zip(&medians) {
+        println!(
+            "  interleaved  {name:<16} median {:>8.1} µs  ratio {:.3}  {:+.1} µs",
+            m * 1e6,
+            m / medians[0],
+            (m - medians[0]) * 1e6
+        );
     }
 }
 

@@ -347,6 +347,13 @@ pub struct LeasePolicy {
     /// Resource types whose writes also lease their parent, as Terraform locks a virtual network
     /// while writing one of its subnets. Compared ignoring ASCII case.
     pub lock_parent_of: Vec<String>,
+    /// Let the resource itself refuse a writer whose lease ran out mid-request: once a write to
+    /// an ARM resource holds its lease, read the resource's `ETag` and send the write with
+    /// `If-Match` on it, so that a write the next holder made in between turns this one into a
+    /// 412 instead of an overwrite. One GET more per leased write. Off by default; needs
+    /// `enabled`. Writes that carry an `If-Match` or `If-None-Match` of their own are sent as
+    /// they are, and so are writes to a resource that answers 404 (not created yet) or no `ETag`.
+    pub fence_with_etag: bool,
 }
 
 impl Default for LeasePolicy {
@@ -361,6 +368,7 @@ impl Default for LeasePolicy {
             ]
             .map(String::from)
             .to_vec(),
+            fence_with_etag: false,
         }
     }
 }
@@ -537,7 +545,8 @@ impl ConflictPolicy {
     /// `max_attempts` in 1..=1000; `deadline` from 1ms to 7 days; `poll.min_delay` from 1ms, and
     /// `poll.max_delay` from `poll.min_delay`, to 7 days; `poll.factor` in 1..=100;
     /// `retry_after_cap` at most 7 days; `max_error_body` and `max_fetch_body` from 1 byte to
-    /// 64 MiB; `leases.ttl` from 1s to 7 days; `remember_representations` at most 65,536;
+    /// 64 MiB; `leases.ttl` from 1s to 7 days; `leases.fence_with_etag` only with
+    /// `leases.enabled`; `remember_representations` at most 65,536;
     /// `stuck_after`, when set, from `poll.min_delay` to 7 days; `diagnose.activity_log_window`
     /// from 1s to 7 days; every
     /// `allowed_hosts` pattern a host name, or `*.` and a host name of two labels or more; every

@@ -21,6 +21,13 @@ pub(crate) enum Step<'p> {
     Refresh(PreconditionStrategy),
     /// Put the resource in the state the request needs (e.g. deallocated), then send it again.
     Prepare(&'p Prerequisite),
+    /// Read the resource's ETag again and send the request under it: a 412 to the `If-Match`
+    /// the engine added (`leases.fence_with_etag`) while the lease is still held means someone
+    /// wrote outside the lease.
+    Refence,
+    /// End with the lost lease's error: a 412 to the engine's `If-Match` after the lease was
+    /// lost is the fence doing its work, refusing a stale holder.
+    LeaseLost,
 }
 
 /// How many times more than `max_attempts` a request may be sent in all when its conflicts are
@@ -81,6 +88,32 @@ pub(crate) fn decide<'p>(
             }
         }
         _ => Step::Surface(Outcome::Surfaced),
+    }
+}
+
+/// The next step for a 412 that answers the `If-Match` the engine added to fence a leased write
+/// (`leases.fence_with_etag`), given whether the write still holds its leases. Not the caller's
+/// stale precondition ([`decide`]'s `Refresh`): the caller sent no precondition, so neither a
+/// merge nor the strategy applies, and the 412 is no news about the caller's view.
+///
+/// A lost lease comes first, whatever the budget: the resource refused a holder whose lease ran
+/// out, which is what the fence is for, and nothing more may be sent. While the lease is held,
+/// the resource changed outside it (a writer without the lease, or the end of an operation
+/// that changed the ETag): read the ETag again and resend, within the same budget as any resend.
+pub(crate) fn decide_fenced<'p>(
+    lease_held: bool,
+    policy: &ConflictPolicy,
+    budget: Budget,
+) -> Step<'p> {
+    if !lease_held {
+        return Step::LeaseLost;
+    }
+    if !budget.may_call {
+        return Step::Surface(Outcome::Surfaced);
+    }
+    match blocked(policy, budget) {
+        Some(outcome) => Step::Surface(outcome),
+        None => Step::Refence,
     }
 }
 
@@ -362,6 +395,47 @@ mod tests {
             assert_eq!(
                 &step, expected,
                 "{kind:?} {code} {budget:?} {resource_type:?}"
+            );
+        }
+    }
+
+    /// One row per case: whether the lease is held, the budget, and the step.
+    #[test]
+    fn a_412_to_the_engines_own_if_match() {
+        let policy = ConflictPolicy::azure_arm();
+        let spent = Budget {
+            attempts: policy.max_attempts,
+            ..fresh()
+        };
+        let late = Budget {
+            expired: true,
+            ..fresh()
+        };
+        let offsite = Budget {
+            may_call: false,
+            ..fresh()
+        };
+        let stream = Budget {
+            resendable: false,
+            ..fresh()
+        };
+        let cases = [
+            (true, fresh(), Step::Refence),
+            (true, spent, Step::Surface(Outcome::Exhausted)),
+            (true, late, Step::Surface(Outcome::DeadlineExceeded)),
+            (true, stream, Step::Surface(Outcome::NotRetryable)),
+            (true, offsite, Step::Surface(Outcome::Surfaced)),
+            // The fence refused a stale holder: that ends the write whatever is left.
+            (false, fresh(), Step::LeaseLost),
+            (false, spent, Step::LeaseLost),
+            (false, late, Step::LeaseLost),
+            (false, offsite, Step::LeaseLost),
+        ];
+        for (held, budget, expected) in cases {
+            assert_eq!(
+                decide_fenced(held, &policy, budget),
+                expected,
+                "held {held}, {budget:?}"
             );
         }
     }

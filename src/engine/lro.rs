@@ -111,7 +111,7 @@ impl Run<'_> {
                 return Err(Failure::Conflict(ended(error, &report)));
             }
             self.still_held().map_err(Failure::Conflict)?;
-            let resent = transport.send(None).await;
+            let resent = transport.send(self.fenced(None)).await;
             self.answered();
             let response = resent.map_err(Failure::Transport)?;
             report.attempts += 1;

@@ -11,13 +11,15 @@
 //! The rooms: `transport` (the trait and the request as the engine sees it), `decide` (pure: the
 //! next step), `run` (one write: leases, state guard, journal), `resolve` (the loop that carries
 //! out the steps), `converge` (polling), `precondition`, `prerequisite`, `estimate` (when a
-//! transition is likely over), `state` (reading a state out of a body). This file holds what every
+//! transition is likely over), `fence_etag` (a leased write fenced by the resource's ETag),
+//! `state` (reading a state out of a body). This file holds what every
 //! request through one adapter shares.
 
 mod converge;
 mod decide;
 mod diagnose;
 mod estimate;
+mod fence_etag;
 mod lro;
 mod precondition;
 mod prerequisite;

@@ -6,7 +6,7 @@ use tracing::{Instrument, field::Empty};
 use super::{
     Answered, Changes, Failure, Transport,
     converge::OFFSITE,
-    decide::{Budget, Step, advice, blocked, decide},
+    decide::{Budget, Step, advice, blocked, decide, decide_fenced},
     is_conflict,
     precondition::Refreshed,
     prerequisite::Prepared,
@@ -107,12 +107,18 @@ impl Run<'_> {
                 self.activity_log(transport, report).await;
             }
 
-            let step = decide(
-                &report.classification,
-                self.original.resource.resource_type(),
-                &self.policy,
-                self.budget(report, prepared.is_some()),
-            );
+            let budget = self.budget(report, prepared.is_some());
+            // A 412 to the If-Match the engine added is not the caller's stale precondition.
+            let fenced = self.fence_refused(status, report);
+            let step = match &fenced {
+                Some(held) => decide_fenced(held.is_ok(), &self.policy, budget),
+                None => decide(
+                    &report.classification,
+                    self.original.resource.resource_type(),
+                    &self.policy,
+                    budget,
+                ),
+            };
             let preparing = matches!(step, Step::Prepare(_));
             let changes = match step {
                 Step::Surface(outcome) => {
@@ -165,12 +171,28 @@ impl Run<'_> {
                     drop(response);
                     None
                 }
+                Step::Refence => match self.refence(transport, report).await {
+                    Some(outcome) => {
+                        report.outcome = outcome;
+                        return Ok(answer(response, Some(report.clone())));
+                    }
+                    None => None,
+                },
+                Step::LeaseLost => match fenced {
+                    Some(Err(lost)) => {
+                        record(report);
+                        return Err(Failure::Conflict(lost));
+                    }
+                    // Only a lease found lost leads here; the check below stands anyway.
+                    _ => None,
+                },
             };
             // Nothing is sent under a lease this write no longer holds.
             if let Err(lost) = self.still_held() {
                 record(report);
                 return Err(Failure::Conflict(lost));
             }
+            let changes = self.fenced(changes);
             response = transport.send(changes).await.map_err(Failure::Transport)?;
             self.answered();
             report.attempts += 1;

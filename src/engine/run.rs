@@ -21,7 +21,7 @@ use super::{
     AZURE_ASYNC_OPERATION, Answered, Engine, Failure, Original, Transport,
     converge::{self, Polled},
     estimate::Left,
-    is_conflict, is_safe,
+    fence_etag, is_conflict, is_safe,
     state::Source,
 };
 use crate::{
@@ -43,6 +43,8 @@ pub(super) struct Run<'r> {
     /// When the last answer to a write request (the original, a resend, a prerequisite action)
     /// came back, once the resolution sent one.
     last_answer: Mutex<Option<Instant>>,
+    /// The `If-Match` the write carries when the policy fences it with the resource's ETag.
+    pub(super) etag: fence_etag::Tag,
 }
 
 impl<'r> Run<'r> {
@@ -59,6 +61,7 @@ impl<'r> Run<'r> {
             deadline,
             fence: Fence::default(),
             last_answer: Mutex::new(None),
+            etag: fence_etag::Tag::default(),
         }
     }
 
@@ -80,7 +83,9 @@ impl<'r> Run<'r> {
             let guard = Box::pin(self.guard(transport, lease));
             guard.await.map_err(Failure::Conflict)?;
         }
-        // The guard may have waited long enough for a remote lease to be lost.
+        let fencing = self.fence_with_etag(transport, !leases.is_empty());
+        fencing.await.map_err(Failure::Conflict)?;
+        // The guard (or the ETag's read) may have taken long enough for a remote lease to be lost.
         self.fence.check().map_err(Failure::Conflict)?;
 
         let resource = self.original.resource.shared_key();
@@ -89,7 +94,7 @@ impl<'r> Run<'r> {
             .engine
             .journal
             .open(resource, self.original.method, token);
-        let first = transport.send(None).await;
+        let first = transport.send(self.fenced(None)).await;
         self.answered();
         let mut result = match first {
             Ok(first) if is_conflict(T::head(&first).0) => {

@@ -22,6 +22,8 @@ use url::Url;
 use super::{
     Answered, Changes, Engine, Exchange, Failure, Fetched, Original, Overrides, Replay, Transport,
 };
+
+mod fencing;
 use crate::{
     ConflictKind, ConflictPolicy, ConflictReport, Error, Journal, LeasePolicy, MergeBase, Outcome,
     PolicyOverride, PollSchedule, PreconditionStrategy, shared::BoxFuture,

@@ -123,6 +123,17 @@ pub(super) const BOUNDS: &[Bound] = &[
               and a longer one outlives any deadline",
     },
     Bound {
+        path: "leases.fence_with_etag",
+        range: Range::Requires {
+            get: |p| p.leases.fence_with_etag,
+            set: |p, v| p.leases.fence_with_etag = v,
+            needs: "leases.enabled",
+            needs_get: |p| p.leases.enabled,
+        },
+        why: "the ETag fences a leased write against a holder that lost its lease; without \
+              leases no write would be fenced, and the policy would promise what it does not do",
+    },
+    Bound {
         path: "stuck_after",
         range: Range::Duration {
             // Unset is unbounded: the deadline alone ends the wait.
@@ -208,6 +219,14 @@ enum Range {
         set: fn(&mut ConflictPolicy, f32),
         min: f32,
         max: f32,
+    },
+    /// A switch that may be on only while another is: off is always allowed.
+    Requires {
+        get: fn(&ConflictPolicy) -> bool,
+        set: fn(&mut ConflictPolicy, bool),
+        /// The other switch's path, whose own row (if any) comes earlier.
+        needs: &'static str,
+        needs_get: fn(&ConflictPolicy) -> bool,
     },
     /// A list of host patterns, each of which must pass [`host_pattern_error`].
     HostPatterns {
@@ -306,6 +325,17 @@ impl Bound {
                 }
                 outside(format!("a number between {min} and {max}"), v.to_string())
             }
+            Range::Requires {
+                get,
+                needs,
+                needs_get,
+                ..
+            } => {
+                if !get(policy) || needs_get(policy) {
+                    return None;
+                }
+                outside(format!("false while {needs} is false"), "true".to_owned())
+            }
             Range::HostPatterns { get, .. } => {
                 let (i, pattern, problem) = get(policy)
                     .iter()
@@ -354,6 +384,17 @@ impl Bound {
                 if v.to_bits() != to.to_bits() {
                     tracing::warn!(path = %format_args!("{prefix}{path}"), from = v, to, "policy value clamped into its bound");
                     set(policy, to);
+                }
+            }
+            Range::Requires {
+                get,
+                set,
+                needs_get,
+                ..
+            } => {
+                if get(policy) && !needs_get(policy) {
+                    tracing::warn!(path = %format_args!("{prefix}{path}"), from = true, to = false, "policy value clamped into its bound");
+                    set(policy, false);
                 }
             }
             Range::HostPatterns { get_mut, .. } => {
@@ -524,6 +565,21 @@ mod tests {
             p.leases.ttl == MAX_DEADLINE
         }),
         (
+            r#"{"leases": {"enabled": false, "fence_with_etag": true}}"#,
+            "leases.fence_with_etag",
+            |p| !p.leases.fence_with_etag && !p.leases.enabled,
+        ),
+        (
+            r#"{"resource_types": {"Microsoft.Web/sites": {"leases": {"enabled": false, "fence_with_etag": true}}}}"#,
+            r#"resource_types."Microsoft.Web/sites".leases.fence_with_etag"#,
+            |p| {
+                p.resource_types["Microsoft.Web/sites"]
+                    .leases
+                    .as_ref()
+                    .is_some_and(|l| !l.fence_with_etag)
+            },
+        ),
+        (
             r#"{"poll": {"min_delay": "2s"}, "stuck_after": "1s"}"#,
             "stuck_after",
             |p| p.stuck_after == Some(Duration::from_secs(2)),
@@ -636,6 +692,9 @@ mod tests {
             r#"{"max_error_body": 67108864, "max_fetch_body": 67108864}"#,
             r#"{"leases": {"ttl": "1s"}}"#,
             r#"{"leases": {"ttl": "7days"}}"#,
+            r#"{"leases": {"fence_with_etag": true}}"#,
+            r#"{"leases": {"enabled": false, "fence_with_etag": false}}"#,
+            r#"{"resource_types": {"Microsoft.Compute/virtualMachines": {"leases": {"fence_with_etag": true}}}}"#,
             r#"{"stuck_after": "5s", "poll": {"min_delay": "5s"}}"#,
             r#"{"stuck_after": "7days", "diagnose": {"activity_log_window": "7days"}}"#,
             r#"{"diagnose": {"activity_log": true, "activity_log_window": "1s", "end_state": true}}"#,
@@ -759,6 +818,22 @@ mod tests {
         match policy.with_override(&zero_ttl) {
             Err(Error::InvalidPolicy { path, message }) => {
                 assert_eq!(path, "leases.ttl");
+                assert!(message.contains("per-request override"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Fencing without leases: refused from a request as from a policy file.
+        let fence_unleased = PolicyOverride {
+            leases: Some(crate::LeasePolicy {
+                enabled: false,
+                fence_with_etag: true,
+                ..crate::LeasePolicy::default()
+            }),
+            ..PolicyOverride::default()
+        };
+        match policy.with_override(&fence_unleased) {
+            Err(Error::InvalidPolicy { path, message }) => {
+                assert_eq!(path, "leases.fence_with_etag");
                 assert!(message.contains("per-request override"), "{message}");
             }
             other => panic!("{other:?}"),

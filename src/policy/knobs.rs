@@ -126,6 +126,26 @@ impl ConflictPolicy {
         self.set(|p| p.leases.enabled = enabled)
     }
 
+    /// This policy with leased writes fenced by the resource's `ETag` or not (see
+    /// [`LeasePolicy::fence_with_etag`](crate::LeasePolicy::fence_with_etag)): one GET more per
+    /// leased write, so that a writer whose lease ran out mid-request is refused by the resource
+    /// (412) instead of overwriting the next holder's write. Needs leases on.
+    ///
+    /// ```
+    /// use reqwest_conflict::{ConflictPolicy, Error};
+    ///
+    /// let policy = ConflictPolicy::azure_arm().fence_with_etag(true)?;
+    /// assert!(policy.leases.fence_with_etag);
+    ///
+    /// // Without leases there is no holder to fence.
+    /// let error = ConflictPolicy::azure_arm().leases(false)?.fence_with_etag(true).unwrap_err();
+    /// assert!(matches!(error, Error::InvalidPolicy { ref path, .. } if path == "leases.fence_with_etag"), "{error}");
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn fence_with_etag(self, on: bool) -> Result<Self, Error> {
+        self.set(|p| p.leases.fence_with_etag = on)
+    }
+
     /// This policy with [`stuck_after`](Self::stuck_after) set: a state unchanged for this long
     /// ends the wait with [`Error::Stuck`] (at least `poll.min_delay`).
     ///
@@ -163,7 +183,7 @@ mod tests {
         let base = ConflictPolicy::fast();
         // Each case: the policy a knob made, and the change it should have made by hand.
         type Case = (ConflictPolicy, fn(&mut ConflictPolicy));
-        let cases: [Case; 4] = [
+        let cases: [Case; 5] = [
             (base.clone().deadline(90 * MS).unwrap(), |p| {
                 p.deadline = 90 * MS
             }),
@@ -176,6 +196,9 @@ mod tests {
             }),
             (base.clone().leases(false).unwrap(), |p| {
                 p.leases.enabled = false
+            }),
+            (base.clone().fence_with_etag(true).unwrap(), |p| {
+                p.leases.fence_with_etag = true
             }),
         ];
         for (changed, expected) in cases {
