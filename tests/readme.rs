@@ -45,13 +45,12 @@ fn every_output_block_names_its_command_and_policy() {
             .nth(1)
             .and_then(|s| s.split(['`', ' ']).next())
             .unwrap_or_else(|| panic!("no `cargo run --example` before:\n{block}"));
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+        let file = std::path::Path::new(examples).join(format!("{example}.rs"));
+        let dir = std::path::Path::new(examples).join(example).join("main.rs");
         assert!(
-            std::path::Path::new(&format!(
-                "{}/examples/{example}.rs",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .exists(),
-            "README names examples/{example}.rs, which does not exist"
+            file.exists() || dir.exists(),
+            "README names examples/{example}, which does not exist"
         );
         assert!(
             paragraph.contains("Policy:"),

@@ -40,7 +40,10 @@ pub struct Row {
     /// Operations the simulator failed (a subnet written while its network was busy).
     pub failed_operations: usize,
     pub conflicts: usize,
+    /// Requests the writers' clients sent (writes, and the middleware's polls and resends).
     pub requests: usize,
+    /// Polls the callers sent afterwards to learn how their operations ended.
+    pub caller_polls: usize,
     pub makespan: Duration,
     pub ideal: Duration,
     pub overlaps: usize,
@@ -49,7 +52,7 @@ pub struct Row {
 impl Row {
     pub fn header() -> String {
         format!(
-            "{:>6} {:<7} {:>9} {:>9} {:>10} {:>5} {:>9} {:>11} {:>7} {:>8}",
+            "{:>6} {:<7} {:>9} {:>9} {:>10} {:>5} {:>7} {:>13} {:>11} {:>7} {:>8}",
             "D",
             "lro",
             "succeeded",
@@ -57,6 +60,7 @@ impl Row {
             "failed ops",
             "409s",
             "req/op",
+            "caller polls",
             "makespan",
             "÷ ideal",
             "overlaps"
@@ -66,7 +70,7 @@ impl Row {
     pub fn line(&self) -> String {
         let writes = (PROCESSES * PER_PROCESS) as f64;
         format!(
-            "{:>5.1}s {:<7} {:>9} {:>9} {:>10} {:>5} {:>9.2} {:>8} ms {:>7.2} {:>8}",
+            "{:>5.1}s {:<7} {:>9} {:>9} {:>10} {:>5} {:>7.2} {:>13} {:>8} ms {:>7.2} {:>8}",
             self.transition.as_secs_f64(),
             lro_name(self.lro),
             self.succeeded,
@@ -74,6 +78,7 @@ impl Row {
             self.failed_operations,
             self.conflicts,
             self.requests as f64 / writes,
+            self.caller_polls,
             self.makespan.as_millis(),
             self.makespan.as_secs_f64() / self.ideal.as_secs_f64(),
             self.overlaps,
@@ -182,7 +187,7 @@ pub async fn run(redis: &Redis, transition: Duration, lro: Lro) -> Result<Row, S
         let stdin = child.stdin.as_mut().ok_or("no stdin")?;
         writeln!(stdin, "go").map_err(|e| e.to_string())?;
     }
-    let (mut succeeded, mut ended_succeeded) = (0, 0);
+    let (mut succeeded, mut ended_succeeded, mut caller_polls) = (0, 0, 0);
     for (mut child, lines) in children {
         for line in lines {
             let line = line.map_err(|e| e.to_string())?;
@@ -192,6 +197,7 @@ pub async fn run(redis: &Redis, transition: Duration, lro: Lro) -> Result<Row, S
             let result: Value = serde_json::from_str(result).map_err(|e| e.to_string())?;
             succeeded += usize::from(result["status"].as_u64().is_some_and(|s| s < 300));
             ended_succeeded += usize::from(result["operation"] == "Succeeded");
+            caller_polls += result["polls"].as_u64().unwrap_or_default() as usize;
         }
         let _ = child.wait();
     }
@@ -208,9 +214,8 @@ pub async fn run(redis: &Redis, transition: Duration, lro: Lro) -> Result<Row, S
         ended_succeeded,
         failed_operations: sim.failed_operations(),
         conflicts: requests.iter().filter(|r| r.status == 409).count(),
-        // The caller's own follow-up polls are counted too: with `return` they are how it learns
-        // the operation's end, with `settle` one poll finds it over.
-        requests: requests.len(),
+        requests: requests.len() - caller_polls,
+        caller_polls,
         makespan,
         ideal: transition * (writes as u32 + 1),
         overlaps: subnet_overlaps(&sim.transitions()),
@@ -298,11 +303,11 @@ async fn write_subnets(setting: &str) -> Result<(), String> {
                     .get("azure-asyncoperation")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let ended = match operation {
+                let (ended, polls) = match operation {
                     Some(operation) => follow(&poller, &operation).await,
-                    None => "Succeeded".to_owned(),
+                    None => ("Succeeded".to_owned(), 0),
                 };
-                json!({"status": status, "operation": ended})
+                json!({"status": status, "operation": ended, "polls": polls})
             })
         })
         .collect();
@@ -313,9 +318,12 @@ async fn write_subnets(setting: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The caller's own poller: the operation's status until it is terminal.
-async fn follow(poller: &reqwest::Client, operation: &str) -> String {
+/// The caller's own poller: the operation's status until it is terminal, and how many polls
+/// that took.
+async fn follow(poller: &reqwest::Client, operation: &str) -> (String, usize) {
+    let mut polls = 0;
     loop {
+        polls += 1;
         let status = match poller.get(operation).send().await {
             Ok(resp) => resp.json::<Value>().await.ok(),
             Err(_) => None,
@@ -324,7 +332,7 @@ async fn follow(poller: &reqwest::Client, operation: &str) -> String {
             .and_then(|s| s["status"].as_str().map(str::to_owned))
             .unwrap_or_default();
         if ["Succeeded", "Failed", "Canceled"].contains(&status.as_str()) {
-            return status;
+            return (status, polls);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -25,8 +25,8 @@ use super::{
 
 mod fencing;
 use crate::{
-    ConflictKind, ConflictPolicy, ConflictReport, Error, Journal, LeasePolicy, MergeBase, Outcome,
-    PolicyOverride, PollSchedule, PreconditionStrategy, shared::BoxFuture,
+    ConflictKind, ConflictPolicy, ConflictReport, Error, Journal, LeasePolicy, Lro, MergeBase,
+    Outcome, PolicyOverride, PollSchedule, PreconditionStrategy, shared::BoxFuture,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -48,10 +48,13 @@ fn ms(n: u64) -> Duration {
 }
 
 /// A policy with a fast schedule (10 ms doubling to 40 ms, no jitter), a 5 s deadline, a
-/// `Retry-After` cap of 100 ms, leases on.
+/// `Retry-After` cap of 100 ms, leases on, and long-running operations handed back at once
+/// (`lro: return`), so that a write can leave a transition for the next one's state guard; the
+/// tests of `settle` set it.
 fn fast() -> ConflictPolicy {
     ConflictPolicy {
         deadline: DEADLINE,
+        lro: Lro::Return,
         poll: PollSchedule {
             min_delay: ms(10),
             max_delay: ms(40),

@@ -13,9 +13,9 @@ impl ConflictPolicy {
     /// ×1.5 (with jitter) to 100 ms, `Retry-After` honoured up to 100 ms, 10 attempts within one
     /// minute. Everything else is [`azure_arm`](Self::azure_arm)'s.
     ///
-    /// Why this schedule: [`azure_arm`](Self::azure_arm) first polls 5 s after a 409, which is
-    /// right for ARM (its operations take tens of seconds) and makes a 300 ms transition cost
-    /// several times its length. Here the polls come at about 20, 50, 95, 160, 260 ms and then
+    /// Why this schedule: [`azure_arm`](Self::azure_arm) doubles its delays up to a minute, which
+    /// is right for ARM (its operations take seconds to minutes) and, after a few polls, makes a
+    /// sub-second transition cost several times its length. Here the polls come at about 20, 50, 95, 160, 260 ms and then
     /// every 100 ms, so the end of a transition is seen at most one delay (100 ms, twice that
     /// with jitter) after it happens, while a wait costs at most about ten polls a second.
     /// `Retry-After` counts whole seconds, so even `1` is several times a sub-second transition:

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use arm_sim::Sim;
-use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, ConflictReport, Error, PollSchedule};
+use reqwest_conflict::{
+    ConflictMiddleware, ConflictPolicy, ConflictReport, Error, Lro, PollSchedule,
+};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 
 use super::sim::{VM, url, vm_body};
@@ -11,6 +13,9 @@ use super::sim::{VM, url, vm_body};
 /// Milliseconds where ARM would take seconds, so a test runs in well under a second.
 pub fn fast_policy() -> ConflictPolicy {
     ConflictPolicy {
+        // Request by request: a write's operation is handed back at once, so tests count the
+        // requests of one exchange (`tests/lro.rs` covers the default, `settle`).
+        lro: Lro::Return,
         max_attempts: 20,
         deadline: Duration::from_secs(10),
         poll: PollSchedule {
