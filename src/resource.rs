@@ -92,7 +92,7 @@ impl ResourceId {
             Err(_) => {
                 let path = url.path().trim_end_matches('/').to_owned();
                 Self {
-                    key: Arc::from(format!("{}{path}", origin(url))),
+                    key: Arc::from(origin(url) + &path),
                     path,
                     resource_type: None,
                     action: None,

@@ -67,32 +67,31 @@ impl ConflictMiddleware {
     /// A write, through the engine.
     async fn write(
         &self,
-        mut request: Request,
+        request: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let overrides = Overrides::from_extensions(extensions);
-        // Every attempt is a copy of the request without its body (`template`) plus the body,
-        // when it is held in memory; a streamed body is sent once, with the request itself.
-        let (template, body, stream, replay) = match request.body_mut().take() {
-            None => (request, None, None, Replay::Bytes(Bytes::new())),
-            Some(body) => match body.as_bytes().map(Bytes::copy_from_slice) {
-                Some(bytes) => (request, Some(bytes.clone()), None, Replay::Bytes(bytes)),
-                None => {
-                    let template = without_body(&request);
-                    *request.body_mut() = Some(body);
-                    (template, None, Some(request), Replay::Once)
-                }
+        // The first attempt is the request itself; a resend is a copy of it without its body
+        // (`template`) plus the body, when it is held in memory. A streamed body is sent once.
+        let template = without_body(&request);
+        let replay = match request.body() {
+            None => Replay::Bytes(Bytes::new()),
+            Some(body) => match body.as_bytes() {
+                Some(bytes) => Replay::Bytes(Bytes::copy_from_slice(bytes)),
+                None => Replay::Once,
             },
         };
         let (method, url, headers) = (template.method(), template.url(), template.headers());
         let original = Original::new(method, url, headers, replay, overrides);
+        // A request sent without a body is resent without one.
+        let body = request.body().and(original.body.bytes());
         let mut transport = ReqwestTransport {
             next,
             extensions,
             template: &template,
             body,
-            stream,
+            first: Some(request),
             redirects: self.engine.redirects().clone(),
         };
         match self.engine.execute(&mut transport, &original).await {
@@ -135,9 +134,9 @@ struct ReqwestTransport<'a> {
     /// The request without its body: every copy starts from it.
     template: &'a Request,
     /// The body of every copy, when it is held in memory.
-    body: Option<Bytes>,
-    /// The request itself, with its streamed body, until it is sent.
-    stream: Option<Request>,
+    body: Option<&'a Bytes>,
+    /// The request itself, until it is sent.
+    first: Option<Request>,
     /// Where a redirect to another origin, followed by the client, is recorded.
     redirects: Redirects,
 }
@@ -151,11 +150,11 @@ impl Transport for ReqwestTransport<'_> {
     }
 
     fn send(&mut self, changes: Option<Changes>) -> BoxFuture<'_, Result<Response, Error>> {
-        let request = match self.stream.take() {
+        let request = match self.first.take() {
             Some(first) => first,
             None => {
                 let mut copy = without_body(self.template);
-                let mut body = self.body.clone();
+                let mut body = self.body.cloned();
                 if let Some(changes) = changes {
                     *copy.headers_mut() = changes.headers;
                     body = changes.body.or(body);

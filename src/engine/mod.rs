@@ -31,7 +31,7 @@ mod transport;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
@@ -73,8 +73,8 @@ pub(crate) struct Engine {
 #[derive(Debug)]
 struct Policies {
     base: Arc<ConflictPolicy>,
-    /// By lowercased resource type.
-    by_type: HashMap<String, Arc<ConflictPolicy>>,
+    /// By resource type, as the policy spells it (compared ignoring ASCII case).
+    by_type: Vec<(String, Arc<ConflictPolicy>)>,
     classifier: Classifier,
 }
 
@@ -98,12 +98,7 @@ impl Engine {
             .resource_types
             .keys()
             // In bounds already: `clamped` clamps each override as applied to the base.
-            .map(|t| {
-                (
-                    t.to_ascii_lowercase(),
-                    Arc::new(base.for_resource_type(Some(t))),
-                )
-            })
+            .map(|t| (t.clone(), Arc::new(base.for_resource_type(Some(t)))))
             .collect();
         let merges = base.precondition == PreconditionStrategy::Merge
             || base
@@ -175,10 +170,9 @@ impl Engine {
     /// per-request override is held to the same bounds as a policy file, so it fails the request
     /// rather than set what `from_json` would refuse.
     fn policy_for(&self, original: &Original<'_>) -> Result<Arc<ConflictPolicy>, Error> {
-        let by_type = &self.policies.by_type;
-        let typed = (original.resource.resource_type())
-            .filter(|_| !by_type.is_empty())
-            .and_then(|t| by_type.get(&t.to_ascii_lowercase()));
+        let typed = (self.policies.by_type.iter())
+            .find(|(t, _)| original.resource.is_type(t))
+            .map(|(_, policy)| policy);
         let policy = typed.unwrap_or(&self.policies.base);
         match &original.overrides.policy {
             None => Ok(policy.clone()),
