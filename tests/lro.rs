@@ -143,3 +143,40 @@ async fn returned_at_once_the_same_write_leaves_a_failed_operation_to_the_caller
         "ReferencedResourceNotProvisioned"
     );
 }
+
+/// Two subnets of one virtual network written at once, each handed back at once (`return`):
+/// the second write waits for the first one's transition — its lease on the virtual network was
+/// left in transition too — so Network never sees two subnet operations at once and none fails.
+#[tokio::test]
+async fn a_sibling_waits_for_the_transition_its_parents_lease_was_left_in() {
+    let sim = network().await;
+    let other = SUBNET.replace("/subnets/default", "/subnets/other");
+    sim.seed(
+        &other,
+        json!({"properties": {"addressPrefix": "10.0.2.0/24"}}),
+    );
+    let client = client(fast_policy());
+    let writes = [SUBNET, other.as_str()].map(|subnet| {
+        let (client, url) = (client.clone(), url(&sim, subnet));
+        tokio::spawn(async move {
+            let body = json!({"properties": {"addressPrefix": "10.0.9.0/24"}});
+            client.put(url).json(&body).send().await.unwrap().status()
+        })
+    });
+    for write in writes {
+        assert_eq!(write.await.unwrap(), 200);
+    }
+    while sim.transitions().iter().any(|t| t.end.is_none()) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sim.failed_operations(), 0, "{:#?}", sim.transitions());
+    let subnets: Vec<_> = (sim.transitions().into_iter())
+        .filter(|t| t.resource.contains("/subnets/"))
+        .collect();
+    assert_eq!(subnets.len(), 2);
+    let (a, b) = (&subnets[0], &subnets[1]);
+    assert!(
+        a.end.is_some_and(|end| end <= b.start),
+        "one subnet operation after the other: {subnets:#?}"
+    );
+}

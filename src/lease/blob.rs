@@ -458,7 +458,8 @@ impl LeaseStore for BlobLeases {
             let inner = &self.inner;
             // `None` when `wait` is too long to add to the clock: no deadline.
             let deadline = Instant::now().checked_add(wait);
-            let mut patience = remote::Patience::new(wait);
+            // Each attempt is a billed storage transaction: waiters ask every 100–200 ms.
+            let mut patience = remote::Patience::new(wait, Duration::from_millis(100));
             let seconds = ttl.as_secs().clamp(MIN_LEASE, MAX_LEASE);
             let (mut created, mut taken) = (false, false);
             let (lease_id, asked) = loop {

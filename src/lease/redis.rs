@@ -268,7 +268,9 @@ impl LeaseStore for RedisLeases {
     ) -> BoxFuture<'a, Result<Lease, Error>> {
         Box::pin(async move {
             let runtime = remote::runtime(key)?;
-            let mut patience = remote::Patience::new(wait);
+            // Redis answers in microseconds: waiters ask every 25–50 ms, so a handover costs tens of
+            // milliseconds, not a tenth of a second.
+            let mut patience = remote::Patience::new(wait, Duration::from_millis(25));
             let ttl_ms = millis(ttl);
             let holder = holder_id();
             let lease_key = self.redis_key("lease", key);

@@ -29,17 +29,20 @@ pub(crate) struct Patience {
 }
 
 impl Patience {
-    pub(crate) fn new(wait: Duration) -> Self {
+    /// Attempts within `wait`, at most `cap` apart before jitter: a waiter sees a released key
+    /// that much late, on average about `cap`, so the cap is what a handover between processes
+    /// costs — against the store's load, one attempt per waiter per `cap`.
+    pub(crate) fn new(wait: Duration, cap: Duration) -> Self {
         let started = Instant::now();
         Self {
             started,
             deadline: started.checked_add(wait),
-            // From 5 ms, doubling, never over 200 ms: backon's jitter adds up to 100 % of the
-            // delay, hence the 100 ms cap. Jitter keeps waiters on one key out of lockstep.
+            // From 2 ms, doubling, then `cap`: backon's jitter adds up to 100 % of the delay.
+            // Jitter keeps waiters on one key out of lockstep.
             delays: Box::new(
                 ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(5))
-                    .with_max_delay(Duration::from_millis(100))
+                    .with_min_delay(Duration::from_millis(2).min(cap))
+                    .with_max_delay(cap)
                     .with_jitter()
                     .without_max_times()
                     .build(),
