@@ -43,7 +43,7 @@ fn every_output_block_names_its_command_and_policy() {
         let example = paragraph
             .split("`cargo run --example ")
             .nth(1)
-            .and_then(|s| s.split(['`', ' ']).next())
+            .and_then(|s| s.split(|c: char| c == '`' || c.is_whitespace()).next())
             .unwrap_or_else(|| panic!("no `cargo run --example` before:\n{block}"));
         let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
         let file = std::path::Path::new(examples).join(format!("{example}.rs"));
