@@ -93,6 +93,13 @@ fn main() -> Result<(), reqwest_conflict::Error> {
     Ok(())
 }
 
+/// The value after `flag` on the command line.
+fn arg(flag: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).cloned()
+}
+
 /// Part one: 16 writers on one VM, in this process.
 async fn one_vm() -> Result<(), reqwest_conflict::Error> {
     let plain = ClientBuilder::new(reqwest::Client::new()).build();
@@ -107,9 +114,9 @@ async fn one_vm() -> Result<(), reqwest_conflict::Error> {
             .build()
     };
     // A clone shares the journal, to check the leased writes afterwards.
-    let leased = ConflictMiddleware::new(policy);
+    let leased = ConflictMiddleware::new(policy.clone());
 
-    let rows = [
+    let mut rows = vec![
         run("plain reqwest", plain).await,
         run(
             "middleware, no leases",
@@ -118,6 +125,15 @@ async fn one_vm() -> Result<(), reqwest_conflict::Error> {
         .await,
         run("middleware + leases", client(leased.clone())).await,
     ];
+    // `--lro return,…`: the leased writers once more, handing each 201/202 back at once.
+    if arg("--lro").is_some_and(|modes| modes.split(',').any(|m| m == "return")) {
+        let handing_back = ConflictPolicy {
+            lro: reqwest_conflict::Lro::Return,
+            ..policy
+        };
+        let client = client(ConflictMiddleware::new(handing_back));
+        rows.push(run("  … with lro: return", client).await);
+    }
     let ideal = TRANSITION * WRITERS as u32;
     println!(
         "{WRITERS} concurrent PUTs to one VM, transition {} ms, ideal makespan {} ms\n",
@@ -157,19 +173,14 @@ async fn one_vm() -> Result<(), reqwest_conflict::Error> {
 async fn subnets_across_processes() {
     use reqwest_conflict::Lro;
 
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        let at = args.iter().position(|a| a == flag)?;
-        args.get(at + 1).cloned()
-    };
-    let lengths: Vec<Duration> = value("--subnets")
+    let lengths: Vec<Duration> = arg("--subnets")
         .unwrap_or_else(|| "0.3".to_owned())
         .split(',')
         .filter_map(|s| s.parse::<f64>().ok())
         .filter(|s| (0.01..=60.0).contains(s))
         .map(Duration::from_secs_f64)
         .collect();
-    let modes: Vec<Lro> = match value("--lro") {
+    let modes: Vec<Lro> = match arg("--lro") {
         Some(modes) => modes
             .split(',')
             .map(|m| {

@@ -330,8 +330,11 @@ impl Run<'_> {
                                 "unreadable".to_owned()
                             }
                         },
-                        // A resource that is gone is not in transition any more.
-                        StatusCode::NOT_FOUND if source == Source::Resource && until.is_none() => {
+                        // A resource that is gone (404, or 410 where a service says so) is not
+                        // in transition any more: a deletion has ended.
+                        StatusCode::NOT_FOUND | StatusCode::GONE
+                            if source == Source::Resource && until.is_none() =>
+                        {
                             "NotFound".to_owned()
                         }
                         // An operation that is gone: watch the resource instead. (Only for

@@ -608,6 +608,26 @@ async fn operation_uri_on_an_allowed_regional_host_is_polled() {
     assert_eq!(t.calls()[0].0.as_str(), REGIONAL_OPERATION);
 }
 
+/// A resource being deleted has converged once it is gone, whether the service says so with 404
+/// or with 410.
+#[tokio::test(start_paused = true)]
+async fn a_deletion_converges_when_the_resource_answers_404_or_410() {
+    for gone in [404, 410] {
+        let engine = Engine::new(fast());
+        let write = Write::put();
+        let mut t = Scripted::new()
+            .sends([fixture(CONCURRENT), status(201)])
+            .on("GET vm1", [resource("Deleting"), status(gone)]);
+
+        let (response, report) = answered(engine.execute(&mut t, &write.original()).await);
+
+        assert_eq!(response.status, 201, "{gone}");
+        let report = report.expect("a report");
+        assert_eq!(report.outcome, Outcome::Resolved, "{gone}");
+        assert_eq!(report.states, ["Deleting", "NotFound"], "{gone}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_operation_that_answers_404_gives_way_to_the_resource() {
     let route = line(&Method::GET, &Url::parse(OPERATION).unwrap());
