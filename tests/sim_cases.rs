@@ -126,14 +126,7 @@ async fn an_async_precondition_failure_is_handed_back_as_the_operations_failure(
     assert_eq!(report.kind, ConflictKind::StalePrecondition);
     assert_eq!(report.code.as_deref(), Some("PreconditionFailed"));
     assert_eq!((report.outcome, report.attempts), (Outcome::Surfaced, 1));
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("handed back as the server answered")),
-        "{:?}",
-        report.notes
-    );
+    assert_noted(&report, "handed back as the server answered");
     assert_eq!(put_statuses(&sim), [202], "not sent again");
     assert!(operation_polls(&sim) >= 1, "the operation was followed");
     let status = reqwest::get(resp.headers()["azure-asyncoperation"].to_str().unwrap())
@@ -200,6 +193,16 @@ fn certificate() -> serde_json::Value {
     json!({"properties": {"subject": "CN=hotsqa"}})
 }
 
+/// The certificate written through the middleware under `policy`.
+async fn write_certificate(sim: &Sim, policy: ConflictPolicy) -> reqwest::Response {
+    client(policy)
+        .put(url(sim, CERT))
+        .json(&certificate())
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The requests `sim` answered, as `METHOD path status`.
 fn exchanges(sim: &Sim) -> Vec<String> {
     sim.requests()
@@ -215,12 +218,7 @@ async fn a_soft_deleted_name_is_purged_by_a_prerequisite_rule_then_created() {
         prerequisites: purge_rule(),
         ..fast_policy()
     };
-    let resp = client(policy)
-        .put(url(&sim, CERT))
-        .json(&certificate())
-        .send()
-        .await
-        .unwrap();
+    let resp = write_certificate(&sim, policy).await;
 
     assert_eq!(resp.status(), 201);
     assert_eq!(
@@ -265,12 +263,7 @@ async fn a_soft_deleted_name_can_be_recovered_by_a_prerequisite_rule_instead() {
         prerequisites: recover.prerequisites,
         ..fast_policy()
     };
-    let resp = client(policy)
-        .put(url(&sim, CERT))
-        .json(&certificate())
-        .send()
-        .await
-        .unwrap();
+    let resp = write_certificate(&sim, policy).await;
 
     assert_eq!(resp.status(), 200, "an update of the recovered certificate");
     assert_eq!(
@@ -288,12 +281,7 @@ async fn a_soft_deleted_name_can_be_recovered_by_a_prerequisite_rule_instead() {
 #[tokio::test]
 async fn without_a_rule_a_soft_deleted_name_surfaces_with_what_to_do() {
     let sim = soft_deleted_certificate().await;
-    let resp = client(fast_policy())
-        .put(url(&sim, CERT))
-        .json(&certificate())
-        .send()
-        .await
-        .unwrap();
+    let resp = write_certificate(&sim, fast_policy()).await;
 
     assert_eq!(resp.status(), 409);
     let report = report(&resp);
@@ -306,14 +294,7 @@ async fn without_a_rule_a_soft_deleted_name_surfaces_with_what_to_do() {
             .iter()
             .any(|c| c == "ObjectIsDeletedButRecoverable")
     );
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("recover it, or purge it")),
-        "{:?}",
-        report.notes
-    );
+    assert_noted(&report, "recover it, or purge it");
     assert_eq!(
         exchanges(&sim),
         [format!("PUT {CERT} 409")],

@@ -517,13 +517,6 @@ async fn a_soft_deleted_name_is_surfaced_with_what_to_do() {
         (report.kind, report.outcome),
         (ConflictKind::PrerequisiteRequired, Outcome::Surfaced)
     );
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("recover it, or purge it")),
-        "{:?}",
-        report.notes
-    );
+    assert_noted(&report, "recover it, or purge it");
     assert_eq!(sim.count("PUT", VM, None), 1, "not sent again");
 }

@@ -78,19 +78,7 @@ impl Estimates {
 
     /// Records that a write to `key` left it in transition, as [`Left`] says.
     pub(super) fn left(&self, key: &str, left: Left) {
-        let mut known = self.known();
-        match known.get_mut(key) {
-            Some(k) => k.left = Some(left),
-            None => {
-                known.put(
-                    key.to_owned(),
-                    Known {
-                        left: Some(left),
-                        ..Known::default()
-                    },
-                );
-            }
-        }
+        self.known().get_or_insert_mut_ref(key, Known::default).left = Some(left);
     }
 
     /// The transition a write of this engine last left on `key`, if any.
@@ -186,18 +174,7 @@ impl Estimates {
             step,
             learned: Instant::now(),
         };
-        match known.get_mut(key) {
-            Some(k) => k.estimate = Some(estimate),
-            None => {
-                known.put(
-                    key.to_owned(),
-                    Known {
-                        estimate: Some(estimate),
-                        left: None,
-                    },
-                );
-            }
-        }
+        known.get_or_insert_mut_ref(key, Known::default).estimate = Some(estimate);
     }
 }
 
@@ -301,50 +278,46 @@ mod tests {
         );
     }
 
+    /// Transitions of `lengths`, one after another, each polled on the plan and then every
+    /// millisecond: when each was seen to end, in milliseconds after it began.
+    async fn found_ends(lengths: impl IntoIterator<Item = Duration>) -> Vec<u128> {
+        let estimates = Estimates::default();
+        let poll = poll(Duration::from_secs(60));
+        let mut found = Vec::new();
+        for length in lengths {
+            let t0 = Instant::now();
+            let seen = observe(&estimates.plan("r", Some(t0), &poll), t0, length);
+            estimates.learn("r", Some(t0), &seen);
+            let end = seen.last().map(|&(at, _)| at - t0).unwrap_or_default();
+            found.push(end.as_millis());
+            tokio::time::advance(end).await;
+        }
+        found
+    }
+
     /// One late observation (a 10 s transition among 1 s ones: someone else wrote in between)
     /// must not make every later write wait 10 s.
     #[tokio::test(start_paused = true)]
     async fn recovers_from_one_late_observation() {
-        let estimates = Estimates::default();
-        let poll = poll(Duration::from_secs(60));
         let second = Duration::from_secs(1);
-        let mut waits = Vec::new();
-        for length in [second, second, 10 * second]
+        let lengths = [second, second, 10 * second]
             .into_iter()
-            .chain([second; 12])
-        {
-            let t0 = Instant::now();
-            let plan = estimates.plan("r", Some(t0), &poll);
-            let seen = observe(&plan, t0, length);
-            estimates.learn("r", Some(t0), &seen);
-            let found = seen.last().map(|&(at, _)| at - t0).unwrap_or_default();
-            waits.push(found.as_millis());
-            tokio::time::advance(found).await;
-        }
-        let last = *waits.last().unwrap_or(&0);
+            .chain([second; 12]);
+        let found = found_ends(lengths).await;
+        let last = *found.last().unwrap_or(&0);
         assert!(
             (1000..1100).contains(&last),
-            "back to finding 1 s transitions within 10%: {waits:?}"
+            "back to finding 1 s transitions within 10%: {found:?}"
         );
     }
 
     /// Durations that shrank for good (10 s, then 1 s) are found again too.
     #[tokio::test(start_paused = true)]
     async fn follows_shorter_transitions_down() {
-        let estimates = Estimates::default();
-        let poll = poll(Duration::from_secs(60));
         let second = Duration::from_secs(1);
-        let mut waits = Vec::new();
-        for length in [10 * second; 4].into_iter().chain([second; 14]) {
-            let t0 = Instant::now();
-            let seen = observe(&estimates.plan("r", Some(t0), &poll), t0, length);
-            estimates.learn("r", Some(t0), &seen);
-            let found = seen.last().map(|&(at, _)| at - t0).unwrap_or_default();
-            waits.push(found.as_millis());
-            tokio::time::advance(found).await;
-        }
-        let last = *waits.last().unwrap_or(&0);
-        assert!((1000..1100).contains(&last), "{waits:?}");
+        let found = found_ends([10 * second; 4].into_iter().chain([second; 14])).await;
+        let last = *found.last().unwrap_or(&0);
+        assert!((1000..1100).contains(&last), "{found:?}");
     }
 
     /// Steady durations cost at most two polls per write once learned, one every other write.

@@ -72,6 +72,15 @@ pub fn report(resp: &reqwest::Response) -> ConflictReport {
         .expect("a response that met a conflict carries a report")
 }
 
+/// Fails unless one of `report`'s notes contains `fragment`.
+pub fn assert_noted(report: &ConflictReport, fragment: &str) {
+    assert!(
+        report.notes.iter().any(|n| n.contains(fragment)),
+        "no note says {fragment:?}: {:?}",
+        report.notes
+    );
+}
+
 /// The engine's own error inside a middleware error.
 pub fn engine_error(err: &reqwest_middleware::Error) -> &Error {
     Error::from_middleware(err).unwrap_or_else(|| panic!("expected an engine error, got {err:?}"))
