@@ -190,6 +190,28 @@ mod behaviour {
         );
     }
 
+    /// With `leases.fence_with_etag`, the first send already carries the `If-Match` the engine
+    /// read under the lease, through every stack.
+    pub async fn a_fenced_write_carries_the_etag_it_read<A: Adapter>() {
+        let sim = sim_with_vm(Duration::from_millis(10)).await;
+        let etag = sim.resource(VM).unwrap()["etag"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut policy = fast_policy();
+        policy.leases.fence_with_etag = true;
+        let outcome = A::new(policy)
+            .put(Put::json(url(&sim, VM), &vm_body("x")))
+            .await
+            .unwrap();
+        assert_eq!(outcome.status, 200);
+        let puts: Vec<_> = (sim.requests().into_iter())
+            .filter(|r| r.method == "PUT")
+            .collect();
+        assert_eq!(puts.len(), 1);
+        assert_eq!(puts[0].if_match.as_deref(), Some(etag.as_str()));
+    }
+
     pub async fn success_passes_through_without_a_report<A: Adapter>() {
         let sim = sim_with_vm(Duration::from_millis(10)).await;
         let outcome = A::new(fast_policy())
@@ -275,6 +297,7 @@ macro_rules! matrix {
                     a_write_already_applied_is_answered_with_the_fresh_representation,
                     a_prerequisite_action_goes_through_the_stack,
                     success_passes_through_without_a_report,
+                    a_fenced_write_carries_the_etag_it_read,
                     a_state_that_never_converges_fails_with_not_converged,
                     a_body_that_cannot_be_copied_is_sent_once,
                 );

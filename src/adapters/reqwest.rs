@@ -150,9 +150,17 @@ impl Transport for ReqwestTransport<'_> {
     }
 
     fn send(&mut self, changes: Option<Changes>) -> BoxFuture<'_, Result<Response, Error>> {
-        let request = match self.first.take() {
-            Some(first) => first,
-            None => {
+        let request = match (self.first.take(), changes) {
+            (Some(first), None) => first,
+            // The first attempt with changes (the engine's `If-Match` fence).
+            (Some(mut first), Some(changes)) => {
+                *first.headers_mut() = changes.headers;
+                if let Some(body) = changes.body {
+                    *first.body_mut() = Some(reqwest::Body::from(body));
+                }
+                first
+            }
+            (None, changes) => {
                 let mut copy = without_body(self.template);
                 let mut body = self.body.cloned();
                 if let Some(changes) = changes {
