@@ -145,7 +145,9 @@ impl Run<'_> {
         if !leaves_transition(self.original.resource.is_arm(), status, headers) {
             return None;
         }
-        let first_delay = retry_after(headers).map(|hint| self.clamp_hint(hint));
+        let first_delay = Some(
+            retry_after(headers).map_or(std::time::Duration::ZERO, |hint| self.clamp_hint(hint)),
+        );
         let (target, source) = match self.operation_to_poll(headers) {
             Some(url) => (url, Source::Operation),
             None => (self.resource_url(), Source::Resource),
