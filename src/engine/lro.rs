@@ -145,9 +145,7 @@ impl Run<'_> {
         if !leaves_transition(self.original.resource.is_arm(), status, headers) {
             return None;
         }
-        let first_delay = Some(
-            retry_after(headers).map_or(std::time::Duration::ZERO, |hint| self.clamp_hint(hint)),
-        );
+        let first_delay = retry_after(headers).map(|hint| self.clamp_hint(hint));
         let (target, source) = match self.operation_to_poll(headers) {
             Some(url) => (url, Source::Operation),
             None => (self.resource_url(), Source::Resource),
@@ -159,7 +157,8 @@ impl Run<'_> {
         let mut planned = (self.engine.estimates).plan(&key, Some(began), &self.policy.poll);
         planned.retain(|&at| at >= not_before);
         Some(Watch {
-            first_delay,
+            // With no `Retry-After`, at once, as the state guard polls.
+            first_delay: Some(first_delay.unwrap_or_default()),
             planned,
             ..Watch::state(target, source)
         })
