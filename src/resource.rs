@@ -198,9 +198,12 @@ impl ResourceId {
             .clone()
             .or_else(|| request.query().and_then(api_version_in));
         let mut url = request.clone();
-        url.set_path(&self.path);
         url.set_query(None);
         url.set_fragment(None);
+        // The request's own path, already in the URL, unless it names an action to strip.
+        if url.path() != self.path {
+            url.set_path(&self.path);
+        }
         if let Some(v) = api_version {
             url.query_pairs_mut().append_pair("api-version", &v);
         }

@@ -203,12 +203,11 @@ impl Transport for ReqwestTransport<'_> {
                 redirects.record();
                 return Err(Error::middleware(RedirectedAway));
             }
-            let (status, headers) = (response.status(), response.headers().clone());
-            let body = http::Response::<reqwest::Body>::from(response).into_body();
+            let (head, body) = http::Response::<reqwest::Body>::from(response).into_parts();
             let body = body::read_capped(body, cap).await?;
             Ok(Fetched {
-                status,
-                headers,
+                status: head.status,
+                headers: head.headers,
                 body,
             })
         })

@@ -278,7 +278,11 @@ impl Run<'_> {
         };
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            sleep(delay.min(remaining)).await;
+            // A zero delay polls at once: tokio would round even a zero sleep up to its next
+            // millisecond tick.
+            if !delay.is_zero() {
+                sleep(delay.min(remaining)).await;
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Polled::TimedOut;

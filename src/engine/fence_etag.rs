@@ -66,7 +66,7 @@ enum Read {
 impl Run<'_> {
     /// Whether the policy fences this write: leased, a PUT, PATCH or DELETE of an ARM resource
     /// itself, with no precondition of the caller's own.
-    fn fences(&self, leased: bool) -> bool {
+    pub(super) fn fences(&self, leased: bool) -> bool {
         let original = self.original;
         self.policy.leases.fence_with_etag
             && leased
@@ -79,17 +79,14 @@ impl Run<'_> {
             && !has_precondition(original.headers)
     }
 
-    /// Before the first send, once the write holds its leases (and the state guard let it go):
-    /// reads the ETag the write will carry as `If-Match`, when the policy fences it. A read cut
-    /// off by the deadline fails the write unsent, as a state guard's wait does.
+    /// Before the first send of a write the policy [fences](Self::fences), once it holds its
+    /// leases (and the state guard let it go): reads the ETag the write will carry as
+    /// `If-Match`. A read cut off by the deadline fails the write unsent, as a state guard's
+    /// wait does.
     pub(super) async fn fence_with_etag<T: Transport>(
         &self,
         transport: &mut T,
-        leased: bool,
     ) -> Result<(), Error> {
-        if !self.fences(leased) {
-            return Ok(());
-        }
         let started = Instant::now();
         match self.read_etag(transport).await {
             Read::Tag(tag) => self.etag.set(Some(tag)),

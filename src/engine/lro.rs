@@ -157,7 +157,8 @@ impl Run<'_> {
         let mut planned = (self.engine.estimates).plan(&key, Some(began), &self.policy.poll);
         planned.retain(|&at| at >= not_before);
         Some(Watch {
-            first_delay,
+            // With no `Retry-After`, at once, as the state guard polls.
+            first_delay: Some(first_delay.unwrap_or_default()),
             planned,
             ..Watch::state(target, source)
         })

@@ -6,6 +6,7 @@
 //! `prerequisite`) are its methods, so none of them reaches for another request's policy.
 
 use std::{
+    borrow::Cow,
     future::{Future, poll_fn},
     pin::pin,
     sync::{Arc, Mutex, PoisonError},
@@ -83,8 +84,10 @@ impl<'r> Run<'r> {
             let guard = Box::pin(self.guard(transport, lease));
             guard.await.map_err(Failure::Conflict)?;
         }
-        let fencing = self.fence_with_etag(transport, !leases.is_empty());
-        fencing.await.map_err(Failure::Conflict)?;
+        if self.fences(!leases.is_empty()) {
+            let fencing = Box::pin(self.fence_with_etag(transport));
+            fencing.await.map_err(Failure::Conflict)?;
+        }
         // The guard (or the ETag's read) may have taken long enough for a remote lease to be lost.
         self.fence.check().map_err(Failure::Conflict)?;
 
@@ -109,10 +112,14 @@ impl<'r> Run<'r> {
         // With `lro: settle`, the operation the answer started is followed to its end here,
         // still under the lease (and inside the journal entry).
         let arm = self.original.resource.is_arm();
+        let starts_operation = |answered: &Answered<T::Response>| {
+            let (status, headers) = T::head(&answered.response);
+            leaves_transition(arm, status, headers)
+        };
         let mut settled = false;
-        if self.policy.lro == Lro::Settle && arm {
+        if self.policy.lro == Lro::Settle {
             result = match result {
-                Ok(answered) => {
+                Ok(answered) if starts_operation(&answered) => {
                     Box::pin(self.settle(transport, answered))
                         .await
                         .map(|(answered, ended)| {
@@ -341,11 +348,11 @@ impl<'r> Run<'r> {
 
     /// The key transitions of this write's resource are timed under: its parent's when writes
     /// lease the parent too (a subnet's transition is its virtual network's), else its own.
-    pub(super) fn timing_key(&self) -> String {
+    pub(super) fn timing_key(&self) -> Cow<'_, str> {
         let resource = &self.original.resource;
         match self.policy.leases.parent_to_lock(resource) {
-            Some(parent) if self.policy.leases.enabled => parent.key().to_owned(),
-            _ => resource.key().to_owned(),
+            Some(parent) if self.policy.leases.enabled => Cow::Owned(parent.key().to_owned()),
+            _ => Cow::Borrowed(resource.key()),
         }
     }
 
