@@ -9,6 +9,8 @@
 //! busy), settling is what sees it: the failure is classified like a 409 body, waited out, and
 //! the write sent again.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
@@ -156,9 +158,15 @@ impl Run<'_> {
         let key = self.timing_key();
         let mut planned = (self.engine.estimates).plan(&key, Some(began), &self.policy.poll);
         planned.retain(|&at| at >= not_before);
+        // With no `Retry-After`: a write that names no operation (a 201 alone) may well have
+        // completed already, so its resource is read at once; a named operation is running,
+        // and is first polled on the schedule.
+        let first_delay = match (first_delay, source) {
+            (None, Source::Resource) => Some(Duration::ZERO),
+            (first_delay, _) => first_delay,
+        };
         Some(Watch {
-            // With no `Retry-After`, at once, as the state guard polls.
-            first_delay: Some(first_delay.unwrap_or_default()),
+            first_delay,
             planned,
             ..Watch::state(target, source)
         })
