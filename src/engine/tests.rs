@@ -1572,20 +1572,14 @@ async fn the_state_guard_polls_when_the_last_transition_ended() {
     // Polled at once, then 10, 20 ms apart, then 40: running at 30 ms, over at 70 ms.
     answered(engine.execute(&mut t, &write.original()).await);
     let sends = t.send_times();
-    let guard_polls: Vec<Duration> = (t.log.iter())
-        .filter(|(_, wire)| matches!(wire, Wire::Call { .. }))
-        .map(|(at, _)| *at - sends[0])
-        .collect();
+    let guard_polls: Vec<Duration> = call_times(&t).iter().map(|at| *at - sends[0]).collect();
     assert_eq!(guard_polls, [ms(0), ms(10), ms(30), ms(70)]);
     let polls = guard_polls.len();
 
     answered(engine.execute(&mut t, &write.original()).await);
 
     let sends = t.send_times();
-    let calls: Vec<Instant> = (t.log.iter())
-        .filter(|(_, wire)| matches!(wire, Wire::Call { .. }))
-        .map(|(at, _)| *at)
-        .collect();
+    let calls = call_times(&t);
     assert_eq!(
         calls[polls..]
             .iter()
@@ -1593,6 +1587,59 @@ async fn the_state_guard_polls_when_the_last_transition_ended() {
             .collect::<Vec<_>>(),
         [ms(50)],
         "one poll, at the midpoint of 30 and 70 ms"
+    );
+}
+
+/// When the calls (re-fetches, polls) were made, in order.
+fn call_times(t: &Scripted) -> Vec<Instant> {
+    (t.log.iter())
+        .filter(|(_, wire)| matches!(wire, Wire::Call { .. }))
+        .map(|(at, _)| *at)
+        .collect()
+}
+
+/// `lro: settle` on a 201 that names no operation: the create may be over already, so the
+/// resource is read at once, not a poll delay later, and the 201 handed back.
+#[tokio::test(start_paused = true)]
+async fn settle_reads_a_201_that_names_no_operation_at_once() {
+    let engine = Engine::new(ConflictPolicy {
+        lro: Lro::Settle,
+        ..fast()
+    });
+    let mut t = Scripted::new()
+        .sends([status(201)])
+        .on("GET vm1", [resource("Succeeded")]);
+
+    let (response, report) = answered(engine.execute(&mut t, &Write::put().original()).await);
+
+    assert_eq!(response.status, 201);
+    assert!(report.is_none());
+    assert_eq!(t.trace(), ["PUT vm1", "GET vm1"]);
+    assert_eq!(call_times(&t), t.send_times(), "read at once");
+}
+
+/// `lro: settle` on an answer that names its operation: it is running, so its first poll waits
+/// for the schedule's first delay (no `Retry-After` here).
+#[tokio::test(start_paused = true)]
+async fn settle_polls_a_named_operation_after_the_first_delay() {
+    let engine = Engine::new(ConflictPolicy {
+        lro: Lro::Settle,
+        ..fast()
+    });
+    let route = line(&Method::GET, &Url::parse(OPERATION).unwrap());
+    let mut t = Scripted::new()
+        .sends([status(201).header("azure-asyncoperation", OPERATION)])
+        .on(&route, [operation("InProgress"), operation("Succeeded")]);
+
+    let (response, _) = answered(engine.execute(&mut t, &Write::put().original()).await);
+
+    assert_eq!(response.status, 201);
+    let sent = t.send_times()[0];
+    let polls: Vec<Duration> = call_times(&t).iter().map(|at| *at - sent).collect();
+    assert_eq!(
+        polls,
+        [ms(10), ms(30)],
+        "the schedule: 10 ms, then 20 ms more"
     );
 }
 
