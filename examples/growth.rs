@@ -32,7 +32,7 @@ use std::{
 };
 
 use arm_sim::{Sim, SimConfig};
-use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, MemoryLeases, PollSchedule};
+use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, MemoryLeases};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use serde_json::json;
 
@@ -76,15 +76,7 @@ async fn child(resources: usize, base: &str, leased: bool) {
     let leases = MemoryLeases::new();
     let policy = ConflictPolicy {
         max_attempts: 4 * WRITERS as u32,
-        deadline: Duration::from_secs(60),
-        poll: PollSchedule {
-            min_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(100),
-            factor: 1.5,
-            jitter: true,
-        },
-        retry_after_cap: Duration::from_millis(100),
-        ..ConflictPolicy::azure_arm()
+        ..ConflictPolicy::fast()
     };
     let builder = ClientBuilder::new(reqwest::Client::new());
     let client: ClientWithMiddleware = if leased {

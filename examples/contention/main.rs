@@ -19,7 +19,7 @@ mod subnets;
 use std::time::{Duration, Instant};
 
 use arm_sim::{Sim, SimConfig};
-use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, journal};
+use reqwest_conflict::{ConflictMiddleware, ConflictPolicy, Lro, journal};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use serde_json::json;
 
@@ -100,6 +100,21 @@ fn arg(flag: &str) -> Option<String> {
     args.get(at + 1).cloned()
 }
 
+/// The modes `--lro return,settle` names (as the policy's JSON spells them), else the default.
+fn lro_modes() -> Vec<Lro> {
+    let Some(modes) = arg("--lro") else {
+        return vec![ConflictPolicy::default().lro];
+    };
+    (modes.split(','))
+        .map(|m| {
+            serde_json::from_value(serde_json::Value::from(m)).unwrap_or_else(|_| {
+                eprintln!("error: --lro takes return and/or settle, not {m:?}");
+                std::process::exit(2)
+            })
+        })
+        .collect()
+}
+
 /// Part one: 16 writers on one VM, in this process.
 async fn one_vm() -> Result<(), reqwest_conflict::Error> {
     let plain = ClientBuilder::new(reqwest::Client::new()).build();
@@ -126,9 +141,9 @@ async fn one_vm() -> Result<(), reqwest_conflict::Error> {
         run("middleware + leases", client(leased.clone())).await,
     ];
     // `--lro return,…`: the leased writers once more, handing each 201/202 back at once.
-    if arg("--lro").is_some_and(|modes| modes.split(',').any(|m| m == "return")) {
+    if lro_modes().contains(&Lro::Return) {
         let handing_back = ConflictPolicy {
-            lro: reqwest_conflict::Lro::Return,
+            lro: Lro::Return,
             ..policy
         };
         let client = client(ConflictMiddleware::new(handing_back));
@@ -171,8 +186,6 @@ async fn one_vm() -> Result<(), reqwest_conflict::Error> {
 /// `--lro return,settle` the modes; by default 0.3 s with the default policy's mode.
 #[cfg(feature = "redis")]
 async fn subnets_across_processes() {
-    use reqwest_conflict::Lro;
-
     let lengths: Vec<Duration> = arg("--subnets")
         .unwrap_or_else(|| "0.3".to_owned())
         .split(',')
@@ -180,19 +193,7 @@ async fn subnets_across_processes() {
         .filter(|s| (0.01..=60.0).contains(s))
         .map(Duration::from_secs_f64)
         .collect();
-    let modes: Vec<Lro> = match arg("--lro") {
-        Some(modes) => modes
-            .split(',')
-            .map(|m| {
-                if m == "return" {
-                    Lro::Return
-                } else {
-                    Lro::Settle
-                }
-            })
-            .collect(),
-        None => vec![ConflictPolicy::default().lro],
-    };
+    let modes = lro_modes();
     let redis = match subnets::Redis::start() {
         Ok(redis) => redis,
         Err(why) => {

@@ -93,11 +93,12 @@ impl Row {
     }
 }
 
-fn lro_name(lro: Lro) -> &'static str {
-    match lro {
-        Lro::Return => "return",
-        Lro::Settle => "settle",
-    }
+/// `lro` as the policy's JSON spells it.
+fn lro_name(lro: Lro) -> String {
+    serde_json::to_value(lro)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// A `redis-server` of this example's own, on a free loopback port, killed on drop.
@@ -160,7 +161,7 @@ pub async fn run(redis: &Redis, transition: Duration, lro: Lro) -> Result<Row, S
             sim.base_url(),
             &redis.url,
             &prefix,
-            lro_name(lro),
+            &lro_name(lro),
             &(process * PER_PROCESS).to_string(),
         ]
         .join(" ");
@@ -265,11 +266,7 @@ async fn write_subnets(setting: &str) -> Result<(), String> {
     let [sim, redis, prefix, lro, first] = setting.split(' ').collect::<Vec<_>>()[..] else {
         return Err(format!("bad setting {setting:?}"));
     };
-    let lro = if lro == "settle" {
-        Lro::Settle
-    } else {
-        Lro::Return
-    };
+    let lro: Lro = serde_json::from_value(Value::from(lro)).map_err(|e| e.to_string())?;
     let first: usize = first.parse().map_err(|_| "bad first subnet")?;
     let leases = RedisLeases::new(redis, prefix)
         .await

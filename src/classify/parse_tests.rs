@@ -180,13 +180,7 @@ fn hostile_nesting_is_bounded() {
     assert_eq!(b.detail_codes.len(), MAX_DEPTH - 1);
 
     // Thousands of details: codes and messages are capped.
-    let many: Vec<String> = (0..10_000)
-        .map(|i| format!(r#"{{"code":"C{i}","message":"m{i}"}}"#))
-        .collect();
-    let b = body(&format!(
-        r#"{{"error":{{"code":"Top","details":[{}]}}}}"#,
-        many.join(",")
-    ));
+    let b = body(&with_details(10_000));
     assert_eq!(b.detail_codes.len(), MAX_DETAILS);
     assert_eq!(b.detail_messages.len(), MAX_DETAILS);
     assert_eq!(b.detail_codes[0], "C0");
@@ -255,13 +249,7 @@ fn non_json_answers_leave_errors_to_the_flat_fields() {
 
 #[test]
 fn error_objects_are_bounded() {
-    let details: Vec<String> = (0..1000)
-        .map(|i| format!(r#"{{"code":"C{i}","message":"m{i}"}}"#))
-        .collect();
-    let b = body(&format!(
-        r#"{{"error":{{"code":"Top","details":[{}]}}}}"#,
-        details.join(",")
-    ));
+    let b = body(&with_details(1000));
     assert_eq!(b.errors.len(), MAX_DETAILS + 1);
 }
 
@@ -275,4 +263,15 @@ fn a_top_message_that_is_a_document_is_read_too() {
     assert_eq!(b.code.as_deref(), Some("Conflict"));
     assert_eq!(b.detail_codes, ["PessimisticConcurrencyConflict"]);
     assert_eq!(b.errors.last().unwrap().depth, 1);
+}
+
+/// An ARM error `Top` with `n` details, `C0`…, each with its message.
+fn with_details(n: usize) -> String {
+    let details: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"code":"C{i}","message":"m{i}"}}"#))
+        .collect();
+    format!(
+        r#"{{"error":{{"code":"Top","details":[{}]}}}}"#,
+        details.join(",")
+    )
 }

@@ -268,8 +268,8 @@ impl LeaseStore for RedisLeases {
     ) -> BoxFuture<'a, Result<Lease, Error>> {
         Box::pin(async move {
             let runtime = remote::runtime(key)?;
-            // Redis answers in microseconds: waiters ask every 25–50 ms, so a handover costs tens of
-            // milliseconds, not a tenth of a second.
+            // Asking Redis is cheap, and a waiter sees a released key at most one pause late: a
+            // short cap keeps handovers between processes quick.
             let mut patience = remote::Patience::new(wait, Duration::from_millis(25));
             let ttl_ms = millis(ttl);
             let holder = holder_id();

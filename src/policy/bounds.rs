@@ -815,13 +815,14 @@ mod tests {
             }),
             ..PolicyOverride::default()
         };
-        match policy.with_override(&zero_ttl) {
+        let refused = |o: &PolicyOverride, field: &str| match policy.with_override(o) {
             Err(Error::InvalidPolicy { path, message }) => {
-                assert_eq!(path, "leases.ttl");
+                assert_eq!(path, field);
                 assert!(message.contains("per-request override"), "{message}");
             }
             other => panic!("{other:?}"),
-        }
+        };
+        refused(&zero_ttl, "leases.ttl");
         // Fencing without leases: refused from a request as from a policy file.
         let fence_unleased = PolicyOverride {
             leases: Some(crate::LeasePolicy {
@@ -831,13 +832,7 @@ mod tests {
             }),
             ..PolicyOverride::default()
         };
-        match policy.with_override(&fence_unleased) {
-            Err(Error::InvalidPolicy { path, message }) => {
-                assert_eq!(path, "leases.fence_with_etag");
-                assert!(message.contains("per-request override"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
+        refused(&fence_unleased, "leases.fence_with_etag");
         let zero_attempts = PolicyOverride {
             max_attempts: Some(0),
             ..PolicyOverride::default()

@@ -50,14 +50,7 @@ async fn a_reqwest_client_wrapped_as_a_service_works_too() {
     let sim = sim_with_vm(Duration::from_millis(50)).await;
     sim.begin_transition(VM, "Updating", Some(Duration::from_millis(100)));
     sim.script("PUT", VM, vec![busy()]);
-    let client = reqwest::Client::new();
-    let reqwest_service = tower::service_fn(move |request: http::Request<reqwest::Body>| {
-        let client = client.clone();
-        async move {
-            let response = client.execute(reqwest::Request::try_from(request)?).await?;
-            Ok::<_, BoxError>(http::Response::<reqwest::Body>::from(response))
-        }
-    });
+    let reqwest_service = reqwest_as_service();
     let service = ServiceBuilder::new()
         .layer(ConflictLayer::new(fast_policy()))
         .service(reqwest_service);
@@ -84,14 +77,7 @@ async fn a_service_seen_following_a_redirect_elsewhere_gets_no_more_own_requests
     let elsewhere = format!("{}/collect", honeypot.base());
     let redirects = (0..100).map(|_| Scripted::raw(302, "").header("location", &elsewhere));
     sim.script("GET", VM, redirects.collect());
-    let client = reqwest::Client::new();
-    let reqwest_service = tower::service_fn(move |request: http::Request<reqwest::Body>| {
-        let client = client.clone();
-        async move {
-            let response = client.execute(reqwest::Request::try_from(request)?).await?;
-            Ok::<_, BoxError>(http::Response::<reqwest::Body>::from(response))
-        }
-    });
+    let reqwest_service = reqwest_as_service();
     let policy = ConflictPolicy {
         deadline: Duration::from_secs(1),
         ..fast_policy()
@@ -132,4 +118,21 @@ async fn reads_pass_straight_through() {
     assert!(outcome.report.is_none());
     assert_eq!(outcome.json()["tags"]["build"], "Standard_D2s_v3");
     assert_eq!(sim.requests().len(), 1);
+}
+
+/// A plain reqwest client (which follows redirects) as a tower service of `http` types.
+fn reqwest_as_service() -> impl tower::Service<
+    http::Request<reqwest::Body>,
+    Response = http::Response<reqwest::Body>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone {
+    let client = reqwest::Client::new();
+    tower::service_fn(move |request: http::Request<reqwest::Body>| {
+        let client = client.clone();
+        async move {
+            let response = client.execute(reqwest::Request::try_from(request)?).await?;
+            Ok::<_, BoxError>(http::Response::<reqwest::Body>::from(response))
+        }
+    })
 }
