@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reqwest_conflict::{Error, LeaseStore, RedisLeases};
+use reqwest_conflict::{Error, LeaseStore, RedisLeases, TransitionEstimate};
 
 const KEY: &str = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/virtualNetworks/v";
 const TTL: Duration = Duration::from_secs(10);
@@ -296,4 +296,75 @@ async fn a_killed_holder_loses_its_lease_after_the_ttl() {
         "got it after {waited:?}"
     );
     assert!(lease.token() > child_token);
+}
+
+/// What one holder learned of a key's transitions, another store (another process) reads; text
+/// in Redis that is not an estimate is no estimate, never a panic.
+#[tokio::test]
+async fn transition_estimates_are_shared_between_stores() {
+    let redis = support::start_redis();
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    assert_eq!(
+        b.transition_estimate(KEY).await,
+        None,
+        "nothing learned yet"
+    );
+    let learned: TransitionEstimate = "230 310 0".parse().unwrap();
+    a.share_transition_estimate(KEY, learned).await;
+    assert_eq!(b.transition_estimate(KEY).await, Some(learned));
+    assert_eq!(b.transition_estimate("other").await, None, "per key");
+    let ttl = redis.command(&format!("PTTL test:estimate:{KEY}"));
+    let ttl: u64 = ttl.trim_start_matches(':').parse().unwrap();
+    assert!(
+        (14 * 60_000..=15 * 60_000).contains(&ttl),
+        "forgotten after 15 minutes without news: {ttl} ms left"
+    );
+    for garbage in ["soon", "310 230 0", "1 2", "1 2 3 4", "-1 2 3"] {
+        redis.command(&format!("SET test:estimate:{KEY} \"{garbage}\""));
+        assert_eq!(b.transition_estimate(KEY).await, None, "{garbage:?}");
+    }
+}
+
+/// Two middlewares (as two processes) sharing Redis leases, `lro: settle`: the second's first
+/// write to a resource polls its operation when the first's estimate says, not on the schedule
+/// (10 ms doubling: five polls to see a 250 ms transition end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_times_its_first_settle_from_what_another_learned() {
+    use support::{client::fast_policy, sim};
+    let redis = support::start_redis();
+    let sim = arm_sim::Sim::start(arm_sim::SimConfig {
+        transition: Duration::from_millis(250),
+        ..arm_sim::SimConfig::default()
+    })
+    .await;
+    sim.seed(sim::VM, sim::vm_body("seed"));
+    let policy = || {
+        let mut policy = fast_policy();
+        policy.lro = reqwest_conflict::Lro::Settle;
+        policy.poll.max_delay = Duration::from_secs(1);
+        policy.poll.jitter = false;
+        policy
+    };
+    let mut operation_polls = Vec::new();
+    for tag in ["first", "second"] {
+        let middleware =
+            reqwest_conflict::ConflictMiddleware::new(policy()).with_leases(store(&redis).await);
+        let client = support::client::middleware_client(middleware);
+        let before = sim.requests().len();
+        let resp = support::client::put_vm(&client, &sim, tag).await;
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let polls = sim.requests()[before..]
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.contains("/operations/"))
+            .count();
+        operation_polls.push(polls);
+    }
+    assert!(
+        operation_polls[0] >= 4,
+        "the first process found the end on the schedule: {operation_polls:?}"
+    );
+    assert!(
+        operation_polls[1] <= 3,
+        "the second planned its polls from the first's estimate: {operation_polls:?}"
+    );
 }

@@ -25,13 +25,13 @@ use lru::LruCache;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::PollSchedule;
+use crate::{PollSchedule, TransitionEstimate};
 
 /// Resources remembered.
 const CAPACITY: usize = 16 * 1024;
 
 /// How long an estimate is trusted without being confirmed by another transition.
-pub(super) const FORGET: Duration = Duration::from_secs(15 * 60);
+pub(super) const FORGET: Duration = crate::lease::ESTIMATE_KEPT;
 
 #[derive(Clone, Copy, Debug)]
 struct Estimate {
@@ -86,6 +86,30 @@ impl Estimates {
         self.known().get(key).and_then(|k| k.left.clone())
     }
 
+    /// What is known of `key`'s transitions, fresh, to share with other processes.
+    pub(super) fn export(&self, key: &str) -> Option<TransitionEstimate> {
+        let estimate = self.known().get(key)?.estimate?;
+        (estimate.learned.elapsed() <= FORGET).then_some(TransitionEstimate {
+            running: estimate.lo,
+            over: estimate.hi,
+            step: estimate.step,
+        })
+    }
+
+    /// Takes what another process learned of `key`'s transitions as this one's: the holders of
+    /// a lease take turns, so the last one to learn knows the most.
+    pub(super) fn import(&self, key: &str, shared: TransitionEstimate) {
+        let estimate = Estimate {
+            lo: shared.running,
+            hi: shared.over,
+            step: shared.step,
+            learned: Instant::now(),
+        };
+        self.known()
+            .get_or_insert_mut_ref(key, Known::default)
+            .estimate = Some(estimate);
+    }
+
     /// When to poll a transition of `key` that began at `start`: nothing planned while the start
     /// or a fresh estimate is unknown (the caller polls at once and then on the schedule);
     /// otherwise bisecting towards the end, then at it, never past `poll.max_delay` after
@@ -118,17 +142,18 @@ impl Estimates {
     }
 
     /// Learns from the polls of a transition of `key` that began at `start`: `(when, terminal)`.
+    /// Whether anything was learned.
     pub(super) fn learn(
         &self,
         key: &str,
         start: Option<Instant>,
         observations: &[(Instant, bool)],
-    ) {
+    ) -> bool {
         let Some(start) = start else {
-            return;
+            return false;
         };
         let Some(&(_, first_terminal)) = observations.first() else {
-            return;
+            return false;
         };
         let mut known = self.known();
         let fresh = known
@@ -148,7 +173,7 @@ impl Estimates {
             }
         }
         let Some(hi) = hi else {
-            return;
+            return false;
         };
         // Whether the last plan was sure (one poll) or already searching downwards.
         let (sure, step) = fresh.map_or((false, Duration::ZERO), |e| {
@@ -175,6 +200,7 @@ impl Estimates {
             learned: Instant::now(),
         };
         known.get_or_insert_mut_ref(key, Known::default).estimate = Some(estimate);
+        true
     }
 }
 
@@ -357,6 +383,33 @@ mod tests {
             estimates.plan("r", Some(t1), &poll(50 * MS)).is_empty(),
             "an estimate not confirmed for FORGET is dropped"
         );
+    }
+
+    /// What one process learned plans another's polls just as it would its own.
+    #[tokio::test(start_paused = true)]
+    async fn an_exported_estimate_plans_the_same_polls_elsewhere() {
+        let (here, there) = (Estimates::default(), Estimates::default());
+        let t0 = Instant::now();
+        let poll = poll(Duration::from_secs(60));
+        assert_eq!(here.export("r"), None, "nothing learned yet");
+        here.learn(
+            "r",
+            Some(t0),
+            &[(t0 + 95 * MS, false), (t0 + 160 * MS, true)],
+        );
+        let shared = here.export("r").expect("learned");
+        let text = shared.to_string();
+        assert_eq!(text, "95 160 0");
+        there.import(
+            "r",
+            text.parse().expect("what Display writes, FromStr reads"),
+        );
+        assert_eq!(
+            there.plan("r", Some(t0), &poll),
+            here.plan("r", Some(t0), &poll)
+        );
+        tokio::time::advance(FORGET + MS).await;
+        assert_eq!(here.export("r"), None, "forgotten estimates are not shared");
     }
 
     #[test]

@@ -56,14 +56,16 @@ impl Run<'_> {
             let (status, headers) = T::head(&answered.response);
             // The operation began (as far as this process can tell) when its answer came back.
             let began = Instant::now();
-            let Some(watch) = self.operation_watch(status, headers, began) else {
+            if !leaves_transition(self.original.resource.is_arm(), status, headers) {
                 return Ok((answered, false));
-            };
+            }
+            let key = self.timing_key();
+            self.adopt_estimate(&key).await;
+            let watch = self.operation_watch(headers, began);
             let mut followed = Followed::default();
             let polled = self.unless_lost(self.poll(transport, watch, &mut followed));
             let polled = polled.await.map_err(Failure::Conflict)?;
-            let key = self.timing_key();
-            (self.engine.estimates).learn(&key, Some(began), &followed.seen.polls);
+            self.learn(&key, Some(began), &followed.seen.polls).await;
             if !polled.converged() {
                 // Still running at the deadline: the caller's own poller takes over from here.
                 return Ok((answered, false));
@@ -137,16 +139,8 @@ impl Run<'_> {
     }
 
     /// What to poll for the operation an answer started: its `Azure-AsyncOperation` when the
-    /// policy lets us poll it, else the resource's own state. `None` when the answer started none.
-    fn operation_watch(
-        &self,
-        status: StatusCode,
-        headers: &HeaderMap,
-        began: Instant,
-    ) -> Option<Watch> {
-        if !leaves_transition(self.original.resource.is_arm(), status, headers) {
-            return None;
-        }
+    /// policy lets us poll it, else the resource's own state.
+    fn operation_watch(&self, headers: &HeaderMap, began: Instant) -> Watch {
         let first_delay = retry_after(headers).map(|hint| self.clamp_hint(hint));
         let (target, source) = match self.operation_to_poll(headers) {
             Some(url) => (url, Source::Operation),
@@ -165,10 +159,10 @@ impl Run<'_> {
             (None, Source::Resource) => Some(Duration::ZERO),
             (first_delay, _) => first_delay,
         };
-        Some(Watch {
+        Watch {
             first_delay,
             planned,
             ..Watch::state(target, source)
-        })
+        }
     }
 }

@@ -307,6 +307,7 @@ impl<'r> Run<'r> {
             Some(operation) => (operation, Source::Operation),
             None => (self.leased_url(key), Source::Resource),
         };
+        self.adopt_estimate(key).await;
         let watch = converge::Watch {
             planned: estimates.plan(key, start, &self.policy.poll),
             first_delay: Some(Duration::ZERO),
@@ -318,7 +319,7 @@ impl<'r> Run<'r> {
         let polled = self
             .unless_lost(self.poll(transport, watch, &mut seen))
             .await?;
-        estimates.learn(key, start, &seen.polls);
+        self.learn(key, start, &seen.polls).await;
         match polled {
             Polled::Converged => {}
             Polled::TimedOut => {
@@ -334,6 +335,32 @@ impl<'r> Run<'r> {
         }
         self.by_deadline(lease, leases.set_transitioning(lease, false))
             .await
+    }
+
+    /// Takes what the other processes sharing the lease store learned of `key`'s transitions,
+    /// so that this process times its polls as they would. Nothing to ask when the store is the
+    /// engine's own: everything learned of its resources was learned here.
+    pub(super) async fn adopt_estimate(&self, key: &str) {
+        if self.engine.own_leases || !self.policy.leases.enabled {
+            return;
+        }
+        let shared = self.engine.leases.transition_estimate(key);
+        if let Ok(Some(shared)) = tokio::time::timeout_at(self.deadline, shared).await {
+            self.engine.estimates.import(key, shared);
+        }
+    }
+
+    /// Learns from the polls of a transition of `key` that began at `start`, and shares what
+    /// was learned with the other processes using the lease store.
+    pub(super) async fn learn(&self, key: &str, start: Option<Instant>, polls: &[(Instant, bool)]) {
+        let estimates = &self.engine.estimates;
+        if !estimates.learn(key, start, polls) || self.engine.own_leases {
+            return;
+        }
+        if let Some(learned) = estimates.export(key) {
+            let shared = self.engine.leases.share_transition_estimate(key, learned);
+            let _ = tokio::time::timeout_at(self.deadline, shared).await;
+        }
     }
 
     /// Where the resource a lease of this write is named after is read: the resource's own URL,

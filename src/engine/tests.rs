@@ -1643,6 +1643,116 @@ async fn settle_polls_a_named_operation_after_the_first_delay() {
     );
 }
 
+/// A lease store that shares transition estimates between the engines using it, as
+/// `RedisLeases` does between processes.
+#[derive(Debug, Default)]
+struct SharingEstimates {
+    leases: crate::MemoryLeases,
+    estimates: std::sync::Mutex<HashMap<String, crate::TransitionEstimate>>,
+}
+
+impl crate::LeaseStore for SharingEstimates {
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<crate::Lease, Error>> {
+        self.leases.acquire(key, ttl, wait)
+    }
+    fn set_transitioning<'a>(
+        &'a self,
+        lease: &'a crate::Lease,
+        transitioning: bool,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.leases.set_transitioning(lease, transitioning)
+    }
+    fn is_transitioning<'a>(
+        &'a self,
+        lease: &'a crate::Lease,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        self.leases.is_transitioning(lease)
+    }
+    fn transition_estimate<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Option<crate::TransitionEstimate>> {
+        let known = self.estimates.lock().unwrap().get(key).copied();
+        Box::pin(async move { known })
+    }
+    fn share_transition_estimate<'a>(
+        &'a self,
+        key: &'a str,
+        estimate: crate::TransitionEstimate,
+    ) -> BoxFuture<'a, ()> {
+        self.estimates
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), estimate);
+        Box::pin(async {})
+    }
+}
+
+/// Two engines (two processes) sharing a lease store that keeps estimates: the second times its
+/// first settle from what the first learned, instead of finding the end on the schedule.
+#[tokio::test(start_paused = true)]
+async fn settle_times_its_polls_from_what_another_process_learned() {
+    let store = std::sync::Arc::new(SharingEstimates::default());
+    let policy = || {
+        let mut policy = ConflictPolicy {
+            lro: Lro::Settle,
+            ..fast()
+        };
+        policy.poll.max_delay = ms(100);
+        policy
+    };
+    let first = Engine::new(policy()).with_leases(store.clone());
+    let second = Engine::new(policy()).with_leases(store.clone());
+    let route = line(&Method::GET, &Url::parse(OPERATION).unwrap());
+    let started = || status(201).header("azure-asyncoperation", OPERATION);
+    let polls_after_send = |t: &Scripted| -> Vec<Duration> {
+        let sent = t.send_times()[0];
+        call_times(t).iter().map(|at| *at - sent).collect()
+    };
+    let mut t = Scripted::new().sends([started()]).on(
+        &route,
+        [
+            operation("InProgress"),
+            operation("InProgress"),
+            operation("Succeeded"),
+        ],
+    );
+    answered(first.execute(&mut t, &Write::put().original()).await);
+    assert_eq!(
+        polls_after_send(&t),
+        [ms(10), ms(30), ms(70)],
+        "the schedule"
+    );
+    let key = "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachines/vm1";
+    let shared = store
+        .estimates
+        .lock()
+        .unwrap()
+        .get(key)
+        .map(|e| e.to_string());
+    assert_eq!(
+        shared.as_deref(),
+        Some("30 70 0"),
+        "running at 30 ms, over at 70"
+    );
+
+    let mut t = Scripted::new()
+        .sends([started()])
+        .on(&route, [operation("InProgress"), operation("Succeeded")]);
+    answered(second.execute(&mut t, &Write::put().original()).await);
+
+    assert_eq!(
+        polls_after_send(&t),
+        [ms(50), ms(70)],
+        "planned from the first engine's estimate: the midpoint, then the end"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_leases_there_is_no_state_guard() {
     let engine = Engine::new(ConflictPolicy {

@@ -86,6 +86,106 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
 
     /// Whether the previous holder of `lease`'s key left the resource in transition.
     fn is_transitioning<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Error>>;
+
+    /// What the holders of `key`, in any process using this store, last learned of how long its
+    /// transitions take; `None` when nothing is known. Read by a writer that is about to time its
+    /// polls of a transition, so that a process's first write to a resource need not find the
+    /// end on the policy's schedule when another process already knows when to look.
+    ///
+    /// Advisory: a store that keeps nothing (the default) or does not answer only costs polls.
+    /// `RedisLeases` keeps them (`{prefix}estimate:{key}`, forgotten after 15 minutes without
+    /// news); `MemoryLeases` and `BlobLeases` keep none.
+    fn transition_estimate<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Option<TransitionEstimate>> {
+        let _ = key;
+        Box::pin(async { None })
+    }
+
+    /// Shares what this process learned of `key`'s transitions (see
+    /// [`transition_estimate`](Self::transition_estimate)). The default keeps nothing.
+    fn share_transition_estimate<'a>(
+        &'a self,
+        key: &'a str,
+        estimate: TransitionEstimate,
+    ) -> BoxFuture<'a, ()> {
+        let _ = (key, estimate);
+        Box::pin(async {})
+    }
+}
+
+/// How long a transition estimate is trusted without news, in a process or in a store.
+pub(crate) const ESTIMATE_KEPT: Duration = Duration::from_secs(15 * 60);
+
+/// What is known of how long one resource's transitions take: the longest time after a transition
+/// began at which one was still running, the shortest at which one was over, and how far the
+/// search below that is reaching. Opaque; a [`LeaseStore`] keeps it as the text
+/// [`Display`](fmt::Display) writes and [`FromStr`](std::str::FromStr) reads.
+///
+/// ```
+/// use reqwest_conflict::TransitionEstimate;
+///
+/// // What `RedisLeases` stores: milliseconds.
+/// let estimate: TransitionEstimate = "4880 5104 0".parse()?;
+/// assert_eq!(estimate.to_string(), "4880 5104 0");
+/// assert!("5104 4880 0".parse::<TransitionEstimate>().is_err(), "running after it was over");
+/// assert!("soon".parse::<TransitionEstimate>().is_err());
+/// # Ok::<(), reqwest_conflict::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransitionEstimate {
+    pub(crate) running: Duration,
+    pub(crate) over: Duration,
+    pub(crate) step: Duration,
+}
+
+impl fmt::Display for TransitionEstimate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| d.as_millis();
+        write!(
+            f,
+            "{} {} {}",
+            ms(self.running),
+            ms(self.over),
+            ms(self.step)
+        )
+    }
+}
+
+impl std::str::FromStr for TransitionEstimate {
+    type Err = Error;
+
+    /// Three whole numbers of milliseconds, as [`Display`](fmt::Display) writes them; the first
+    /// not past the second, none beyond a day (a store's text is not trusted blindly).
+    fn from_str(text: &str) -> Result<Self, Error> {
+        const LONGEST: u64 = 24 * 60 * 60 * 1000;
+        let invalid = || Error::LeaseBackend {
+            key: String::new(),
+            message: format!(
+                "not a transition estimate: {:?}",
+                text.chars().take(64).collect::<String>()
+            ),
+        };
+        let mut ms = text.split(' ').map(|n| match n.parse::<u64>() {
+            Ok(n) if n <= LONGEST => Ok(Duration::from_millis(n)),
+            _ => Err(invalid()),
+        });
+        let (Some(running), Some(over), Some(step), None) =
+            (ms.next(), ms.next(), ms.next(), ms.next())
+        else {
+            return Err(invalid());
+        };
+        let (running, over, step) = (running?, over?, step?);
+        if running > over {
+            return Err(invalid());
+        }
+        Ok(Self {
+            running,
+            over,
+            step,
+        })
+    }
 }
 
 /// A held lease. [`release`](Lease::release) gives it back and waits until the store has it;

@@ -36,7 +36,7 @@ use std::{
 use ::redis::{Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
 
 use super::{
-    Lease, LeaseStore,
+    Lease, LeaseStore, TransitionEstimate,
     remote::{self, Held, Renewal},
 };
 use crate::{Error, shared::BoxFuture};
@@ -143,7 +143,7 @@ struct Holder {
 impl RedisLeases {
     /// Connects to the Redis server at `url` (`redis://[:password@]host:port[/db]`) and stores
     /// keys under `prefix` (`{prefix}lease:{key}`, `{prefix}fence:{key}`,
-    /// `{prefix}transitioning:{key}`). Fails with [`Error::LeaseBackend`] if the URL is invalid or
+    /// `{prefix}transitioning:{key}`, `{prefix}estimate:{key}`). Fails with [`Error::LeaseBackend`] if the URL is invalid or
     /// the server cannot be reached; the message never contains the URL.
     pub async fn new(url: &str, prefix: impl Into<String>) -> Result<Self, Error> {
         let prefix = prefix.into();
@@ -379,6 +379,44 @@ impl LeaseStore for RedisLeases {
                 .query_async::<bool>(&mut self.inner.conn.clone())
                 .await
                 .map_err(|e| backend(key, "read transitioning", e))
+        })
+    }
+
+    fn transition_estimate<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Option<TransitionEstimate>> {
+        Box::pin(async move {
+            let text = ::redis::cmd("GET")
+                .arg(self.redis_key("estimate", key))
+                .query_async::<Option<String>>(&mut self.inner.conn.clone())
+                .await;
+            match text {
+                Ok(text) => text?.parse().ok(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "transition estimate not read");
+                    None
+                }
+            }
+        })
+    }
+
+    fn share_transition_estimate<'a>(
+        &'a self,
+        key: &'a str,
+        estimate: TransitionEstimate,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let written = ::redis::cmd("SET")
+                .arg(self.redis_key("estimate", key))
+                .arg(estimate.to_string())
+                .arg("PX")
+                .arg(millis(super::ESTIMATE_KEPT))
+                .query_async::<()>(&mut self.inner.conn.clone())
+                .await;
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "transition estimate not shared");
+            }
         })
     }
 }
