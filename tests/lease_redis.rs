@@ -309,7 +309,7 @@ async fn transition_estimates_are_shared_between_stores() {
         None,
         "nothing learned yet"
     );
-    let learned: TransitionEstimate = "230 310 0".parse().unwrap();
+    let learned: TransitionEstimate = "230 310 0 1".parse().unwrap();
     a.share_transition_estimate(KEY, learned).await;
     assert_eq!(b.transition_estimate(KEY).await, Some(learned));
     assert_eq!(b.transition_estimate("other").await, None, "per key");
@@ -319,7 +319,14 @@ async fn transition_estimates_are_shared_between_stores() {
         (14 * 60_000..=15 * 60_000).contains(&ttl),
         "forgotten after 15 minutes without news: {ttl} ms left"
     );
-    for garbage in ["soon", "310 230 0", "1 2", "1 2 3 4", "-1 2 3"] {
+    for garbage in [
+        "soon",
+        "310 230 0 0",
+        "1 2 3",
+        "1 2 3 4 5",
+        "-1 2 3 0",
+        "1 2 3 -4",
+    ] {
         redis.command(&format!("SET test:estimate:{KEY} \"{garbage}\""));
         assert_eq!(b.transition_estimate(KEY).await, None, "{garbage:?}");
     }

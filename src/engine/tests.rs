@@ -1737,7 +1737,7 @@ async fn settle_times_its_polls_from_what_another_process_learned() {
         .map(|e| e.to_string());
     assert_eq!(
         shared.as_deref(),
-        Some("30 70 0"),
+        Some("30 70 0 0"),
         "running at 30 ms, over at 70"
     );
 

@@ -119,17 +119,17 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
 pub(crate) const ESTIMATE_KEPT: Duration = Duration::from_secs(15 * 60);
 
 /// What is known of how long one resource's transitions take: the longest time after a transition
-/// began at which one was still running, the shortest at which one was over, and how far the
-/// search below that is reaching. Opaque; a [`LeaseStore`] keeps it as the text
+/// began at which one was still running, the shortest at which one was over, how far the search
+/// below that is reaching, and how often in a row one poll at the end found it over. Opaque; a [`LeaseStore`] keeps it as the text
 /// [`Display`](fmt::Display) writes and [`FromStr`](std::str::FromStr) reads.
 ///
 /// ```
 /// use reqwest_conflict::TransitionEstimate;
 ///
-/// // What `RedisLeases` stores: milliseconds.
-/// let estimate: TransitionEstimate = "4880 5104 0".parse()?;
-/// assert_eq!(estimate.to_string(), "4880 5104 0");
-/// assert!("5104 4880 0".parse::<TransitionEstimate>().is_err(), "running after it was over");
+/// // What `RedisLeases` stores: three durations in milliseconds, and a count.
+/// let estimate: TransitionEstimate = "4880 5104 0 2".parse()?;
+/// assert_eq!(estimate.to_string(), "4880 5104 0 2");
+/// assert!("5104 4880 0 2".parse::<TransitionEstimate>().is_err(), "running after it was over");
 /// assert!("soon".parse::<TransitionEstimate>().is_err());
 /// # Ok::<(), reqwest_conflict::Error>(())
 /// ```
@@ -138,6 +138,7 @@ pub struct TransitionEstimate {
     pub(crate) running: Duration,
     pub(crate) over: Duration,
     pub(crate) step: Duration,
+    pub(crate) confirmed: u32,
 }
 
 impl fmt::Display for TransitionEstimate {
@@ -145,10 +146,11 @@ impl fmt::Display for TransitionEstimate {
         let ms = |d: Duration| d.as_millis();
         write!(
             f,
-            "{} {} {}",
+            "{} {} {} {}",
             ms(self.running),
             ms(self.over),
-            ms(self.step)
+            ms(self.step),
+            self.confirmed
         )
     }
 }
@@ -156,8 +158,9 @@ impl fmt::Display for TransitionEstimate {
 impl std::str::FromStr for TransitionEstimate {
     type Err = Error;
 
-    /// Three whole numbers of milliseconds, as [`Display`](fmt::Display) writes them; the first
-    /// not past the second, none beyond a day (a store's text is not trusted blindly).
+    /// Four whole numbers, as [`Display`](fmt::Display) writes them: three of milliseconds, the
+    /// first not past the second, none beyond a day, and a count (a store's text is not trusted
+    /// blindly).
     fn from_str(text: &str) -> Result<Self, Error> {
         const LONGEST: u64 = 24 * 60 * 60 * 1000;
         let invalid = || Error::LeaseBackend {
@@ -167,23 +170,24 @@ impl std::str::FromStr for TransitionEstimate {
                 text.chars().take(64).collect::<String>()
             ),
         };
-        let mut ms = text.split(' ').map(|n| match n.parse::<u64>() {
-            Ok(n) if n <= LONGEST => Ok(Duration::from_millis(n)),
-            _ => Err(invalid()),
-        });
-        let (Some(running), Some(over), Some(step), None) =
-            (ms.next(), ms.next(), ms.next(), ms.next())
-        else {
+        let mut numbers = text.split(' ').map(str::parse::<u64>);
+        let (Some(Ok(running)), Some(Ok(over)), Some(Ok(step)), Some(Ok(confirmed)), None) = (
+            numbers.next(),
+            numbers.next(),
+            numbers.next(),
+            numbers.next(),
+            numbers.next(),
+        ) else {
             return Err(invalid());
         };
-        let (running, over, step) = (running?, over?, step?);
-        if running > over {
+        if running > over || over > LONGEST || step > LONGEST {
             return Err(invalid());
         }
         Ok(Self {
-            running,
-            over,
-            step,
+            running: Duration::from_millis(running),
+            over: Duration::from_millis(over),
+            step: Duration::from_millis(step),
+            confirmed: u32::try_from(confirmed).map_err(|_| invalid())?,
         })
     }
 }
