@@ -309,15 +309,14 @@ impl<'a> ArmPath<'a> {
         // Cut at each `/` (one byte in UTF-8, so every cut is on a character boundary); one
         // segment past the limit is enough to reject the path.
         let mut segments = Vec::with_capacity(16);
-        let mut start = 0;
-        for (at, byte) in rest.bytes().enumerate() {
-            if byte == b'/' && segments.len() <= MAX_SEGMENTS {
-                segments.push(&rest[start..at]);
-                start = at + 1;
-            }
-        }
-        if segments.len() <= MAX_SEGMENTS {
-            segments.push(&rest[start..]);
+        let mut left = rest;
+        while segments.len() <= MAX_SEGMENTS {
+            let Some(at) = left.bytes().position(|b| b == b'/') else {
+                segments.push(left);
+                break;
+            };
+            segments.push(&left[..at]);
+            left = &left[at + 1..];
         }
         if segments.contains(&"") {
             return Err("empty path segment");

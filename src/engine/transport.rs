@@ -174,10 +174,11 @@ impl Replay {
 }
 
 /// What a single request may change of the policy, through its extensions (or, in azure_core,
-/// its call's context).
+/// its call's context). Most requests change nothing, so the override is boxed: a request
+/// without one does not carry its room through every future of the write.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Overrides {
-    pub policy: Option<PolicyOverride>,
+    pub policy: Option<Box<PolicyOverride>>,
     pub merge_base: Option<serde_json::Value>,
 }
 
@@ -189,7 +190,7 @@ impl Overrides {
         strategy: Option<&PreconditionStrategy>,
         merge_base: Option<&MergeBase>,
     ) -> Self {
-        let mut policy = policy.cloned();
+        let mut policy = policy.cloned().map(Box::new);
         if let Some(strategy) = strategy {
             policy.get_or_insert_default().precondition = Some(*strategy);
         }
