@@ -334,19 +334,6 @@ impl Journal {
         seq
     }
 
-    /// When the last write to `resource` that this journal still holds got its final answer:
-    /// the moment a transition that write left began. Asked only by a writer about to wait for
-    /// one, so it may look through the whole window.
-    pub(crate) fn last_end(&self, resource: &str) -> Option<Instant> {
-        let ring = self.ring();
-        let last = ring
-            .entries
-            .iter()
-            .rev()
-            .find(|e| &*e.resource == resource)?;
-        Some(ring.origin + last.end?)
-    }
-
     /// Opens an entry, as [`begin`](Self::begin) does, that closes itself (with no status) if it
     /// is dropped open: a write whose future is dropped mid-way must not stay open forever, or
     /// it would "overlap" every later write to its resource.
@@ -462,22 +449,6 @@ mod tests {
             status: Some(status),
             ..Ending::default()
         }
-    }
-
-    #[test]
-    fn the_last_end_of_a_resource() {
-        let j = Journal::default();
-        assert_eq!(j.last_end("r1"), None);
-        let t0 = Instant::now();
-        let a = j.begin(&"r1".into(), &http::Method::PUT, None);
-        j.end(a, ok(201), t0 + Duration::from_millis(5));
-        let b = j.begin(&"r2".into(), &http::Method::PUT, None);
-        j.end(b, ok(201), t0 + Duration::from_millis(9));
-        assert_eq!(j.last_end("r1"), Some(t0 + Duration::from_millis(5)));
-        let open = j.begin(&"r1".into(), &http::Method::PUT, None);
-        assert_eq!(j.last_end("r1"), None, "the last write is still open");
-        j.end(open, ok(200), t0 + Duration::from_millis(12));
-        assert_eq!(j.last_end("r1"), Some(t0 + Duration::from_millis(12)));
     }
 
     #[test]

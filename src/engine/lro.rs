@@ -65,7 +65,8 @@ impl Run<'_> {
             let mut followed = Followed::default();
             let polled = self.unless_lost(self.poll(transport, watch, &mut followed));
             let polled = polled.await.map_err(Failure::Conflict)?;
-            self.learn(&key, Some(began), &followed.seen.polls).await;
+            self.learn_and_share(&key, began, &followed.seen.polls)
+                .await;
             if !polled.converged() {
                 // Still running at the deadline: the caller's own poller takes over from here.
                 return Ok((answered, false));

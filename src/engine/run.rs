@@ -298,16 +298,16 @@ impl<'r> Run<'r> {
         let key = lease.key();
         let estimates = &self.engine.estimates;
         let left = estimates.last_left(key).filter(|_| self.engine.own_leases);
-        // The transition began when the previous write got its answer, if this process made it.
-        let start = match &left {
-            Some(left) => Some(left.began),
-            None => self.engine.journal.last_end(key),
-        };
+        // The transition began when the previous write got its answer, known only when this
+        // process made that write and nobody else can have written since (the store is this
+        // engine's own). Otherwise the start is unknown: an estimate timed from a guess (this
+        // process's last write, which another's may have followed) would put the first poll
+        // late, so the guard polls at once and on the schedule, and learns nothing.
+        let start = left.as_ref().map(|left| left.began);
         let (target, source) = match left.and_then(|left| left.operation) {
             Some(operation) => (operation, Source::Operation),
             None => (self.leased_url(key), Source::Resource),
         };
-        self.adopt_estimate(key).await;
         let watch = converge::Watch {
             planned: estimates.plan(key, start, &self.policy.poll),
             first_delay: Some(Duration::ZERO),
@@ -319,7 +319,7 @@ impl<'r> Run<'r> {
         let polled = self
             .unless_lost(self.poll(transport, watch, &mut seen))
             .await?;
-        self.learn(key, start, &seen.polls).await;
+        estimates.learn(key, start, &seen.polls);
         match polled {
             Polled::Converged => {}
             Polled::TimedOut => {
@@ -337,9 +337,10 @@ impl<'r> Run<'r> {
             .await
     }
 
-    /// Takes what the other processes sharing the lease store learned of `key`'s transitions,
-    /// so that this process times its polls as they would. Nothing to ask when the store is the
-    /// engine's own: everything learned of its resources was learned here.
+    /// Takes what the other processes sharing the lease store learned of `key`'s transitions
+    /// (in their settles), so that this process times its settle's polls as they would. Nothing
+    /// to ask when the store is the engine's own: everything learned of its resources was
+    /// learned here.
     pub(super) async fn adopt_estimate(&self, key: &str) {
         if self.engine.own_leases || !self.policy.leases.enabled {
             return;
@@ -350,11 +351,17 @@ impl<'r> Run<'r> {
         }
     }
 
-    /// Learns from the polls of a transition of `key` that began at `start`, and shares what
-    /// was learned with the other processes using the lease store.
-    pub(super) async fn learn(&self, key: &str, start: Option<Instant>, polls: &[(Instant, bool)]) {
+    /// Learns from the polls of a transition of `key` that began at `start`, exactly (this
+    /// process's own write's answer), and shares what was learned with the other processes
+    /// using the lease store.
+    pub(super) async fn learn_and_share(
+        &self,
+        key: &str,
+        start: Instant,
+        polls: &[(Instant, bool)],
+    ) {
         let estimates = &self.engine.estimates;
-        if !estimates.learn(key, start, polls) || self.engine.own_leases {
+        if !estimates.learn(key, Some(start), polls) || self.engine.own_leases {
             return;
         }
         if let Some(learned) = estimates.export(key) {

@@ -1590,6 +1590,43 @@ async fn the_state_guard_polls_when_the_last_transition_ended() {
     );
 }
 
+/// With a store shared with other clients, the previous transition may have begun at any time
+/// after this engine's last write, so nothing is planned from an estimate: the guard polls at
+/// once, then on the schedule, every time.
+#[tokio::test(start_paused = true)]
+async fn with_a_shared_store_the_state_guard_plans_nothing_from_a_guess() {
+    let engine = Engine::new(fast()).with_leases(std::sync::Arc::new(crate::MemoryLeases::new()));
+    let write = Write::put();
+    let mut t = Scripted::new()
+        .sends([status(202), status(202), status(202)])
+        .on(
+            "GET vm1",
+            [
+                resource("Updating"),
+                resource("Updating"),
+                resource("Succeeded"),
+                resource("Updating"),
+                resource("Updating"),
+                resource("Succeeded"),
+            ],
+        );
+    for _ in 0..3 {
+        answered(engine.execute(&mut t, &write.original()).await);
+    }
+
+    let sends = t.send_times();
+    let calls = call_times(&t);
+    let after = |send: Instant, polls: &[Instant]| -> Vec<Duration> {
+        polls.iter().map(|at| *at - send).collect()
+    };
+    assert_eq!(after(sends[0], &calls[..3]), [ms(0), ms(10), ms(30)]);
+    assert_eq!(
+        after(sends[1], &calls[3..]),
+        [ms(0), ms(10), ms(30)],
+        "the same again: nothing learned from the first wait"
+    );
+}
+
 /// When the calls (re-fetches, polls) were made, in order.
 fn call_times(t: &Scripted) -> Vec<Instant> {
     (t.log.iter())
@@ -1751,6 +1788,25 @@ async fn settle_times_its_polls_from_what_another_process_learned() {
         [ms(50), ms(70)],
         "planned from the first engine's estimate: the midpoint, then the end"
     );
+}
+
+/// The state guard of an engine whose store is shared times the previous transition from this
+/// process's last write, which another process may have followed: what it learns stays here,
+/// and is not offered to the other processes.
+#[tokio::test(start_paused = true)]
+async fn a_state_guard_shares_nothing_it_timed_from_a_guess() {
+    let store = std::sync::Arc::new(SharingEstimates::default());
+    let engine = Engine::new(fast()).with_leases(store.clone());
+    let write = Write::put();
+    let mut t = Scripted::new()
+        .sends([status(202), status(200)])
+        .on("GET vm1", [resource("Updating"), resource("Succeeded")]);
+    answered(engine.execute(&mut t, &write.original()).await);
+
+    answered(engine.execute(&mut t, &write.original()).await);
+
+    assert_eq!(t.trace(), ["PUT vm1", "GET vm1", "GET vm1", "PUT vm1"]);
+    assert!(store.estimates.lock().unwrap().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

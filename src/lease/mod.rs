@@ -88,9 +88,10 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
     fn is_transitioning<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Error>>;
 
     /// What the holders of `key`, in any process using this store, last learned of how long its
-    /// transitions take; `None` when nothing is known. Read by a writer that is about to time its
-    /// polls of a transition, so that a process's first write to a resource need not find the
-    /// end on the policy's schedule when another process already knows when to look.
+    /// transitions take; `None` when nothing is known. Read by a writer about to time its polls
+    /// of its own write's operation (`lro: settle`), so that a process's first write to a
+    /// resource need not find the end on the policy's schedule when another process already
+    /// knows when to look.
     ///
     /// Advisory: a store that keeps nothing (the default) or does not answer only costs polls.
     /// `RedisLeases` keeps them (`{prefix}estimate:{key}`, forgotten after 15 minutes without
