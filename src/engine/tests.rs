@@ -1547,6 +1547,37 @@ async fn with_a_shared_store_the_state_guard_polls_the_resource() {
     assert_eq!(t.trace(), ["PUT vm1", "GET vm1", "GET vm1", "PUT vm1"]);
 }
 
+/// Three writes of the VM in a row through `engine`, each answered 202 (a transition left for
+/// the next write's state guard), the guard's reads of the VM answered `states` in order: when
+/// the second write's guard polled and when the third's did, each after the answer before it.
+async fn guard_polls_of_three_writes(engine: &Engine, states: &[&str]) -> [Vec<Duration>; 2] {
+    let write = Write::put();
+    let mut t = Scripted::new()
+        .sends([status(202), status(202), status(202)])
+        .on("GET vm1", states.iter().map(|state| resource(state)));
+    for _ in 0..3 {
+        answered(engine.execute(&mut t, &write.original()).await);
+    }
+    let mut polls: [Vec<Duration>; 2] = Default::default();
+    let mut answered_at = None;
+    let mut sent: usize = 0;
+    for (at, wire) in &t.log {
+        match wire {
+            Wire::Send { .. } => {
+                sent += 1;
+                answered_at = Some(*at);
+            }
+            Wire::Call { .. } => {
+                let write = sent.checked_sub(1).and_then(|i| polls.get_mut(i));
+                if let (Some(before), Some(polls)) = (answered_at, write) {
+                    polls.push(*at - before);
+                }
+            }
+        }
+    }
+    polls
+}
+
 /// After one transition of a resource, the guard's polls of the next are planned from it: the
 /// first lands between the last poll that saw it running and the first that saw it over,
 /// instead of at once and then on the schedule.
@@ -1556,38 +1587,13 @@ async fn the_state_guard_polls_when_the_last_transition_ended() {
     // Not capped: no planned poll lies past `max_delay` after the transition began.
     policy.poll.max_delay = ms(100);
     let engine = Engine::new(policy);
-    let write = Write::put();
-    let mut t = Scripted::new()
-        .sends([status(202), status(202), status(202)])
-        .on(
-            "GET vm1",
-            [
-                resource("Updating"),
-                resource("Updating"),
-                resource("Updating"),
-                resource("Succeeded"),
-            ],
-        );
-    answered(engine.execute(&mut t, &write.original()).await);
+    let states = ["Updating", "Updating", "Updating", "Succeeded", "Succeeded"];
+
+    let [second, third] = guard_polls_of_three_writes(&engine, &states).await;
+
     // Polled at once, then 10, 20 ms apart, then 40: running at 30 ms, over at 70 ms.
-    answered(engine.execute(&mut t, &write.original()).await);
-    let sends = t.send_times();
-    let guard_polls: Vec<Duration> = call_times(&t).iter().map(|at| *at - sends[0]).collect();
-    assert_eq!(guard_polls, [ms(0), ms(10), ms(30), ms(70)]);
-    let polls = guard_polls.len();
-
-    answered(engine.execute(&mut t, &write.original()).await);
-
-    let sends = t.send_times();
-    let calls = call_times(&t);
-    assert_eq!(
-        calls[polls..]
-            .iter()
-            .map(|at| *at - sends[1])
-            .collect::<Vec<_>>(),
-        [ms(50)],
-        "one poll, at the midpoint of 30 and 70 ms"
-    );
+    assert_eq!(second, [ms(0), ms(10), ms(30), ms(70)]);
+    assert_eq!(third, [ms(50)], "one poll, at the midpoint of 30 and 70 ms");
 }
 
 /// With a store shared with other clients, the previous transition may have begun at any time
@@ -1596,33 +1602,14 @@ async fn the_state_guard_polls_when_the_last_transition_ended() {
 #[tokio::test(start_paused = true)]
 async fn with_a_shared_store_the_state_guard_plans_nothing_from_a_guess() {
     let engine = Engine::new(fast()).with_leases(std::sync::Arc::new(crate::MemoryLeases::new()));
-    let write = Write::put();
-    let mut t = Scripted::new()
-        .sends([status(202), status(202), status(202)])
-        .on(
-            "GET vm1",
-            [
-                resource("Updating"),
-                resource("Updating"),
-                resource("Succeeded"),
-                resource("Updating"),
-                resource("Updating"),
-                resource("Succeeded"),
-            ],
-        );
-    for _ in 0..3 {
-        answered(engine.execute(&mut t, &write.original()).await);
-    }
+    let states = ["Updating", "Updating", "Succeeded"];
 
-    let sends = t.send_times();
-    let calls = call_times(&t);
-    let after = |send: Instant, polls: &[Instant]| -> Vec<Duration> {
-        polls.iter().map(|at| *at - send).collect()
-    };
-    assert_eq!(after(sends[0], &calls[..3]), [ms(0), ms(10), ms(30)]);
+    let [second, third] =
+        guard_polls_of_three_writes(&engine, &[&states[..], &states[..]].concat()).await;
+
+    assert_eq!(second, [ms(0), ms(10), ms(30)]);
     assert_eq!(
-        after(sends[1], &calls[3..]),
-        [ms(0), ms(10), ms(30)],
+        third, second,
         "the same again: nothing learned from the first wait"
     );
 }
