@@ -31,7 +31,7 @@ pub use journal::{Journal, JournalEntry};
 pub use lease::BlobLeases;
 #[cfg(feature = "redis")]
 pub use lease::RedisLeases;
-pub use lease::{Lease, LeaseStore, MemoryLeases, TransitionEstimate};
+pub use lease::{Lease, LeaseStore, MemoryLeases, ParseEstimateError, TransitionEstimate};
 pub use policy::{
     ConflictPolicy, DiagnosePolicy, LeasePolicy, Lro, MergeBase, PolicyOverride, PollSchedule,
     PreconditionStrategy,

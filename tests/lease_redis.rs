@@ -309,9 +309,11 @@ async fn transition_estimates_are_shared_between_stores() {
         None,
         "nothing learned yet"
     );
-    let learned: TransitionEstimate = "230 310 0 1".parse().unwrap();
+    let learned: TransitionEstimate = "v1 230 310 0 1".parse().unwrap();
     a.share_transition_estimate(KEY, learned).await;
-    assert_eq!(b.transition_estimate(KEY).await, Some(learned));
+    let read = b.transition_estimate(KEY).await.expect("shared");
+    assert_eq!(read.with_age(Duration::ZERO), learned);
+    assert!(read.age() < Duration::from_secs(10), "{read:?}");
     assert_eq!(b.transition_estimate("other").await, None, "per key");
     let ttl = redis.command(&format!("PTTL test:estimate:{KEY}"));
     let ttl: u64 = ttl.trim_start_matches(':').parse().unwrap();
@@ -319,13 +321,23 @@ async fn transition_estimates_are_shared_between_stores() {
         (14 * 60_000..=15 * 60_000).contains(&ttl),
         "forgotten after 15 minutes without news: {ttl} ms left"
     );
+    redis.command(&format!("PEXPIRE test:estimate:{KEY} 60000"));
+    let aged = b.transition_estimate(KEY).await.expect("still kept");
+    assert!(
+        aged.age() >= Duration::from_secs(14 * 60),
+        "learned about 14 minutes ago, as its TTL says: {aged:?}"
+    );
     for garbage in [
         "soon",
-        "310 230 0 0",
-        "1 2 3",
-        "1 2 3 4 5",
-        "-1 2 3 0",
-        "1 2 3 -4",
+        "230 310 0 1",
+        "v1 310 230 0 0",
+        "v1 1 2 3",
+        "v1 1 2 3 4 5",
+        "v1 -1 2 3 0",
+        "v1 1 2 3 -4",
+        "v1 1 2 3 4294967296",
+        "v1 1 86400001 3 0",
+        "v2 1 2 3 4",
     ] {
         redis.command(&format!("SET test:estimate:{KEY} \"{garbage}\""));
         assert_eq!(b.transition_estimate(KEY).await, None, "{garbage:?}");

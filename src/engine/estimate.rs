@@ -102,18 +102,24 @@ impl Estimates {
             over: estimate.hi,
             step: estimate.step,
             confirmed: estimate.confirmed,
+            age: Duration::ZERO,
         })
     }
 
     /// Takes what another process learned of `key`'s transitions as this one's: the holders of
-    /// a lease take turns, so the last one to learn knows the most.
+    /// a lease take turns, so the last one to learn knows the most. It is forgotten when it
+    /// would have been where it was learned (its age counts), unless news come first.
     pub(super) fn import(&self, key: &str, shared: TransitionEstimate) {
+        let now = Instant::now();
+        let Some(learned) = now.checked_sub(shared.age).filter(|_| shared.age <= FORGET) else {
+            return;
+        };
         let estimate = Estimate {
             lo: shared.running,
             hi: shared.over,
             step: shared.step,
-            confirmed: shared.confirmed,
-            learned: Instant::now(),
+            confirmed: shared.confirmed.min(PROBE_EVERY),
+            learned,
         };
         self.known()
             .get_or_insert_mut_ref(key, Known::default)
@@ -197,10 +203,15 @@ impl Estimates {
         // Over before the first look, where the estimate was sure, or already probing lower:
         // it may have ended well before `lo`. The bounds widen below `hi`, twice as far each
         // time in a row, so the next plans probe lower and durations that shrank are found
-        // within a few writes.
+        // within a few writes. Once they reach zero there is nothing below to probe: the
+        // search stops, and bisecting from zero takes over.
         let widened = |step: Duration| {
-            let step = (step * 2).max(tolerance(hi) * 2);
-            (lo.min(hi.saturating_sub(step)), hi, step, 0)
+            let step = step.saturating_mul(2).max(tolerance(hi) * 2);
+            if step >= hi {
+                (Duration::ZERO, hi, Duration::ZERO, 0)
+            } else {
+                (lo.min(hi - step), hi, step, 0)
+            }
         };
         let (lo, hi, step, confirmed) = if lo >= hi {
             // Still running past the known end: start over from this transition's end.
@@ -209,10 +220,11 @@ impl Estimates {
         } else if first_terminal && !step.is_zero() {
             widened(step)
         } else if first_terminal && sure {
-            if confirmed + 1 >= PROBE_EVERY {
+            let confirmed = confirmed.saturating_add(1);
+            if confirmed >= PROBE_EVERY {
                 widened(step)
             } else {
-                (lo, hi, step, confirmed + 1)
+                (lo, hi, step, confirmed)
             }
         } else {
             (lo, hi, Duration::ZERO, 0)
@@ -426,17 +438,58 @@ mod tests {
         );
         let shared = here.export("r").expect("learned");
         let text = shared.to_string();
-        assert_eq!(text, "95 160 0 0");
+        assert_eq!(text, "v1 95 160 0 0");
         there.import(
             "r",
             text.parse().expect("what Display writes, FromStr reads"),
         );
+        assert_eq!(there.export("r"), Some(shared), "nothing lost on the way");
         assert_eq!(
             there.plan("r", Some(t0), &poll),
             here.plan("r", Some(t0), &poll)
         );
         tokio::time::advance(FORGET + MS).await;
         assert_eq!(here.export("r"), None, "forgotten estimates are not shared");
+
+        // One learned 14 minutes ago elsewhere is forgotten here a minute later, as it would
+        // have been there.
+        let elsewhere = Estimates::default();
+        elsewhere.import("r", shared.with_age(FORGET - Duration::from_secs(60)));
+        assert!(elsewhere.export("r").is_some());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(elsewhere.export("r"), None);
+        elsewhere.import("r", shared.with_age(FORGET + MS));
+        assert_eq!(elsewhere.export("r"), None, "too old to take");
+    }
+
+    /// Transitions that became near-instant after slower ones, each seen over at its first
+    /// poll (its answer comes a round trip after it is sent): the downward search ends at zero
+    /// instead of doubling its step without end, and a count from a store cannot overflow.
+    #[tokio::test(start_paused = true)]
+    async fn a_downward_search_ends_at_zero() {
+        let estimates = Estimates::default();
+        let round_trip = 3 * MS;
+        for length in std::iter::repeat_n(100 * MS, 10).chain(std::iter::repeat_n(MS, 500)) {
+            let t0 = Instant::now();
+            let plan = estimates.plan("r", Some(t0), &poll(Duration::from_secs(60)));
+            let mut seen = Vec::new();
+            for at in plan.into_iter().chain((1u32..).map(|n| t0 + n * 10 * MS)) {
+                let answered = at.max(t0) + round_trip;
+                seen.push((answered, answered >= t0 + length));
+                if answered >= t0 + length {
+                    break;
+                }
+            }
+            estimates.learn("r", Some(t0), &seen);
+            tokio::time::advance(Duration::from_millis(20)).await;
+        }
+        let last = estimates.export("r").expect("learned");
+        assert!(last.step <= last.over, "{last}");
+        assert!(last.over <= 10 * MS, "found the short ones: {last}");
+
+        estimates.import("r", "v1 99 100 0 4294967295".parse().expect("a count"));
+        let t0 = Instant::now();
+        estimates.learn("r", Some(t0), &[(t0 + 100 * MS, true)]);
     }
 
     #[test]

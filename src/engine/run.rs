@@ -138,8 +138,8 @@ impl<'r> Run<'r> {
             report.lease_token = token;
             report.journal_seq = Some(entry.seq());
         }
-        // The journal's end is also when a transition this write left began (see `guard`). A
-        // write stopped by a lost lease sent nothing after its last answer: its entry ends there,
+        // The transition this write left, if any, began when its answer came (`Left`, which
+        // `guard` reads). A write stopped by a lost lease sent nothing after its last answer: its entry ends there,
         // so that the journal shows it overlapping the next holder only if it really did.
         let mut left_in_transition = None;
         let ending = match &result {
@@ -342,11 +342,11 @@ impl<'r> Run<'r> {
     /// to ask when the store is the engine's own: everything learned of its resources was
     /// learned here.
     pub(super) async fn adopt_estimate(&self, key: &str) {
-        if self.engine.own_leases || !self.policy.leases.enabled {
+        if !self.shares_estimates() {
             return;
         }
         let shared = self.engine.leases.transition_estimate(key);
-        if let Ok(Some(shared)) = tokio::time::timeout_at(self.deadline, shared).await {
+        if let Some(Some(shared)) = self.advice(shared).await {
             self.engine.estimates.import(key, shared);
         }
     }
@@ -361,13 +361,28 @@ impl<'r> Run<'r> {
         polls: &[(Instant, bool)],
     ) {
         let estimates = &self.engine.estimates;
-        if !estimates.learn(key, Some(start), polls) || self.engine.own_leases {
+        if !estimates.learn(key, Some(start), polls) || !self.shares_estimates() {
             return;
         }
         if let Some(learned) = estimates.export(key) {
             let shared = self.engine.leases.share_transition_estimate(key, learned);
-            let _ = tokio::time::timeout_at(self.deadline, shared).await;
+            self.advice(shared).await;
         }
+    }
+
+    /// Whether estimates go through the lease store: only a store shared with others can tell
+    /// this engine anything new, and only writers that lease take turns with them.
+    fn shares_estimates(&self) -> bool {
+        !self.engine.own_leases && self.policy.leases.enabled
+    }
+
+    /// A store call for advice (an estimate), waited for no longer than the poll schedule's
+    /// first delay, nor past the deadline: polls that go out later than they could cost more
+    /// than the advice saves.
+    async fn advice<F: Future>(&self, call: F) -> Option<F::Output> {
+        let soon = Instant::now().checked_add(self.policy.poll.min_delay);
+        let by = soon.map_or(self.deadline, |soon| soon.min(self.deadline));
+        tokio::time::timeout_at(by, call).await.ok()
     }
 
     /// Where the resource a lease of this write is named after is read: the resource's own URL,

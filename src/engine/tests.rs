@@ -1761,7 +1761,7 @@ async fn settle_times_its_polls_from_what_another_process_learned() {
         .map(|e| e.to_string());
     assert_eq!(
         shared.as_deref(),
-        Some("30 70 0 0"),
+        Some("v1 30 70 0 0"),
         "running at 30 ms, over at 70"
     );
 
@@ -1777,9 +1777,8 @@ async fn settle_times_its_polls_from_what_another_process_learned() {
     );
 }
 
-/// The state guard of an engine whose store is shared times the previous transition from this
-/// process's last write, which another process may have followed: what it learns stays here,
-/// and is not offered to the other processes.
+/// The state guard of an engine whose store is shared cannot know when the previous
+/// transition began, so it offers the other processes nothing about how long it took.
 #[tokio::test(start_paused = true)]
 async fn a_state_guard_shares_nothing_it_timed_from_a_guess() {
     let store = std::sync::Arc::new(SharingEstimates::default());

@@ -23,6 +23,7 @@
 
 #[cfg(feature = "azure-blob")]
 mod blob;
+mod estimate;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -46,6 +47,8 @@ pub use self::redis::RedisLeases;
 #[cfg(feature = "azure-blob")]
 #[doc(hidden)]
 pub use blob::BlobLeases;
+pub(crate) use estimate::ESTIMATE_KEPT;
+pub use estimate::{ParseEstimateError, TransitionEstimate};
 pub use memory::MemoryLeases;
 #[cfg(feature = "azure-blob")]
 pub use sas::dev_sas_container_url;
@@ -91,11 +94,13 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
     /// transitions take; `None` when nothing is known. Read by a writer about to time its polls
     /// of its own write's operation (`lro: settle`), so that a process's first write to a
     /// resource need not find the end on the policy's schedule when another process already
-    /// knows when to look.
+    /// knows when to look. A store that knows how long ago the estimate was shared says so with
+    /// [`TransitionEstimate::with_age`], so that it is forgotten when it would have been.
     ///
-    /// Advisory: a store that keeps nothing (the default) or does not answer only costs polls.
+    /// Advisory, hence keyed by `key` rather than fenced by a [`Lease`]: a store that keeps
+    /// nothing (the default), does not answer, or answers something stale only costs polls.
     /// `RedisLeases` keeps them (`{prefix}estimate:{key}`, forgotten after 15 minutes without
-    /// news); `MemoryLeases` and `BlobLeases` keep none.
+    /// news); `MemoryLeases` and `BlobLeases` keep none (each middleware keeps its own).
     fn transition_estimate<'a>(
         &'a self,
         key: &'a str,
@@ -113,83 +118,6 @@ pub trait LeaseStore: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, ()> {
         let _ = (key, estimate);
         Box::pin(async {})
-    }
-}
-
-/// How long a transition estimate is trusted without news, in a process or in a store.
-pub(crate) const ESTIMATE_KEPT: Duration = Duration::from_secs(15 * 60);
-
-/// What is known of how long one resource's transitions take: the longest time after a transition
-/// began at which one was still running, the shortest at which one was over, how far the search
-/// below that is reaching, and how often in a row one poll at the end found it over. Opaque; a [`LeaseStore`] keeps it as the text
-/// [`Display`](fmt::Display) writes and [`FromStr`](std::str::FromStr) reads.
-///
-/// ```
-/// use reqwest_conflict::TransitionEstimate;
-///
-/// // What `RedisLeases` stores: three durations in milliseconds, and a count.
-/// let estimate: TransitionEstimate = "4880 5104 0 2".parse()?;
-/// assert_eq!(estimate.to_string(), "4880 5104 0 2");
-/// assert!("5104 4880 0 2".parse::<TransitionEstimate>().is_err(), "running after it was over");
-/// assert!("soon".parse::<TransitionEstimate>().is_err());
-/// # Ok::<(), reqwest_conflict::Error>(())
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TransitionEstimate {
-    pub(crate) running: Duration,
-    pub(crate) over: Duration,
-    pub(crate) step: Duration,
-    pub(crate) confirmed: u32,
-}
-
-impl fmt::Display for TransitionEstimate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = |d: Duration| d.as_millis();
-        write!(
-            f,
-            "{} {} {} {}",
-            ms(self.running),
-            ms(self.over),
-            ms(self.step),
-            self.confirmed
-        )
-    }
-}
-
-impl std::str::FromStr for TransitionEstimate {
-    type Err = Error;
-
-    /// Four whole numbers, as [`Display`](fmt::Display) writes them: three of milliseconds, the
-    /// first not past the second, none beyond a day, and a count (a store's text is not trusted
-    /// blindly).
-    fn from_str(text: &str) -> Result<Self, Error> {
-        const LONGEST: u64 = 24 * 60 * 60 * 1000;
-        let invalid = || Error::LeaseBackend {
-            key: String::new(),
-            message: format!(
-                "not a transition estimate: {:?}",
-                text.chars().take(64).collect::<String>()
-            ),
-        };
-        let mut numbers = text.split(' ').map(str::parse::<u64>);
-        let (Some(Ok(running)), Some(Ok(over)), Some(Ok(step)), Some(Ok(confirmed)), None) = (
-            numbers.next(),
-            numbers.next(),
-            numbers.next(),
-            numbers.next(),
-            numbers.next(),
-        ) else {
-            return Err(invalid());
-        };
-        if running > over || over > LONGEST || step > LONGEST {
-            return Err(invalid());
-        }
-        Ok(Self {
-            running: Duration::from_millis(running),
-            over: Duration::from_millis(over),
-            step: Duration::from_millis(step),
-            confirmed: u32::try_from(confirmed).map_err(|_| invalid())?,
-        })
     }
 }
 

@@ -387,17 +387,29 @@ impl LeaseStore for RedisLeases {
         key: &'a str,
     ) -> BoxFuture<'a, Option<TransitionEstimate>> {
         Box::pin(async move {
-            let text = ::redis::cmd("GET")
-                .arg(self.redis_key("estimate", key))
-                .query_async::<Option<String>>(&mut self.inner.conn.clone())
+            let estimate_key = self.redis_key("estimate", key);
+            let kept = ::redis::pipe()
+                .get(&estimate_key)
+                .pttl(&estimate_key)
+                .query_async::<(Option<String>, i64)>(&mut self.inner.conn.clone())
                 .await;
-            match text {
-                Ok(text) => text?.parse().ok(),
+            let (text, ttl_ms) = match kept {
+                Ok(kept) => kept,
                 Err(e) => {
                     tracing::debug!(error = %e, "transition estimate not read");
-                    None
+                    return None;
                 }
-            }
+            };
+            let estimate: TransitionEstimate = match text?.parse() {
+                Ok(estimate) => estimate,
+                Err(e) => {
+                    tracing::debug!(error = %e, "transition estimate ignored");
+                    return None;
+                }
+            };
+            // Shared with a TTL of `ESTIMATE_KEPT`: what is left of it says how long ago.
+            let left = Duration::from_millis(u64::try_from(ttl_ms).ok()?);
+            Some(estimate.with_age(super::ESTIMATE_KEPT.saturating_sub(left)))
         })
     }
 
