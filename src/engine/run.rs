@@ -139,8 +139,9 @@ impl<'r> Run<'r> {
             report.journal_seq = Some(entry.seq());
         }
         // The transition this write left, if any, began when its answer came (`Left`, which
-        // `guard` reads). A write stopped by a lost lease sent nothing after its last answer: its entry ends there,
-        // so that the journal shows it overlapping the next holder only if it really did.
+        // `guard` reads). A write stopped by a lost lease sent nothing after its last answer:
+        // its entry ends there, so that the journal shows it overlapping the next holder only
+        // if it really did.
         let mut left_in_transition = None;
         let ending = match &result {
             Ok(answered) => {
