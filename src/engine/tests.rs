@@ -473,6 +473,15 @@ fn engine_error(result: Executed) -> Error {
     }
 }
 
+/// Fails unless one of `report`'s notes contains `fragment`.
+fn assert_noted(report: &ConflictReport, fragment: &str) {
+    assert!(
+        report.notes.iter().any(|n| n.contains(fragment)),
+        "no note says {fragment:?}: {:?}",
+        report.notes
+    );
+}
+
 fn json_of(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap()
 }

@@ -146,14 +146,7 @@ async fn a_412_to_the_fence_while_the_lease_is_held_reads_the_etag_again_and_res
     assert_eq!(report.outcome, Outcome::Resolved);
     assert_eq!((report.attempts, report.conflicts, report.polls), (2, 1, 1));
     assert_eq!(report.fresh_etag.as_deref(), Some("W/\"2\""));
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("leases.fence_with_etag")),
-        "{:?}",
-        report.notes
-    );
+    assert_noted(&report, "leases.fence_with_etag");
     assert_eq!(report.lease_token, Some(7));
     assert_eq!(t.trace(), ["GET vm1", "PUT vm1", "GET vm1", "PUT vm1"]);
     assert_eq!(
@@ -182,14 +175,7 @@ async fn a_412_to_the_fence_is_resent_within_the_attempts_then_handed_back_with_
     assert_eq!(response.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(report.outcome, Outcome::Exhausted);
     assert_eq!(report.attempts, 2);
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("not to a precondition of the request's own")),
-        "{:?}",
-        report.notes
-    );
+    assert_noted(&report, "not to a precondition of the request's own");
     assert_eq!(t.trace(), ["GET vm1", "PUT vm1", "GET vm1", "PUT vm1"]);
 }
 
